@@ -1,0 +1,3 @@
+from mammolab.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""The ``mammolab`` command line: a thin layer over the stage APIs.
+
+Each command module below registers its commands on one Typer app and holds no logic of its own:
+it parses options, calls the stage's Python API and prints where the result is. Heavy libraries
+(torch, timm) are imported inside the commands so ``mammolab --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from mammolab.cli import (  # noqa: F401  (imports register the commands)
+    app_cmds,
+    data_cmds,
+    evaluate_cmds,
+    preprocess_cmds,
+    train_cmds,
+    tune_cmds,
+)
+from mammolab.cli._app import app
+from mammolab.errors import MammoLabError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one red line and exit code 2."""
+    try:
+        app()
+    except MammoLabError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]: finished work is kept; re-run to resume.")
+        sys.exit(130)

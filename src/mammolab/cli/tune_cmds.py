@@ -1,0 +1,5 @@
+"""CLI commands: tune_cmds."""
+
+from __future__ import annotations
+
+from mammolab.cli._app import app  # noqa: F401
