@@ -15,6 +15,7 @@ from mammolab.cli import (  # noqa: F401  (imports register the commands)
     app_cmds,
     data_cmds,
     evaluate_cmds,
+    organize_cmds,
     preprocess_cmds,
     train_cmds,
     tune_cmds,

@@ -134,7 +134,12 @@ def find_case_csvs(csv_dir: str | Path, abnormality: str = "mass") -> list[Path]
     if not found:
         want = ", ".join(f"{k}_case_description_{s}_set.csv" for k in kinds for s in ("train", "test"))
         raise MammoLabError(f"--csv-dir: no case-description CSV in {csv_dir} (expected {want})")
-    return sorted(found, key=lambda p: (CSV_PATTERN.match(p.name).group(1), CSV_PATTERN.match(p.name).group(2) != "train"))
+
+    def order(p: Path) -> tuple[str, bool]:
+        m = CSV_PATTERN.match(p.name)
+        return m.group(1).lower(), m.group(2).lower() != "train"
+
+    return sorted(found, key=order)
 
 
 def read_case_csvs(csv_dir: str | Path, abnormality: str = "mass") -> pd.DataFrame:
