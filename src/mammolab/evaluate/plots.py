@@ -1,0 +1,233 @@
+"""Evaluation figures: ROC, precision-recall, confusion matrix, reliability diagram, training curves.
+
+Every figure's title carries the split and the sample size, so a figure that ends up in a slide
+or a paper on its own still says what it shows. Figures are built on matplotlib's object API
+(``Figure`` + Agg canvas, no pyplot global state), rendered to PNG bytes and written atomically;
+``render_png`` is also what the HTML report uses to embed figures without touching the disk.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammolab.io.atomic import atomic_write_bytes
+
+__all__ = [
+    "plot_calibration",
+    "plot_confusion",
+    "plot_multiclass_roc",
+    "plot_pr",
+    "plot_roc",
+    "plot_roc_overlay",
+    "plot_training_curves",
+    "render_png",
+    "save_figure",
+]
+
+_DPI = 110
+
+
+def _new_figure(size: tuple[float, float] = (5.0, 4.6)) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def render_png(fig: Any) -> bytes:
+    """Render a matplotlib figure to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG atomically and return its path."""
+    path = Path(path)
+    atomic_write_bytes(path, render_png(fig))
+    return path
+
+
+def _title(what: str, split: str, n: int, extra: str = "") -> str:
+    text = f"{what} - {split} split (n={n})"
+    return f"{text}\n{extra}" if extra else text
+
+
+def _fmt_ci(value: float | None, lo: float | None, hi: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _maybe_save(fig: Any, path: str | Path | None) -> Any:
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_roc(fpr: Sequence[float], tpr: Sequence[float], *, split: str, n: int, auc: float | None = None,
+             ci: tuple[float | None, float | None] | None = None, label: str = "model",
+             operating_points: dict[str, tuple[float, float]] | None = None,
+             path: str | Path | None = None) -> Any:
+    """ROC curve with the chance diagonal, AUC (with its CI) in the legend and marked operating points."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    lo, hi = ci if ci else (None, None)
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    ax.plot(fpr, tpr, color="C0", lw=2, label=f"{label}: AUC {_fmt_ci(auc, lo, hi)}")
+    for k, (name, (x, y)) in enumerate((operating_points or {}).items()):
+        ax.plot([x], [y], marker="o", ms=7, color=f"C{k + 1}", ls="none", label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false-positive rate)",
+           ylabel="sensitivity (true-positive rate)", title=_title("ROC", split, n))
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _maybe_save(fig, path)
+
+
+def plot_pr(precision: Sequence[float], recall: Sequence[float], *, split: str, n: int,
+            average_precision: float | None = None, prevalence: float | None = None,
+            path: str | Path | None = None) -> Any:
+    """Precision-recall curve with the prevalence baseline (a random classifier's precision)."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ap = "n/a" if average_precision is None else f"{average_precision:.3f}"
+    ax.step(recall, precision, where="post", color="C0", lw=2, label=f"AP {ap}")
+    if prevalence is not None:
+        ax.axhline(prevalence, ls="--", color="0.6", lw=1, label=f"prevalence {prevalence:.2f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision",
+           title=_title("Precision-recall", split, n))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _maybe_save(fig, path)
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], *, split: str, n: int,
+                   subtitle: str = "", path: str | Path | None = None, ax: Any = None) -> Any:
+    """Confusion matrix (rows = truth, columns = prediction) with counts and row percentages."""
+    arr = np.asarray(cm, dtype=int)
+    fig = None
+    if ax is None:
+        size = 3.2 + 0.7 * len(classes)
+        fig = _new_figure((size, size * 0.92))
+        ax = fig.add_subplot()
+    row = arr.sum(axis=1, keepdims=True)
+    frac = np.divide(arr, row, out=np.zeros(arr.shape, dtype=float), where=row > 0)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            ax.text(j, i, f"{arr[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center", fontsize=9,
+                    color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(classes)), labels=list(classes), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), labels=list(classes), fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=_title("Confusion matrix", split, n, subtitle))
+    ax.title.set_fontsize(9)
+    return _maybe_save(fig, path) if fig is not None else ax
+
+
+def plot_calibration(bins: Sequence[dict[str, Any]], *, split: str, n: int, brier: float | None = None,
+                     ece: float | None = None, path: str | Path | None = None) -> Any:
+    """Reliability diagram (observed vs predicted per bin, marker size ~ count) and a histogram."""
+    fig = _new_figure((5.0, 5.6))
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1))
+    ax = fig.add_subplot(gs[0])
+    hist = fig.add_subplot(gs[1], sharex=ax)
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
+    if bins:
+        x = [b["mean_predicted"] for b in bins]
+        y = [b["fraction_positive"] for b in bins]
+        counts = np.array([b["count"] for b in bins], dtype=float)
+        ax.plot(x, y, color="C0", lw=1.5)
+        ax.scatter(x, y, s=20 + 180 * counts / counts.max(), color="C0", zorder=3, label="observed")
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        widths = [b["hi"] - b["lo"] for b in bins]
+        hist.bar(centres, counts, width=widths, color="C0", alpha=0.6, edgecolor="white")
+    extra = []
+    if brier is not None:
+        extra.append(f"Brier {brier:.3f}")
+    if ece is not None:
+        extra.append(f"ECE {ece:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive",
+           title=_title("Calibration", split, n, "  ".join(extra)))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    hist.set(xlabel="predicted probability", ylabel="images")
+    return _maybe_save(fig, path)
+
+
+def plot_multiclass_roc(curves: dict[str, dict[str, Any]], aucs: dict[str, float | None], *, split: str, n: int,
+                        path: str | Path | None = None) -> Any:
+    """One-vs-rest ROC curve per class on one axis."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+    for k, (name, c) in enumerate(curves.items()):
+        if c["fpr"]:
+            auc = aucs.get(name)
+            ax.plot(c["fpr"], c["tpr"], lw=2, color=f"C{k}",
+                    label=f"{name}: {'n/a' if auc is None else f'{auc:.3f}'}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
+           title=_title("ROC one-vs-rest", split, n))
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _maybe_save(fig, path)
+
+
+def plot_roc_overlay(curves: Sequence[dict[str, Any]], *, split: str, n: int | str,
+                     path: str | Path | None = None) -> Any:
+    """ROC curves of several runs on one axis; each entry has ``label``, ``fpr``, ``tpr``, ``auc``, ``ci``."""
+    fig = _new_figure((6.4, 5.8))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
+    for k, c in enumerate(curves):
+        lo, hi = c.get("ci") or (None, None)
+        ax.plot(c["fpr"], c["tpr"], lw=2, color=f"C{k % 10}", ls="-" if k < 10 else ":",
+                label=f"{c['label']}: {_fmt_ci(c.get('auc'), lo, hi)}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
+           title=_title("ROC of all runs", split, n))  # type: ignore[arg-type]
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    return _maybe_save(fig, path)
+
+
+_CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("loss", "train_loss", "val_loss"),
+    ("accuracy", "train_acc", "val_acc"),
+    ("AUC", "train_auc", "val_auc"),
+)
+
+
+def plot_training_curves(history: pd.DataFrame, *, title: str = "", path: str | Path | None = None,
+                         axes: Sequence[Any] | None = None,
+                         label_fn: Callable[[str], str] | None = None) -> Any:
+    """Loss, accuracy and AUC per epoch (train and validation) from a run's ``metrics.csv``."""
+    fig = None
+    if axes is None:
+        fig = _new_figure((11.0, 3.4))
+        axes = fig.subplots(1, 3)
+    x = history["epoch"] if "epoch" in history else np.arange(len(history))
+    for ax, (name, tr, va) in zip(axes, _CURVE_PANELS, strict=True):
+        for col, style in ((tr, "-"), (va, "--")):
+            if col in history and history[col].notna().any():
+                lab = col.split("_")[0]
+                ax.plot(x, history[col], ls=style, marker="o", ms=3, label=label_fn(lab) if label_fn else lab)
+        ax.set(xlabel="epoch", title=name)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if fig is not None:
+        fig.suptitle(title or "Training curves", fontsize=10)
+        return _maybe_save(fig, path)
+    return axes
