@@ -174,7 +174,8 @@ def reliability_bins(y: Any, p: Any, n_bins: int = 10) -> dict[str, Any]:
     """
     y_arr, p_arr = _binary_inputs(y, p)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges[1:-1], p_arr, side="right"), 0, n_bins - 1)
+    # Same binning as scikit-learn's calibration_curve: a value on an edge belongs to the lower bin.
+    idx = np.clip(np.searchsorted(edges[1:-1], p_arr, side="left"), 0, n_bins - 1)
     bins = []
     ece = 0.0
     for b in range(n_bins):
