@@ -1,0 +1,539 @@
+"""Preprocessing steps: small, pure callables on a :class:`Sample` (image + lesion mask + lesion boxes).
+
+Every step is a pydantic model whose fields are its parameters (so a config is validated by the
+same class that runs it) and whose ``__call__`` maps a :class:`Sample` to a new one without touching
+the input arrays. Steps that move pixels (crop, flip, resize, rotate) move the lesion mask and the
+lesion boxes with them, so the manifest's boxes stay right after preprocessing.
+
+The analysis parts (finding the film edge, the breast) run on a small thumbnail made with an integer
+``INTER_AREA`` reduction: full-size mammograms are 15 million pixels, and a 512-pixel thumbnail finds
+the same borders and the same breast at a fraction of the cost. Only the final, cheap operations
+(slicing, one mask multiply, one resize) touch the full image.
+
+Functional forms (``crop_border(image, mask, boxes, **params)`` ...) wrap the classes for notebook use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import cv2
+import numpy as np
+from pydantic import Field, field_validator
+
+from mammolab.config import StrictModel
+from mammolab.errors import MammoLabError
+
+__all__ = [
+    "OPS",
+    "Clahe",
+    "CropBorder",
+    "Denoise",
+    "Op",
+    "Orient",
+    "RemoveAnnotations",
+    "Resize",
+    "Sample",
+    "breast_mask",
+    "clahe",
+    "crop_border",
+    "denoise",
+    "find_border",
+    "flip",
+    "orient",
+    "remove_annotations",
+    "resize",
+    "rotate",
+    "thumbnail",
+]
+
+THUMB_SIDE = 512
+
+
+# ------------------------------------------------------------------------------------------- sample
+
+def _as_boxes(boxes: Any) -> np.ndarray:
+    if boxes is None:
+        return np.zeros((0, 4), dtype=np.float64)
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise MammoLabError(f"lesion boxes: expected a list of [x0, y0, x1, y1], got shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class Sample:
+    """One image with what must move with it.
+
+    ``image`` is 2-D ``uint8`` or ``uint16``; ``mask`` is the lesion mask (``uint8`` 0/255, same shape)
+    or ``None``; ``boxes`` is an ``(N, 4)`` float array of lesion boxes ``x0, y0, x1, y1`` in this
+    image's pixels with exclusive right/bottom edges (the manifest's convention); ``meta`` collects
+    what steps decided (crop window, flip) for reports.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not isinstance(img, np.ndarray) or img.ndim != 2:
+            shape = getattr(img, "shape", None)
+            raise MammoLabError(f"expected a 2-D grayscale image, got {type(img).__name__} of shape {shape}")
+        if img.dtype not in (np.uint8, np.uint16):
+            raise MammoLabError(f"expected a uint8 or uint16 image, got {img.dtype}")
+        if self.mask is not None:
+            m = self.mask
+            if m.shape != img.shape:
+                raise MammoLabError(f"lesion mask shape {m.shape} differs from the image shape {img.shape}")
+            if m.dtype != np.uint8:  # uint8 masks are taken as 0/255 (checking costs a full pass per step)
+                self.mask = np.where(m > 0, np.uint8(255), np.uint8(0))
+        self.boxes = _as_boxes(self.boxes)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def replace(self, image: np.ndarray, mask: np.ndarray | None = ..., boxes: np.ndarray | None = None,
+                **meta: Any) -> Sample:
+        """A new sample with ``image`` (and mask/boxes when given); ``meta`` is copied and updated."""
+        return Sample(image, self.mask if mask is ... else mask, self.boxes if boxes is None else boxes,
+                      {**self.meta, **meta})
+
+
+def _full_scale(img: np.ndarray) -> int:
+    return 255 if img.dtype == np.uint8 else 65535
+
+
+def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip boxes to the image and drop those left with no area (cropped or rotated away)."""
+    if len(boxes) == 0:
+        return boxes
+    out = boxes.copy()
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep]
+
+
+# ------------------------------------------------------------------------------- geometric primitives
+
+def _crop(s: Sample, x0: int, y0: int, x1: int, y1: int) -> Sample:
+    """Crop to ``[x0, x1) x [y0, y1)``; a view, no copy (later steps copy when they need to)."""
+    boxes = s.boxes - np.array([x0, y0, x0, y0], dtype=np.float64) if len(s.boxes) else s.boxes
+    mask = None if s.mask is None else s.mask[y0:y1, x0:x1]
+    return Sample(s.image[y0:y1, x0:x1], mask, _clip_boxes(boxes, x1 - x0, y1 - y0), dict(s.meta))
+
+
+def flip(s: Sample, horizontal: bool = True) -> Sample:
+    """Mirror left-right (``horizontal``) or top-bottom; boxes and mask follow."""
+    code = 1 if horizontal else 0
+    img = cv2.flip(np.ascontiguousarray(s.image), code)
+    mask = None if s.mask is None else cv2.flip(np.ascontiguousarray(s.mask), code)
+    boxes = s.boxes.copy()
+    if len(boxes):
+        if horizontal:
+            boxes[:, [0, 2]] = s.width - s.boxes[:, [2, 0]]
+        else:
+            boxes[:, [1, 3]] = s.height - s.boxes[:, [3, 1]]
+    key = "hflip" if horizontal else "vflip"
+    return Sample(img, mask, boxes, {**s.meta, key: not s.meta.get(key, False)})
+
+
+def rotate(s: Sample, angle: float) -> Sample:
+    """Rotate by ``angle`` degrees (counter-clockwise) about the centre on the same canvas, black fill.
+
+    Each box becomes the box of its rotated corners; when a lesion mask exists the box is then
+    tightened to the rotated mask inside it, so boxes do not grow with every rotation.
+    """
+    h, w = s.image.shape
+    mat = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
+    img = cv2.warpAffine(np.ascontiguousarray(s.image), mat, (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mask = None
+    if s.mask is not None:
+        mask = cv2.warpAffine(np.ascontiguousarray(s.mask), mat, (w, h), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    boxes = []
+    for x0, y0, x1, y1 in s.boxes:
+        # Pixel edges -> centres (-0.5) for the rotation, back to edges (+0.5) after.
+        corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64) - 0.5
+        rc = corners @ mat[:, :2].T + mat[:, 2] + 0.5
+        box = [rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max()]
+        if mask is not None:
+            bx0, by0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
+            bx1, by1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+            if bx1 > bx0 and by1 > by0:
+                ys, xs = np.nonzero(mask[by0:by1, bx0:bx1])
+                if len(xs):
+                    box = [bx0 + xs.min(), by0 + ys.min(), bx0 + xs.max() + 1, by0 + ys.max() + 1]
+        boxes.append(box)
+    out = _clip_boxes(_as_boxes(boxes), w, h)
+    return Sample(img, mask, out, {**s.meta, "rotation": s.meta.get("rotation", 0.0) + float(angle)})
+
+
+# ---------------------------------------------------------------------------------------- analysis
+
+def thumbnail(img: np.ndarray, side: int = THUMB_SIDE) -> tuple[np.ndarray, int]:
+    """An ``INTER_AREA`` reduction by an integer factor ``k`` so the long side is at most ``side``.
+
+    Returns ``(thumb, k)``: thumb pixel ``(x, y)`` covers image pixels ``[k*x, k*x+k)``. The image is
+    first trimmed to a multiple of ``k`` (a view) so OpenCV takes its fast integer-area path.
+    """
+    h, w = img.shape
+    k = max(1, math.ceil(max(h, w) / side))
+    if k == 1:
+        return np.ascontiguousarray(img), 1
+    th, tw = max(1, h // k), max(1, w // k)
+    trimmed = img[: th * k, : tw * k]
+    return cv2.resize(trimmed, (tw, th), interpolation=cv2.INTER_AREA), k
+
+
+def _thumb01(img: np.ndarray) -> tuple[np.ndarray, int]:
+    thumb, k = thumbnail(img)
+    return thumb.astype(np.float32) / _full_scale(img), k
+
+
+def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: float = 0.95,
+                edge_fraction: float = 0.25, flat_std: float = 0.01) -> tuple[int, int, int, int]:
+    """Find the film edge and scanner border; return the crop window ``(x0, y0, x1, y1)`` in image pixels.
+
+    From each side inwards (at most ``max_fraction`` of the image), a line (row or column of the
+    thumbnail) is border when it is *flat* (standard deviation below ``flat_std`` of full scale: a
+    scanner border or an empty margin) or part of a *film edge*: a run that starts with a line whose
+    share of near-saturated pixels (at least ``bright_level`` of the image maximum) is at least
+    ``edge_fraction`` and goes on while any line still has 2% of such pixels (edges are often slanted).
+    One more line is taken after a film edge, for the partly bright pixels at its boundary.
+    """
+    t, k = _thumb01(img)
+    th, tw = t.shape
+    hi = float(t.max())
+    if hi <= 0:
+        return 0, 0, img.shape[1], img.shape[0]
+    bright = t >= bright_level * hi
+
+    def depth(frac: np.ndarray, std: np.ndarray) -> int:
+        limit = int(len(frac) * max_fraction)
+        d, in_edge = 0, False
+        for i in range(limit):
+            if std[i] < flat_std:
+                d = i + 1
+                continue
+            if frac[i] >= edge_fraction or (in_edge and frac[i] >= 0.02):
+                in_edge, d = True, i + 1
+                continue
+            break
+        return min(limit, d + 1) if in_edge else d
+
+    col_frac, col_std = bright.mean(axis=0), t.std(axis=0)
+    row_frac, row_std = bright.mean(axis=1), t.std(axis=1)
+    left = depth(col_frac, col_std)
+    right = depth(col_frac[::-1], col_std[::-1])
+    top = depth(row_frac, row_std)
+    bottom = depth(row_frac[::-1], row_std[::-1])
+    h, w = img.shape
+    x0, y0 = left * k, top * k
+    # The thumbnail drops the last (size mod k) pixels; a border found there covers them too.
+    x1 = w - right * k - (w - tw * k if right else 0)
+    y1 = h - bottom * k - (h - th * k if bottom else 0)
+    if x1 - x0 < w // 2 or y1 - y0 < h // 2:  # never crop most of the image away on a bad guess
+        return 0, 0, w, h
+    return x0, y0, x1, y1
+
+
+def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3,
+                fill_holes: bool = True) -> tuple[np.ndarray, int]:
+    """The breast as a thumbnail mask (``uint8`` 0/255) and the thumbnail factor ``k``.
+
+    Otsu's threshold separates tissue from background; a closing then an opening (elliptic kernel,
+    ``kernel`` times the thumbnail's long side) joins the breast and cuts thin bridges to labels and
+    markers; the largest connected component is the breast. Otsu alone misses the faint fatty rim
+    near the skin line, so the breast then grows into the connected pixels above ``grow`` times the
+    Otsu level (``grow=1`` keeps plain Otsu); labels and markers stay out because they are not
+    connected to it. Holes (dark fat, lesion cores) are filled.
+    """
+    t, k = thumbnail(img)
+    t8 = (t.astype(np.float32) * (255.0 / max(1, int(t.max())))).astype(np.uint8) if t.max() else t.astype(np.uint8)
+    if int(t8.max()) == 0:
+        raise MammoLabError("image is all black: no breast to keep")
+    level, binary = cv2.threshold(t8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ks = max(3, int(round(kernel * max(t8.shape))) | 1)
+    ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ks, ks))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, ker)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, ker)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:  # the opening removed everything (tiny or nearly empty image): fall back to the threshold
+        binary = (t8 > level).astype(np.uint8) * 255
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        if n <= 1:
+            raise MammoLabError("no breast found (the image has no region above the Otsu threshold)")
+    seed = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if grow < 1.0:
+        low = (t8 > max(0.0, grow * level)).astype(np.uint8)
+        low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+        _, low_labels = cv2.connectedComponents(low, connectivity=8)
+        keep = np.unique(low_labels[seed & (low_labels > 0)])
+        mask = np.isin(low_labels, keep) | seed
+    else:
+        mask = seed
+    mask = mask.astype(np.uint8) * 255
+    if fill_holes:
+        mask = _fill_holes(mask)
+    return mask, k
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions not connected to the image border."""
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), dtype=np.uint8), (0, 0), 255)
+    holes = cv2.bitwise_not(flood)[1:-1, 1:-1]
+    return cv2.bitwise_or(mask, holes)
+
+
+def _upscale_mask(mask: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """A thumbnail mask back at full size (linear + threshold: smooth edges, not k-pixel stairs)."""
+    h, w = shape
+    th, tw = mask.shape
+    big = cv2.resize(mask, (tw * k, th * k), interpolation=cv2.INTER_LINEAR) if k > 1 else mask
+    if big.shape != (h, w):  # the thumbnail dropped up to k-1 trailing rows/columns: extend the edge
+        big = cv2.copyMakeBorder(big, 0, h - big.shape[0], 0, w - big.shape[1], cv2.BORDER_REPLICATE)
+    return big
+
+
+# ------------------------------------------------------------------------------------------- the ops
+
+class Op(StrictModel):
+    """Base of every step: its fields are its parameters, ``__call__`` applies it."""
+
+    name: ClassVar[str]
+
+    def __call__(self, sample: Sample) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class CropBorder(Op):
+    """Cut the black scanner border and the bright film edge.
+
+    ``mode: fixed`` removes ``margin`` of the width/height on every side (the classic 5%);
+    ``mode: auto`` finds the border from intensity profiles (see :func:`find_border`), cropping at
+    most ``max_fraction`` per side.
+    """
+
+    name: ClassVar[str] = "crop_border"
+    mode: Literal["auto", "fixed"] = "auto"
+    margin: float = Field(0.05, ge=0.0, lt=0.5, description="fixed mode: share cut from each side")
+    max_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="auto mode: most cut from one side")
+    bright_level: float = Field(0.95, gt=0.0, le=1.0, description="auto: 'saturated', as a share of the max")
+    edge_fraction: float = Field(0.25, gt=0.0, le=1.0, description="auto: share of saturated pixels of a film edge")
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample.image.shape
+        if self.mode == "fixed":
+            dx, dy = int(round(w * self.margin)), int(round(h * self.margin))
+            x0, y0, x1, y1 = dx, dy, w - dx, h - dy
+        else:
+            x0, y0, x1, y1 = find_border(sample.image, max_fraction=self.max_fraction,
+                                         bright_level=self.bright_level, edge_fraction=self.edge_fraction)
+        out = _crop(sample, x0, y0, x1, y1)
+        out.meta["crop"] = [int(x0), int(y0), int(x1), int(y1)]
+        return out
+
+
+class RemoveAnnotations(Op):
+    """Keep the breast, blank everything else (burnt-in labels, markers, tape) to 0.
+
+    The breast is found by :func:`breast_mask` on a thumbnail and applied to the full image. With
+    ``crop_to_breast`` the image is also cropped to the breast's bounding box (plus ``crop_margin``).
+    """
+
+    name: ClassVar[str] = "remove_annotations"
+    kernel: float = Field(0.02, gt=0.0, le=0.2, description="closing/opening kernel, share of the long side")
+    grow: float = Field(0.3, gt=0.0, le=1.0, description="grow the Otsu breast into pixels above grow*Otsu")
+    fill_holes: bool = True
+    crop_to_breast: bool = False
+    crop_margin: float = Field(0.02, ge=0.0, le=0.5)
+
+    def __call__(self, sample: Sample) -> Sample:
+        small, k = breast_mask(sample.image, kernel=self.kernel, grow=self.grow, fill_holes=self.fill_holes)
+        small = cv2.dilate(small, np.ones((3, 3), np.uint8))  # keep the skin line's partial pixels
+        full = _upscale_mask(small, k, sample.image.shape)
+        _, full = cv2.threshold(full, 127, 255, cv2.THRESH_BINARY)
+        out = sample.replace(cv2.bitwise_and(sample.image, sample.image, mask=full))
+        if self.crop_to_breast:
+            ys, xs = np.nonzero(small)
+            h, w = out.image.shape
+            mx, my = int(w * self.crop_margin), int(h * self.crop_margin)
+            x0, y0 = max(0, xs.min() * k - mx), max(0, ys.min() * k - my)
+            x1, y1 = min(w, (xs.max() + 1) * k + mx), min(h, (ys.max() + 1) * k + my)
+            out = _crop(out, x0, y0, x1, y1)
+            out.meta["breast_crop"] = [int(x0), int(y0), int(x1), int(y1)]
+        return out
+
+
+class Orient(Op):
+    """Flip left-right when needed so every breast has its chest wall on the same side.
+
+    The chest wall side is the half with more tissue signal (the breast is anchored there and tapers
+    to the nipple), measured on a thumbnail.
+    """
+
+    name: ClassVar[str] = "orient"
+    chest_wall: Literal["left", "right"] = "left"
+
+    def __call__(self, sample: Sample) -> Sample:
+        t, _ = thumbnail(sample.image)
+        col = t.astype(np.float64).sum(axis=0)
+        half = len(col) // 2
+        wall_left = col[:half].sum() >= col[len(col) - half:].sum()
+        if wall_left == (self.chest_wall == "left"):
+            return sample.replace(sample.image)
+        return flip(sample, horizontal=True)
+
+
+class Denoise(Op):
+    """Smooth noise: ``gaussian`` (sigma, 0 = from ksize), ``median`` or edge-keeping ``bilateral``.
+
+    ``ksize`` is the odd window side; ``sigma_color`` of the bilateral filter is a share of full scale
+    so one setting works for 8- and 16-bit images.
+    """
+
+    name: ClassVar[str] = "denoise"
+    method: Literal["gaussian", "median", "bilateral"] = "median"
+    ksize: int = Field(3, ge=3, le=31)
+    sigma: float = Field(0.0, ge=0.0, le=50.0)
+    sigma_color: float = Field(0.1, gt=0.0, le=1.0)
+    sigma_space: float = Field(3.0, gt=0.0, le=50.0)
+
+    @field_validator("ksize")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd, got {v}")
+        return v
+
+    def __call__(self, sample: Sample) -> Sample:
+        img = np.ascontiguousarray(sample.image)
+        if self.method == "gaussian":
+            out = cv2.GaussianBlur(img, (self.ksize, self.ksize), self.sigma)
+        elif self.method == "median":
+            if img.dtype == np.uint16 and self.ksize > 5:  # OpenCV's 16-bit median stops at 5x5
+                from scipy.ndimage import median_filter
+
+                out = median_filter(img, size=self.ksize, mode="reflect")
+            else:
+                out = cv2.medianBlur(img, self.ksize)
+        else:
+            scale = float(_full_scale(img))
+            f = cv2.bilateralFilter(img.astype(np.float32) / scale, self.ksize, self.sigma_color, self.sigma_space)
+            out = np.clip(np.rint(f * scale), 0, scale).astype(img.dtype)
+        return sample.replace(out)
+
+
+class Clahe(Op):
+    """Contrast-limited adaptive histogram equalisation (8- or 16-bit), background kept black."""
+
+    name: ClassVar[str] = "clahe"
+    clip_limit: float = Field(2.0, gt=0.0, le=100.0)
+    tile_grid: int = Field(8, ge=1, le=64)
+
+    def __call__(self, sample: Sample) -> Sample:
+        img = np.ascontiguousarray(sample.image)
+        out = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tile_grid, self.tile_grid)).apply(img)
+        out[img == 0] = 0  # equalisation must not lift the blanked background back into view
+        return sample.replace(out)
+
+
+class Resize(Op):
+    """Resize to ``height`` x ``width``: keeping the aspect ratio (fit, then pad with black) or not.
+
+    ``align`` places a kept-aspect image in the padded canvas; ``start`` (top-left) keeps an oriented
+    chest wall on the image edge. ``bit_depth`` converts the output (8: top 8 bits; 16: x257; null:
+    unchanged). ``INTER_AREA`` is used to shrink, ``INTER_LINEAR`` to enlarge.
+    """
+
+    name: ClassVar[str] = "resize"
+    height: int = Field(1024, ge=8, le=16384)
+    width: int = Field(640, ge=8, le=16384)
+    keep_aspect: bool = True
+    align: Literal["center", "start"] = "center"
+    bit_depth: Literal[8, 16] | None = None
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample.image.shape
+        if self.keep_aspect:
+            scale = min(self.width / w, self.height / h)
+            nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        else:
+            nw, nh = self.width, self.height
+        interp = cv2.INTER_AREA if nw < w or nh < h else cv2.INTER_LINEAR
+        img = cv2.resize(sample.image, (nw, nh), interpolation=interp)
+        img = _to_depth(img, self.bit_depth)
+        mask = None
+        if sample.mask is not None:
+            mask = cv2.resize(sample.mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        sx, sy = nw / w, nh / h
+        boxes = sample.boxes * np.array([sx, sy, sx, sy]) if len(sample.boxes) else sample.boxes
+        ox = oy = 0
+        if (nw, nh) != (self.width, self.height):
+            ox = (self.width - nw) // 2 if self.align == "center" else 0
+            oy = (self.height - nh) // 2 if self.align == "center" else 0
+            canvas = np.zeros((self.height, self.width), dtype=img.dtype)
+            canvas[oy:oy + nh, ox:ox + nw] = img
+            img = canvas
+            if mask is not None:
+                mcanvas = np.zeros((self.height, self.width), dtype=np.uint8)
+                mcanvas[oy:oy + nh, ox:ox + nw] = mask
+                mask = mcanvas
+            if len(boxes):
+                boxes = boxes + np.array([ox, oy, ox, oy], dtype=np.float64)
+        boxes = _clip_boxes(boxes, self.width, self.height)
+        return Sample(img, mask, boxes, {**sample.meta, "resize": [round(sx, 6), round(sy, 6), ox, oy]})
+
+
+def _to_depth(img: np.ndarray, bit_depth: int | None) -> np.ndarray:
+    if bit_depth is None:
+        return img
+    if bit_depth == 8:
+        return img if img.dtype == np.uint8 else (img >> 8).astype(np.uint8)
+    return img if img.dtype == np.uint16 else img.astype(np.uint16) * 257
+
+
+#: The step registry: config name -> op class. Order here is the order ``--help`` lists them.
+OPS: dict[str, type[Op]] = {op.name: op for op in (CropBorder, RemoveAnnotations, Orient, Resize, Denoise, Clahe)}
+
+
+# ------------------------------------------------------------------------------------ functional API
+
+def _functional(op: type[Op]) -> Callable[..., Sample]:
+    def apply(image: np.ndarray | Sample, mask: np.ndarray | None = None,
+              boxes: Sequence[Sequence[float]] | np.ndarray | None = None, **params: Any) -> Sample:
+        sample = image if isinstance(image, Sample) else Sample(image, mask, _as_boxes(boxes))
+        return op(**params)(sample)
+
+    apply.__name__ = op.name
+    apply.__doc__ = (f"Apply ``{op.__name__}`` to an image (with optional lesion mask and boxes); "
+                     f"keyword arguments are its parameters.\n\n{op.__doc__}")
+    return apply
+
+
+crop_border = _functional(CropBorder)
+remove_annotations = _functional(RemoveAnnotations)
+orient = _functional(Orient)
+denoise = _functional(Denoise)
+clahe = _functional(Clahe)
+resize = _functional(Resize)
