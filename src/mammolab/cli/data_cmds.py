@@ -2,4 +2,44 @@
 
 from __future__ import annotations
 
-from mammolab.cli._app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from mammolab.cli._app import app
+
+# ------------------------------------------------------------------------------------------ synth
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to create (or an empty one): receives download/ (the DICOM "
+                               "tree), csv/ (the four case-description CSVs), README.txt and synth.json."),
+    patients: int = typer.Option(40, "--patients", help="Number of patients (at least 6). Each has lesions in "
+                                 "one or both breasts, every lesion in CC and MLO views; about 20% of "
+                                 "patients form the official test split."),
+    image_size: int = typer.Option(1024, "--image-size", help="Height in pixels of each full mammogram "
+                                   "(width is 0.6x); from 128 to 8192."),
+    layout: str = typer.Option("legacy", "--layout", help="Download layout to imitate: 'legacy' (older NBIA: "
+                               "<case>/<date-DDSM-n>/<1-description-n>/000000.dcm) or 'nbia' (current NBIA Data "
+                               "Retriever: CBIS-DDSM/<case>/.../1-1.dcm plus download/metadata.csv)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments always give the same bytes."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes rendering images in parallel "
+                                       "(default: all cores); does not change the output."),
+) -> None:
+    """Write a synthetic CBIS-DDSM-shaped download (DICOMs + official-style CSVs) to try the pipeline on.
+
+    It reproduces the real download's structure and quirks (UID paths, CRLF, embedded newlines, crop
+    and mask sharing a series in either order, CSV rows naming the wrong mask file) with lesions
+    whose look depends on pathology, so trained models learn something. Re-running with the same
+    arguments skips a complete output; a non-empty OUT made otherwise is refused.
+    """
+    from mammolab.data.synth import synthesize
+    from mammolab.progress import console
+
+    result = synthesize(out, patients=patients, image_size=image_size, layout=layout, seed=seed, workers=workers)
+    verb = "already complete, skipped" if result.skipped else "wrote"
+    console.print(f"synth: {verb} {result.images} full mammograms and {result.rois} ROI series "
+                  f"({result.files} DICOM files) under {result.download_dir}")
+    console.print(f"CSVs: {result.csv_dir}" + (f"; NBIA metadata: {result.metadata}" if result.metadata else ""))
+    console.print(f"next: {result.organize_command()}")
