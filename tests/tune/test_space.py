@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from mammolab.config import StrictModel
 from mammolab.errors import MammoLabError
-from mammolab.tune.space import CategoricalParam, FloatParam, IntParam, config_paths, load_space
+from mammolab.tune.space import Alias, CategoricalParam, FloatParam, IntParam, config_paths, load_space
 
 
 class Aug(StrictModel):
@@ -27,8 +27,8 @@ class Cfg(StrictModel):
     augment: Aug = Aug()
 
 
-ALIASES = {"head_sizes": "head_hidden", "dropout": "head_dropout", "augmentation_strength": "augment.strength",
-           "not_in_cfg": "nowhere"}
+ALIASES = {"head_sizes": Alias("head_hidden", "sizes"), "dropout": Alias("head_dropout", "p"),
+           "augmentation_strength": Alias("augment.strength", "s"), "not_in_cfg": Alias("nowhere", "x")}
 
 
 def load(data: dict) -> object:
@@ -50,7 +50,7 @@ def test_parses_every_kind_and_suggests_in_range() -> None:
     assert isinstance(space.params["lr"], FloatParam) and space.params["lr"].log
     assert isinstance(space.params["batch_size"], IntParam)
     assert isinstance(space.params["head_sizes"], CategoricalParam)
-    assert space.targets["head_sizes"] == "head_hidden"
+    assert space.aliases["head_sizes"].target == "head_hidden"
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     seen_heads = set()
     for _ in range(12):
@@ -119,3 +119,12 @@ def test_empty_and_missing_files(tmp_path) -> None:
         load_space(empty)
     with pytest.raises(MammoLabError, match="not found"):
         load_space(tmp_path / "missing.yaml")
+
+
+def test_two_parameters_setting_one_field_is_an_error() -> None:
+    with pytest.raises(MammoLabError, match="'head_hidden' and 'head_sizes' both set 'head_hidden'"):
+        load({"head_hidden": {"type": "categorical", "choices": [[1]]},
+              "head_sizes": {"type": "categorical", "choices": [[2]]}})
+    with pytest.raises(MammoLabError, match="both set 'augment.strength'"):
+        load({"augment": {"type": "categorical", "choices": [{"strength": 0.1}]},
+              "augmentation_strength": {"type": "float", "low": 0.0, "high": 1.0}})

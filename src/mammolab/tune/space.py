@@ -35,20 +35,52 @@ from mammolab.errors import MammoLabError
 
 __all__ = [
     "ALIASES",
+    "Alias",
     "CategoricalParam",
     "FloatParam",
     "IntParam",
     "SearchSpace",
+    "augmentation_strength",
     "config_paths",
     "default_space_path",
     "load_space",
     "set_path",
 ]
 
-#: Friendly names used in the issue and in the classic study, mapped to the train-config field they set.
-#: Filled in against :class:`mammolab.train.config.TrainConfig`; a key here whose target does not exist in
-#: the config is ignored by :func:`load_space` (it only offers aliases that resolve).
-ALIASES: dict[str, str] = {}
+@dataclass(frozen=True)
+class Alias:
+    """A friendly parameter name: it sets one config field, or (with ``expand``) several derived ones."""
+
+    target: str
+    doc: str
+    expand: Callable[[Any], dict[str, Any]] | None = None
+
+    def writes(self, value: Any) -> dict[str, Any]:
+        """Dotted config path -> value for one suggested value."""
+        return self.expand(value) if self.expand is not None else {self.target: value}
+
+
+def augmentation_strength(strength: Any) -> dict[str, Any]:
+    """One knob for all augmentation magnitudes: 0 = flips only, 1/3 = the train defaults, 1 = strong.
+
+    Linear in ``strength``: rotation 30 deg x s, brightness and contrast jitter 0.3 x s, random
+    resized crop keeping at least ``1 - 0.45 s`` of the area. Flip probabilities are left alone
+    (they are label-preserving for mammograms at any strength).
+    """
+    s = float(strength)
+    return {"augment.rotate": round(30.0 * s, 6), "augment.brightness": round(0.3 * s, 6),
+            "augment.contrast": round(0.3 * s, 6), "augment.crop_scale": [round(1.0 - 0.45 * s, 6), 1.0]}
+
+
+#: Names used in the issue and in the classic study's notebook, mapped onto :class:`TrainConfig`
+#: fields. Any field of the train config can also be tuned by its own (dotted) name.
+ALIASES: dict[str, Alias] = {
+    "head_sizes": Alias("head_hidden", "hidden layer sizes of the MLP head, e.g. [512, 128]; [] = linear head"),
+    "dropout": Alias("head_dropout", "dropout before each head layer"),
+    "learning_rate": Alias("lr", "optimizer learning rate"),
+    "augmentation_strength": Alias("augment", "0..1 scale of every augmentation magnitude (see "
+                                   "augmentation_strength())", expand=augmentation_strength),
+}
 
 _SCALAR = (str, int, float, bool, type(None))
 
@@ -165,7 +197,7 @@ class SearchSpace:
     """A validated search space: parameter name -> distribution, and where each name lands in the config."""
 
     params: dict[str, FloatParam | IntParam | CategoricalParam]
-    targets: dict[str, str]
+    aliases: dict[str, Alias]
     source: str
 
     def suggest(self, trial: Any) -> dict[str, Any]:
@@ -197,7 +229,9 @@ class SearchSpace:
         """Nested train-config overrides for decoded values (aliases resolved to their fields)."""
         out: dict[str, Any] = {}
         for name, value in values.items():
-            set_path(out, self.targets.get(name, name), value)
+            alias = self.aliases.get(name)
+            for path, v in (alias.writes(value) if alias else {name: value}).items():
+                set_path(out, path, v)
         return out
 
     def check(self, validate: Callable[[dict[str, Any]], object]) -> None:
@@ -225,20 +259,9 @@ def default_space_path() -> Path:
     return Path(str(resources.files("mammolab") / "resources" / "tune_space.yaml"))
 
 
-def _known_targets(config_model: type[BaseModel] | None, aliases: Mapping[str, str]) -> dict[str, str] | None:
-    if config_model is None:
-        return None
-    paths = config_paths(config_model)
-    known = {p: p for p in paths}
-    for alias, target in aliases.items():
-        if target in paths and alias not in known:
-            known[alias] = target
-    return known
-
-
 def load_space(source: str | Path | Mapping[str, Any] | None = None, *,
                config_model: type[BaseModel] | None = None,
-               aliases: Mapping[str, str] | None = None,
+               aliases: Mapping[str, Alias] | None = None,
                exclude: Iterable[str] = ()) -> SearchSpace:
     """Read and validate a search space (default: the shipped one).
 
@@ -258,19 +281,29 @@ def load_space(source: str | Path | Mapping[str, Any] | None = None, *,
     if not data:
         raise MammoLabError(f"{label}: the search space is empty (expected e.g. 'lr: {{type: float, low: 1e-5, "
                             f"high: 1e-2, log: true}}')")
-    known = _known_targets(config_model, ALIASES if aliases is None else aliases)
+    all_aliases = ALIASES if aliases is None else aliases
+    paths = config_paths(config_model) if config_model is not None else None
     excluded = set(exclude)
+
+    def allowed(key: str) -> bool:
+        if paths is None:
+            return True
+        alias = all_aliases.get(key)
+        target = alias.target if alias is not None and key not in paths else key
+        return target in paths and target not in excluded and target.split(".")[0] not in excluded
+
     params: dict[str, FloatParam | IntParam | CategoricalParam] = {}
-    targets: dict[str, str] = {}
+    used: dict[str, Alias] = {}
     for name, raw in data.items():
         name = str(name)
-        if known is not None and (name not in known or known[name] in excluded):
+        if not allowed(name):
             import difflib
 
-            choices = sorted(k for k, t in known.items() if t not in excluded)
-            near = difflib.get_close_matches(name, choices, n=3)
-            hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(choices)}"
-            why = "is set by the tuner itself" if name in known else "is not a train-config field or alias"
+            offered = sorted(k for k in (paths or set()) | set(all_aliases) if allowed(k))
+            near = difflib.get_close_matches(name, offered, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else f"known: {', '.join(offered)}"
+            known = paths is not None and (name in paths or (name in all_aliases and all_aliases[name].target in paths))
+            why = "is set by the tuner itself" if known else "is not a train-config field or alias"
             raise MammoLabError(f"{label}: unknown parameter {name!r} in the search space ({why}; {hint})")
         if not isinstance(raw, Mapping) or raw.get("type") not in ("float", "int", "categorical"):
             raise MammoLabError(f"{label}: parameter {name!r} must be a mapping with type: float, int or "
@@ -279,9 +312,25 @@ def load_space(source: str | Path | Mapping[str, Any] | None = None, *,
             params[name] = _ADAPTER.validate_python(dict(raw))
         except ValidationError as exc:
             raise MammoLabError(format_validation_error(exc, f"{label}: parameter {name!r}")) from None
-        targets[name] = known[name] if known is not None else name
-    dup = [t for t in set(targets.values()) if list(targets.values()).count(t) > 1]
-    if dup:
-        names = [n for n, t in targets.items() if t in dup]
-        raise MammoLabError(f"{label}: parameters {', '.join(names)} all set {dup[0]!r}; keep one")
-    return SearchSpace(params=params, targets=targets, source=label)
+        if name in all_aliases and (paths is None or name not in paths):
+            used[name] = all_aliases[name]
+    space = SearchSpace(params=params, aliases=used, source=label)
+    writers: dict[str, str] = {}
+    for name, spec in params.items():
+        for path in _leaf_paths(space.overrides({name: spec.candidates()[0]})):
+            clash = [other for p, other in writers.items()
+                     if other != name and (p == path or p.startswith(f"{path}.") or path.startswith(f"{p}."))]
+            if clash:
+                raise MammoLabError(f"{label}: parameters {clash[0]!r} and {name!r} both set {path!r}; keep one")
+            writers[path] = name
+    return space
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out += _leaf_paths(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
