@@ -39,7 +39,9 @@ def synth(
 
     result = synthesize(out, patients=patients, image_size=image_size, layout=layout, seed=seed, workers=workers)
     verb = "already complete, skipped" if result.skipped else "wrote"
+    say = {"soft_wrap": True, "highlight": False}  # keep paths and the command on one copyable line
     console.print(f"synth: {verb} {result.images} full mammograms and {result.rois} ROI series "
-                  f"({result.files} DICOM files) under {result.download_dir}")
-    console.print(f"CSVs: {result.csv_dir}" + (f"; NBIA metadata: {result.metadata}" if result.metadata else ""))
-    console.print(f"next: {result.organize_command()}")
+                  f"({result.files} DICOM files) under {result.download_dir}", **say)
+    console.print(f"CSVs: {result.csv_dir}" + (f"; NBIA metadata: {result.metadata}" if result.metadata else ""),
+                  **say)
+    console.print(f"next: {result.organize_command()}", **say)
