@@ -230,6 +230,7 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
         for i in range(limit):
             if std[i] < flat_std:
                 d = i + 1
+                in_edge = in_edge or frac[i] >= edge_fraction  # a uniform white border is a film edge too
                 continue
             if frac[i] >= edge_fraction or (in_edge and frac[i] >= 0.02):
                 in_edge, d = True, i + 1
@@ -239,10 +240,8 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
 
     col_frac, col_std = bright.mean(axis=0), t.std(axis=0)
     row_frac, row_std = bright.mean(axis=1), t.std(axis=1)
-    left = depth(col_frac, col_std)
-    right = depth(col_frac[::-1], col_std[::-1])
-    top = depth(row_frac, row_std)
-    bottom = depth(row_frac[::-1], row_std[::-1])
+    left, right = depth(col_frac, col_std), depth(col_frac[::-1], col_std[::-1])
+    top, bottom = depth(row_frac, row_std), depth(row_frac[::-1], row_std[::-1])
     h, w = img.shape
     x0, y0 = left * k, top * k
     # The thumbnail drops the last (size mod k) pixels; a border found there covers them too.
