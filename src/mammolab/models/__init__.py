@@ -1,1 +1,36 @@
-"""models stage."""
+"""Models: a registry of backbones (timm and MammoLab's own CNNs), heads, regimes and the classic presets.
+
+Public API: :func:`create_model`, :func:`list_models`, :func:`list_presets`, :func:`register_model`,
+:data:`CLASSIC_TEN`. ``mammolab models`` prints the registry.
+"""
+
+from mammolab.models.presets import CLASSIC_TEN
+from mammolab.models.registry import (
+    REGIMES,
+    Backbone,
+    MammoNet,
+    create_model,
+    get_model_entry,
+    get_preset,
+    list_models,
+    list_presets,
+    register_model,
+    register_preset,
+    resolve_model_name,
+)
+
+__all__ = [
+    "CLASSIC_TEN",
+    "REGIMES",
+    "Backbone",
+    "MammoNet",
+    "create_model",
+    "get_model_entry",
+    "get_preset",
+    "list_models",
+    "list_presets",
+    "register_model",
+    "register_preset",
+    "resolve_model_name",
+]
+

@@ -1,0 +1,172 @@
+"""The train configuration: every option of ``mammolab train`` with its default, in one model.
+
+Resolution order (later wins): these defaults < the model's preset (e.g. ``resnet18_pft``) < the
+YAML file given with ``--config`` < command-line options. :func:`resolve_train_config` also fills
+the values that depend on the model (image size, weights), so the ``config.yaml`` written into a
+run is complete: training it again from that file alone gives the same run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mammolab.config import StrictModel, config_hash, load_config, load_yaml
+from mammolab.errors import MammoLabError
+
+__all__ = ["RUNTIME_FIELDS", "AugmentConfig", "TrainConfig", "resolve_train_config", "result_hash"]
+
+#: Options that change where or how fast a run executes, not what it learns; they may differ on
+#: ``--resume`` and do not make a finished run stale.
+RUNTIME_FIELDS = frozenset({"accelerator", "devices", "strategy", "num_workers", "cache", "cache_dir",
+                            "tensorboard"})
+
+_PRECISION_ALIASES = {
+    "32": "32-true", "fp32": "32-true", "32-true": "32-true",
+    "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
+    "16": "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed",
+}
+
+
+class AugmentConfig(StrictModel):
+    """Online augmentation of the training split (never val/test): flips, rotation, intensity, crop."""
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
+    rotate: float = Field(10.0, ge=0, le=180, description="maximum rotation in degrees (uniform +-)")
+    brightness: float = Field(0.1, ge=0, le=1, description="brightness jitter factor")
+    contrast: float = Field(0.1, ge=0, le=1, description="contrast jitter factor")
+    crop_scale: tuple[float, float] = Field((0.85, 1.0), description="random resized crop area range; [1, 1] = off")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("expected 0 < low <= high <= 1")
+        return v
+
+
+class TrainConfig(StrictModel):
+    """Every training option. ``model`` is a registry name; ``preset`` records the preset it came from."""
+
+    model: str
+    preset: str | None = None
+    regime: Literal["opw", "pft", "cft"] = "cft"
+    weights: str = Field("none", description="'imagenet', 'none' or a path to a .pth/.safetensors/.ckpt file")
+    freeze_proportion: float | None = Field(None, ge=0, lt=1)
+    trainable_stages: int | None = Field(None, ge=1)
+    head_hidden: list[int] | None = None
+    head_dropout: float | list[float] | None = None
+    head_activation: Literal["relu", "elu", "gelu", "leaky_relu", "silu"] | None = None
+
+    image_size: int = Field(224, ge=8)
+    resize: Literal["stretch", "pad"] = "stretch"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step)")
+    gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor (step, plateau)")
+    min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
+    patience: int = Field(5, ge=0, description="early-stopping patience on val AUC in epochs; 0 = off")
+    min_delta: float = Field(0.0, ge=0)
+    pos_weight: Literal["none", "balanced"] | float = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    seed: int = 42
+    deterministic: bool = True
+    fold: int | None = Field(None, ge=0)
+    subset: int | None = Field(None, ge=1)
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    cache: Literal["auto", "ram", "disk"] = "auto"
+    cache_dir: str | None = None
+    tensorboard: bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> str:
+        key = str(v).lower()
+        if key not in _PRECISION_ALIASES:
+            raise ValueError(f"expected one of 32, bf16, fp16 (or Lightning's names), got {v!r}")
+        return _PRECISION_ALIASES[key]
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> int | str:
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        return v
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any) -> str:
+        return "none" if v is None or str(v).strip().lower() in ("", "none", "null", "random") else str(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.regime != "pft" and (self.freeze_proportion is not None or self.trainable_stages is not None):
+            raise ValueError(f"freeze_proportion / trainable_stages apply to regime pft, not {self.regime}")
+        if self.freeze_proportion is not None and self.trainable_stages is not None:
+            raise ValueError("give either freeze_proportion or trainable_stages, not both")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """The name a person would use: the preset, or model_regime."""
+        return self.preset or f"{self.model}_{self.regime}"
+
+
+def result_hash(cfg: TrainConfig) -> str:
+    """Hash of the options that decide what a run learns (runtime options left out)."""
+    return config_hash(cfg.model_dump(mode="json", exclude=set(RUNTIME_FIELDS)))
+
+
+def resolve_train_config(config_file: str | Path | dict[str, Any] | None = None, *,
+                         overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults, preset, YAML file and overrides (``None`` = unset) into a complete config."""
+    from mammolab.models.registry import get_model_entry, resolve_model_name
+
+    if isinstance(config_file, (str, Path)):
+        data: dict[str, Any] = load_yaml(config_file)
+        source = str(config_file)
+    else:
+        data, source = dict(config_file or {}), "train config"
+    user = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    name = user.get("model")
+    if not name:
+        raise MammoLabError("--model is required (or 'model:' in the --config file); "
+                            "run 'mammolab models' for the names")
+    backbone, preset = resolve_model_name(str(name))
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        merged.update(regime=preset.regime, preset=preset.name, **preset.overrides)
+        if user.get("regime", preset.regime) != preset.regime:
+            # The preset's name promises its regime; a different regime is a different config.
+            merged["preset"] = None
+            merged.pop("freeze_proportion", None)
+        if "trainable_stages" in user:
+            merged.pop("freeze_proportion", None)
+    merged.update(user)
+    merged["model"] = backbone
+    entry = get_model_entry(backbone)
+    merged.setdefault("image_size", entry.default_size)
+    merged.setdefault("weights", "imagenet" if entry.pretrained else "none")
+    cfg = load_config(TrainConfig, merged, source=source)
+    if cfg.image_size < entry.min_size:
+        raise MammoLabError(f"--image-size: {backbone} needs at least {entry.min_size} px, got {cfg.image_size}")
+    if cfg.weights == "imagenet" and not entry.pretrained:
+        raise MammoLabError(f"--weights imagenet: {backbone} has no ImageNet weights",
+                            hint="use --weights none or --weights PATH")
+    return cfg

@@ -1,0 +1,386 @@
+"""``train(dataset, config, out)``: one engine for every registry model, regime and preset.
+
+Lightning owns the loop, devices, precision and checkpoints; this module wires MammoLab's pieces
+into it and writes the run folder::
+
+    RUN/config.yaml            the resolved TrainConfig (train it again from this file alone)
+    RUN/run.json               dataset + manifest hash, model, classes, parameter counts, epochs,
+                               timings, throughput, versions, device; status running/complete
+    RUN/metrics.csv            one row per epoch: train/val loss, accuracy, AUC, lr, seconds
+    RUN/curves.png             loss, accuracy and AUC per epoch
+    RUN/checkpoints/best.ckpt  best validation AUC;  RUN/checkpoints/last.ckpt  end of the last epoch
+
+A finished run with the same result-relevant config is skipped; ``resume=True`` continues a killed
+run from ``last.ckpt`` and ends where an uninterrupted run with the same seed would (model,
+optimiser, schedule, early-stopping state and metrics history are all in the checkpoint, and every
+random draw is seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from mammolab.config import dump_yaml, load_yaml
+from mammolab.data.manifest import manifest_hash, read_info
+from mammolab.errors import MammoLabError
+from mammolab.io import atomic_write_text, write_json
+from mammolab.models.registry import MammoNet, create_model
+from mammolab.models.weights import check_checkpoint_model
+from mammolab.progress import quiet
+from mammolab.train.config import RUNTIME_FIELDS, TrainConfig, resolve_train_config, result_hash
+from mammolab.train.datamodule import MammoDataModule
+from mammolab.train.module import MammoModule
+
+__all__ = [
+    "METRICS_COLUMNS",
+    "RunResult",
+    "build_model",
+    "plot_curves",
+    "prepare_config",
+    "read_metrics",
+    "train",
+]
+
+METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc", "lr", "time")
+CONFIG_NAME, RUN_JSON, METRICS_NAME, CURVES_NAME = "config.yaml", "run.json", "metrics.csv", "curves.png"
+#: Options that may change when resuming: they extend or relocate a run without changing what it learnt so far.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience"}) | RUNTIME_FIELDS
+
+
+@dataclass
+class RunResult:
+    """What a training run produced (also what a skipped, already finished run holds)."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_val_auc: float | None
+    best_epoch: int | None
+    epochs_run: int
+    metrics: pd.DataFrame
+    info: dict[str, Any]
+    skipped: bool = False
+
+
+class MetricsLogger(Callback):
+    """Writes ``metrics.csv`` after every epoch; its rows travel in the checkpoint for exact resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self._t0 = 0.0
+        self._t_val = 0.0
+        self._lr = float("nan")
+        self.train_seconds: list[float] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = self._t_val = time.perf_counter()
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._t_val = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        m = trainer.callback_metrics
+
+        def value(key: str) -> float:
+            return float(m[key]) if key in m else float("nan")
+
+        row = {"epoch": trainer.current_epoch + 1, **{k: value(k) for k in METRICS_COLUMNS[1:7]},
+               "lr": self._lr, "time": round(now - self._t0, 3)}
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        self.train_seconds.append(max(1e-9, self._t_val - self._t0))
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, pd.DataFrame(self.rows, columns=list(METRICS_COLUMNS))
+                              .to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``metrics.csv`` (empty frame with the contract columns when absent)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return pd.DataFrame(columns=list(METRICS_COLUMNS))
+    return pd.read_csv(path)
+
+
+def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """Loss, accuracy and AUC per epoch (train and val) side by side, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    for ax, what, label in zip(axes, ("loss", "acc", "auc"), ("loss", "accuracy", "AUC"), strict=True):
+        for part, style in (("train", "-o"), ("val", "-s")):
+            col = f"{part}_{what}"
+            if col in metrics and metrics[col].notna().any():
+                ax.plot(metrics["epoch"], metrics[col], style, ms=3, label=part)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if what != "loss":
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def build_model(cfg: TrainConfig, num_outputs: int, *, weights: str | None = None) -> MammoNet:
+    """The model a config describes (weights default to the config's)."""
+    return create_model(cfg.model, regime=cfg.regime, weights=cfg.weights if weights is None else weights,
+                        in_chans=1, num_outputs=num_outputs, head_hidden=cfg.head_hidden,
+                        head_dropout=cfg.head_dropout, head_activation=cfg.head_activation,
+                        freeze_proportion=cfg.freeze_proportion, trainable_stages=cfg.trainable_stages)
+
+
+def prepare_config(out: str | Path, *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   resume: bool = False) -> TrainConfig:
+    """The config for ``mammolab train``: with ``resume``, the run's own ``config.yaml`` is the base."""
+    base: dict[str, Any] = {}
+    if resume:
+        stored = Path(out) / CONFIG_NAME
+        if not stored.is_file():
+            raise MammoLabError(f"--resume: {stored} not found; there is no run to resume in {out}")
+        base = load_yaml(stored)
+        if (overrides or {}).get("model") not in (None, base.get("model"), base.get("preset")):
+            raise MammoLabError(f"--resume: {out} was trained with model {base.get('preset') or base.get('model')!r}, "
+                                f"not {overrides['model']!r}", hint="a checkpoint only resumes the model it holds")
+    if config_file is not None:
+        base.update(load_yaml(config_file))
+    return resolve_train_config(base, overrides=overrides)
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import timm
+    import torchmetrics
+
+    import mammolab
+
+    return {"mammolab": getattr(mammolab, "__version__", "?"), "python": platform.python_version(),
+            "torch": torch.__version__, "lightning": lightning.__version__, "timm": timm.__version__,
+            "torchmetrics": torchmetrics.__version__, "numpy": np.__version__}
+
+
+def _device(trainer: L.Trainer) -> dict[str, Any]:
+    root = trainer.strategy.root_device
+    info: dict[str, Any] = {"type": root.type, "devices": trainer.num_devices, "nodes": trainer.num_nodes,
+                            "strategy": type(trainer.strategy).__name__, "precision": str(trainer.precision)}
+    if root.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(root)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info chatter (and hints about worker counts) when MammoLab is quiet."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*number of training batches.*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=r".*modules? in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        if quiet():
+            for n in names:
+                logging.getLogger(n).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)
+            # Trainer(deterministic=True) switches a process-wide flag; give the process its own back.
+            torch.use_deterministic_algorithms(deterministic)
+
+
+def _finished(out: Path) -> dict[str, Any] | None:
+    path = out / RUN_JSON
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return info if info.get("status") == "complete" else None
+
+
+def _result(out: Path, info: dict[str, Any], skipped: bool) -> RunResult:
+    ck = out / "checkpoints"
+    return RunResult(out, ck / "best.ckpt", ck / "last.ckpt", info.get("best_val_auc"), info.get("best_epoch"),
+                     int(info.get("epochs_run", 0)), read_metrics(out), info, skipped)
+
+
+def _check_resume(out: Path, cfg: TrainConfig) -> Path:
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise MammoLabError(f"--resume: {last} not found; the run stopped before its first epoch ended",
+                            hint="start it again without --resume (add --overwrite)")
+    stored = TrainConfig.model_validate(load_yaml(out / CONFIG_NAME))
+    if stored.model != cfg.model:
+        raise MammoLabError(f"--resume: {out} holds model {stored.model!r}, not {cfg.model!r}")
+    a, b = stored.model_dump(mode="json"), cfg.model_dump(mode="json")
+    changed = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise MammoLabError(f"--resume: option(s) {', '.join(changed)} differ from {out / CONFIG_NAME}; a resumed "
+                            "run keeps its config (only epochs, patience and runtime options may change)")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    check_checkpoint_model(ckpt, cfg.model, last)
+    return last
+
+
+def _clear(out: Path) -> None:
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in (RUN_JSON, METRICS_NAME, CURVES_NAME):
+        (out / name).unlink(missing_ok=True)
+
+
+def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool = False,
+          overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Train ``config`` on ``dataset`` into the run folder ``out``; return what it produced.
+
+    A finished run with the same result-relevant config is returned as is (``skipped=True``).
+    ``resume`` continues from ``out/checkpoints/last.ckpt``; ``overwrite`` starts afresh.
+    """
+    t_start = time.perf_counter()
+    dataset, out = Path(dataset).resolve(), Path(out)
+    cfg = config if isinstance(config, TrainConfig) else resolve_train_config(config)
+    done = _finished(out)
+    if done and not overwrite:
+        if done.get("config_hash") == result_hash(cfg):
+            return _result(out, done, skipped=True)
+        if not resume:
+            raise MammoLabError(f"{out} holds a finished run with another config",
+                                hint="choose another --out, --resume with more --epochs, or --overwrite")
+    ckpt_path: Path | None = None
+    if resume and not overwrite:
+        ckpt_path = _check_resume(out, cfg)
+    elif (out / "checkpoints" / "last.ckpt").is_file() and not overwrite:
+        raise MammoLabError(f"{out} holds an unfinished run", hint="pass --resume to continue it or --overwrite")
+    if overwrite:
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = MammoDataModule(dataset, cfg, mean=0.5, std=0.5)
+    classes = list(dm.classes)
+    binary = len(classes) == 2
+    model = build_model(cfg, 1 if binary else len(classes), weights="none" if ckpt_path else None)
+    dm.mean, dm.std = model.mean, model.std
+    pos_weight: float | None = None
+    if cfg.pos_weight != "none":
+        if not binary:
+            raise MammoLabError("pos_weight applies to binary labels only")
+        counts = dm.class_counts("train")
+        pos_weight = float(counts[0] / max(1, counts[1])) if cfg.pos_weight == "balanced" else float(cfg.pos_weight)
+    module = MammoModule(model, cfg.model_dump(mode="json"), classes, pos_weight)
+
+    ckpt_dir = out / "checkpoints"
+    logger = MetricsLogger(out / METRICS_NAME)
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
+                              save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    cbs: list[Callback] = [logger, best_cb, *callbacks]
+    if cfg.patience > 0:
+        cbs.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, min_delta=cfg.min_delta,
+                                 check_finite=False))
+    tb_logger: Any = False
+    if cfg.tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            tb_logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
+        except ModuleNotFoundError:
+            raise MammoLabError("--tensorboard needs the tensorboard package",
+                                hint="pip install tensorboard") from None
+
+    info: dict[str, Any] = {
+        "status": "running", "started": _now(), "dataset": str(dataset), "manifest_hash": manifest_hash(dataset),
+        "dataset_config_hash": read_info(dataset).get("config_hash"), "model": cfg.model, "preset": cfg.preset,
+        "regime": cfg.regime, "name": cfg.display_name, "classes": classes,
+        "labels": "binary" if binary else f"{len(classes)}class", "config_hash": result_hash(cfg),
+        "epochs_planned": cfg.epochs, "parameters": model.parameter_counts(),
+        "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, "resumed": ckpt_path is not None,
+        "versions": _versions(), "pos_weight": pos_weight, "seed": cfg.seed, "fold": cfg.fold, "subset": cfg.subset,
+    }
+    write_json(out / RUN_JSON, info)
+
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and cfg.precision == "16-mixed":
+        raise MammoLabError("--precision fp16 needs a GPU", hint="use --precision bf16 on CPU")
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+            precision=cfg.precision, callbacks=cbs, logger=tb_logger, default_root_dir=str(out),
+            num_sanity_val_steps=0, enable_progress_bar=not quiet(), enable_model_summary=False,
+            # "warn": deterministic kernels wherever they exist; an op without one (some CUDA backward
+            # passes) warns instead of stopping the run. On CPU every op used here is deterministic.
+            deterministic="warn" if cfg.deterministic else False, log_every_n_steps=1, benchmark=False)
+        t_fit = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        fit_seconds = time.perf_counter() - t_fit
+
+    best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
+    if trainer.is_global_zero:
+        if not best.is_file() and last.is_file():  # val AUC never defined (one class in val): best = last
+            shutil.copyfile(last, best)
+        metrics = pd.DataFrame(logger.rows, columns=list(METRICS_COLUMNS))
+        if len(metrics):
+            plot_curves(metrics, out / CURVES_NAME, title=f"{cfg.display_name} on {dataset.name}")
+        best_auc = metrics["val_auc"].max() if len(metrics) and metrics["val_auc"].notna().any() else None
+        best_epoch = int(metrics.loc[metrics["val_auc"].idxmax(), "epoch"]) if best_auc is not None else None
+        store = dm.store
+        n_train = len(dm.frames["train"])
+        secs = logger.train_seconds
+        info.update({
+            "status": "complete", "finished": _now(), "epochs_run": int(len(metrics)),
+            "stopped_early": bool(len(metrics) < cfg.epochs), "best_epoch": best_epoch,
+            "best_val_auc": None if best_auc is None else float(best_auc),
+            "train_seconds": round(fit_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3),
+            "throughput_img_s": round(n_train * len(secs) / sum(secs), 2) if secs else None,
+            "device": _device(trainer),
+            "cache": None if store is None else {"file": str(store.file) if store.file else None,
+                                                 "in_ram": store.in_ram, "reused": store.reused,
+                                                 "build_seconds": round(store.build_seconds, 3)},
+        })
+        write_json(out / RUN_JSON, info)
+    return _result(out, info, skipped=False)

@@ -1,0 +1,232 @@
+"""Decode and resize every image once; serve the pixels from RAM or a memory-mapped file afterwards.
+
+Decoding a full-size mammogram PNG costs tens of milliseconds, more than a training step of a small
+network on a GPU, so the classic loop (decode + resize every epoch) is input-bound. Here the
+resized images are stored once as one ``uint8``/``uint16`` array ``[N, H, W]``:
+
+* ``cache="auto"`` (default): a ``.npy`` file under the cache folder, keyed by everything that
+  decides its content (manifest hash, the dataset's config hash, the files' sizes and times, the
+  list of images, size and resize mode). It is loaded into RAM when it fits in half the available
+  memory and memory-mapped otherwise; a later run with the same key reuses it at once.
+* ``cache="disk"``: the same file, always memory-mapped (many parallel runs on one node).
+* ``cache="ram"``: decoded into RAM for this run only, nothing written.
+
+This module imports no torch, so the decoding worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammolab.errors import MammoLabError
+from mammolab.io import read_image
+from mammolab.progress import default_workers, make_progress
+
+__all__ = ["CACHE_VERSION", "ImageStore", "build_image_store", "default_cache_dir", "resize_image", "to_unit"]
+
+CACHE_VERSION = 1
+_INLINE_BELOW = 48  # fewer images than this are decoded in-process (no pool start-up)
+
+
+def default_cache_dir() -> Path:
+    """``$MAMMOLAB_CACHE``, else ``$XDG_CACHE_HOME/mammolab``, else ``~/.cache/mammolab``."""
+    if os.environ.get("MAMMOLAB_CACHE"):
+        return Path(os.environ["MAMMOLAB_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mammolab"
+
+
+def resize_image(img: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
+    """Resize a 2-D image to ``size x size`` keeping its dtype.
+
+    ``stretch`` ignores the aspect ratio (what the classic study did); ``pad`` scales the longer side
+    to ``size`` and centres the image on a black square, keeping the lesion's shape.
+    """
+    if img.ndim != 2:
+        raise MammoLabError(f"expected a 2-D grayscale image, got shape {img.shape}")
+    h, w = img.shape
+    if mode == "stretch":
+        th, tw = size, size
+    elif mode == "pad":
+        scale = size / max(h, w)
+        th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    else:
+        raise MammoLabError(f"resize: expected 'stretch' or 'pad', got {mode!r}")
+    interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
+    out = img if (th, tw) == (h, w) else cv2.resize(img, (tw, th), interpolation=interp)
+    if mode == "pad" and (th, tw) != (size, size):
+        canvas = np.zeros((size, size), dtype=img.dtype)
+        y0, x0 = (size - th) // 2, (size - tw) // 2
+        canvas[y0:y0 + th, x0:x0 + tw] = out
+        out = canvas
+    return np.ascontiguousarray(out)
+
+
+def to_unit(arr: np.ndarray) -> np.ndarray:
+    """Scale a ``uint8``/``uint16`` array to float32 in ``[0, 1]`` (by the dtype's full range)."""
+    return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+
+
+def _as_dtype(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if img.dtype == dtype:
+        return img
+    if img.dtype == np.uint8 and dtype == np.uint16:
+        return img.astype(np.uint16) * np.uint16(257)  # 255 * 257 = 65535: the same [0, 1] value
+    if img.dtype == np.uint16 and dtype == np.uint8:
+        return (img // 257).astype(np.uint8)
+    raise MammoLabError(f"unsupported pixel type {img.dtype} (expected uint8 or uint16)")
+
+
+def _load_one(args: tuple[str, int, str, str]) -> np.ndarray:
+    path, size, mode, dtype = args
+    return _as_dtype(resize_image(read_image(path), size, mode), np.dtype(dtype))
+
+
+def _probe_dtype(paths: Sequence[Path]) -> np.dtype:
+    """``uint16`` when any image is 16-bit (PNG header read by Pillow, no decode), else ``uint8``."""
+    from PIL import Image
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.mode not in ("L", "1", "P", "RGB", "RGBA", "LA"):
+                    return np.dtype(np.uint16)
+        except Exception:  # DICOM and other formats Pillow cannot open: assume 16-bit
+            return np.dtype(np.uint16)
+    return np.dtype(np.uint8)
+
+
+@dataclass
+class ImageStore:
+    """The resized images of a run, row ``i`` = ``paths[i]``; ``array`` is in RAM or memory-mapped."""
+
+    array: np.ndarray
+    paths: list[str]
+    file: Path | None
+    in_ram: bool
+    key: str
+    build_seconds: float
+    reused: bool
+
+    def index(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.paths)}
+
+
+def cache_key(dataset_dir: Path, rel_paths: Sequence[str], image_size: int, resize: str) -> str:
+    """Everything that decides the cached pixels, hashed: manifest, dataset config, files, size, mode."""
+    from mammolab.data.manifest import manifest_hash, read_info
+
+    h = hashlib.sha256()
+    info = read_info(dataset_dir)
+    h.update(json.dumps([CACHE_VERSION, manifest_hash(dataset_dir), info.get("config_hash"), image_size,
+                         resize]).encode())
+    for rel in rel_paths:
+        p = dataset_dir / rel
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise MammoLabError(f"{p}: image listed in manifest.csv not found") from None
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _ram_budget() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 2 << 30
+
+
+def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], image_size: int, resize: str,
+                 workers: int | None) -> None:
+    jobs = [(str(dataset_dir / p), image_size, resize, out.dtype.str) for p in rel_paths]
+    errors: list[str] = []
+    n = len(jobs)
+    workers = default_workers() if not workers or workers <= 0 else workers
+    with make_progress() as progress:
+        task = progress.add_task(f"caching {n} images at {image_size} px", total=n)
+        if workers <= 1 or n < _INLINE_BELOW:
+            for i, job in enumerate(jobs):
+                try:
+                    out[i] = _load_one(job)
+                except MammoLabError as exc:
+                    errors.append(str(exc))
+                progress.advance(task)
+        else:
+            # fork (where available) needs no importable __main__, so scripts and notebooks without a
+            # main guard work; the workers only run OpenCV and numpy, which are fork-safe.
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+                chunk = max(1, min(32, n // (workers * 8)))
+                results = pool.map(_safe_load, jobs, chunksize=chunk)
+                for i, (ok, value) in enumerate(results):
+                    if ok:
+                        out[i] = value
+                    else:
+                        errors.append(value)
+                    progress.advance(task)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise MammoLabError(f"{len(errors)} image(s) could not be read: {errors[0]}{more}")
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; nested threads only contend
+
+
+def _safe_load(job: tuple[str, int, str, str]) -> tuple[bool, object]:
+    try:
+        return True, _load_one(job)
+    except MammoLabError as exc:
+        return False, str(exc)
+
+
+def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, image_size: int,
+                      resize: str = "stretch", cache: str = "auto", cache_dir: str | Path | None = None,
+                      workers: int | None = None) -> ImageStore:
+    """Decode + resize ``rel_paths`` once (or reuse the cached file) and return the store."""
+    dataset_dir = Path(dataset_dir)
+    rel_paths = list(rel_paths)
+    t0 = time.perf_counter()
+    key = cache_key(dataset_dir, rel_paths, image_size, resize)
+    dtype = _probe_dtype([dataset_dir / p for p in rel_paths])
+    shape = (len(rel_paths), image_size, image_size)
+    if cache == "ram":
+        arr = np.empty(shape, dtype=dtype)
+        _decode_into(arr, dataset_dir, rel_paths, image_size, resize, workers)
+        return ImageStore(arr, rel_paths, None, True, key, time.perf_counter() - t0, False)
+    if cache not in ("auto", "disk"):
+        raise MammoLabError(f"cache: expected auto, ram or disk, got {cache!r}")
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / f"{key}.npy"
+    reused = file.is_file()
+    if not reused:
+        tmp = folder / f".{key}.{os.getpid()}.tmp.npy"
+        try:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            _decode_into(mm, dataset_dir, rel_paths, image_size, resize, workers)
+            mm.flush()
+            del mm
+            os.replace(tmp, file)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    in_ram = cache == "auto" and nbytes <= _ram_budget()
+    arr = np.load(file, mmap_mode=None if in_ram else "r")
+    if arr.shape != shape:
+        raise MammoLabError(f"{file}: cached array has shape {arr.shape}, expected {shape}; delete the file")
+    return ImageStore(arr, rel_paths, file, in_ram, key, time.perf_counter() - t0, reused)
