@@ -1,0 +1,84 @@
+"""Heatmap overlays: the plain image beside the image with its heatmap, lesion boxes on both.
+
+Colours are handled explicitly: OpenCV's ``applyColorMap`` returns **BGR**, so the jet map is
+converted to RGB before blending, and back to BGR only when the PNG is encoded. Red means hot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammolab.errors import MammoLabError
+from mammolab.io.atomic import atomic_write_bytes
+from mammolab.io.images import to_uint8
+
+__all__ = ["colorize", "overlay_panel", "write_rgb_png"]
+
+BOX_RGB = (0, 255, 0)
+_MIN_SIDE = 256
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """A ``[0, 1]`` heatmap as an RGB jet image (blue = cold, red = hot)."""
+    u8 = np.clip(np.rint(heat * 255), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def _gray_rgb(image: np.ndarray) -> np.ndarray:
+    img = to_uint8(image) if image.dtype != np.uint8 else image
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+
+
+def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]], scale: float, thickness: int) -> None:
+    for x0, y0, x1, y1 in boxes:
+        p0 = (int(round(x0 * scale)), int(round(y0 * scale)))
+        p1 = (int(round(x1 * scale)) - 1, int(round(y1 * scale)) - 1)
+        cv2.rectangle(rgb, p0, p1, BOX_RGB, thickness)
+
+
+def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[float]] = (), *,
+                  caption: str = "", alpha: float = 0.45) -> np.ndarray:
+    """RGB panel: ``[plain image | image + heatmap]``, boxes drawn on both, optional caption strip.
+
+    ``heat`` must have the image's shape. Small images are enlarged (nearest neighbour for the
+    image, so pixels stay honest) to at least 256 px high so the panel is readable.
+    """
+    if image.ndim != 2:
+        raise MammoLabError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    if heat.shape != image.shape:
+        raise MammoLabError(f"heatmap shape {heat.shape} does not match image shape {image.shape}")
+    h, w = image.shape
+    scale = max(1.0, _MIN_SIDE / h)
+    size = (int(round(w * scale)), int(round(h * scale)))
+    gray = _gray_rgb(image)
+    heat_rgb = colorize(heat)
+    if scale != 1.0:
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST)
+        heat_rgb = cv2.resize(heat_rgb, size, interpolation=cv2.INTER_LINEAR)
+    blended = cv2.addWeighted(gray, 1 - alpha, heat_rgb, alpha, 0)
+    thickness = max(1, int(round(min(size) / 150)))
+    left, right = gray.copy(), blended
+    _draw_boxes(left, boxes, scale, thickness)
+    _draw_boxes(right, boxes, scale, thickness)
+    gap = np.full((size[1], max(4, size[0] // 50), 3), 255, dtype=np.uint8)
+    panel = np.concatenate([left, gap, right], axis=1)
+    if caption:
+        font_scale = max(0.4, panel.shape[1] / 1400)
+        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        strip = np.full((th + base + 12, panel.shape[1], 3), 255, dtype=np.uint8)
+        cv2.putText(strip, caption, (6, th + 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (20, 20, 20), 1, cv2.LINE_AA)
+        panel = np.concatenate([strip, panel], axis=0)
+    return panel
+
+
+def write_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Encode an RGB image as PNG (OpenCV wants BGR) and write it atomically."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise MammoLabError(f"{path}: PNG encoding failed")
+    atomic_write_bytes(path, buf.tobytes())
+    return Path(path)
