@@ -21,3 +21,21 @@ def shared_dir() -> Path:
     if not (SHARED / "data" / "cbis-ddsm").is_dir():
         pytest.skip("../shared/data/cbis-ddsm is not present (only in the developers' checkout and CI)")
     return SHARED / "data" / "cbis-ddsm"
+
+
+@pytest.fixture(scope="session")
+def synth_legacy(tmp_path_factory: pytest.TempPathFactory):
+    """A small generated CBIS-DDSM download in the legacy layout (shared by the whole session)."""
+    from mammolab.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth-legacy"), patients=12, image_size=256, layout="legacy",
+                      seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def synth_nbia(tmp_path_factory: pytest.TempPathFactory):
+    """The same generated download in the current NBIA layout, with metadata.csv."""
+    from mammolab.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth-nbia"), patients=12, image_size=256, layout="nbia",
+                      seed=0, workers=1)

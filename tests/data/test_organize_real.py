@@ -54,9 +54,9 @@ def test_real_masks_bounding_boxes(shared_dir: Path) -> None:
 
 
 def test_classify_swapped_roi_files(tmp_path: Path) -> None:
-    from helpers import write_dicom
-
     from mammolab.data.organize import Abnormality
+
+    from helpers import write_dicom
 
     full = (64, 48)
     mask = np.zeros(full, np.uint8)

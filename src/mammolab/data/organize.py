@@ -97,6 +97,7 @@ class UnitResult:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, str]] = field(default_factory=list)
+    reused: bool = False
 
 
 @dataclass
@@ -351,15 +352,18 @@ def _row_from(u: Unit, image_id: str, label: str, img: np.ndarray, mask: np.ndar
     }
 
 
+def _outputs_exist(out: Path, rows: list[dict[str, Any]]) -> bool:
+    return all((out / r["path"]).is_file() and (not r.get("mask") or (out / r["mask"]).is_file()) for r in rows)
+
+
 def process_unit(job: _Job) -> UnitResult:
     """Read one full mammogram's files once and write every output made from it."""
     record = Path(job.out) / WORK_DIR / "units" / f"{job.unit.case_id}.json"
     if record.is_file():
         try:
             data = json.loads(record.read_text())
-            if data.get("config_hash") == job.cfg_hash and all(
-                    (Path(job.out) / r["path"]).is_file() for r in data["rows"]):
-                return UnitResult(rows=data["rows"], events=data["events"])
+            if data.get("config_hash") == job.cfg_hash and _outputs_exist(Path(job.out), data["rows"]):
+                return UnitResult(rows=data["rows"], events=data["events"], reused=True)
         except (json.JSONDecodeError, KeyError):
             pass
     u, root, out = job.unit, Path(job.root), Path(job.out)
@@ -479,7 +483,6 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
              labels: str, workers: int | None, inputs: dict[str, Any],
              process: Any = None) -> OrganizeResult:
     process = process or process_unit
-    already = sum(1 for j in jobs if (out / WORK_DIR / "units" / f"{_job_id(j)}.json").is_file())
     results, errors = parallel_map(process, jobs, workers=workers, description="organizing images")
     events: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []
@@ -487,6 +490,7 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
         if res is not None:
             rows.extend(res.rows)
             events.extend(res.events)
+    already = sum(1 for r in results if r is not None and r.reused)
     for i, msg in errors:
         events.append({"type": "unreadable", "item": _job_id(jobs[i]), "detail": msg})
     if not rows:
@@ -604,9 +608,12 @@ def _import_one(job: _ImportJob) -> UnitResult:
     out = Path(job.out)
     record = out / WORK_DIR / "units" / f"{job.image_id}.json"
     if record.is_file():
-        data = json.loads(record.read_text())
-        if data.get("config_hash") == job.cfg_hash and (out / data["rows"][0]["path"]).is_file():
-            return UnitResult(rows=data["rows"], events=data["events"])
+        try:
+            data = json.loads(record.read_text())
+            if data.get("config_hash") == job.cfg_hash and _outputs_exist(out, data["rows"]):
+                return UnitResult(rows=data["rows"], events=data["events"], reused=True)
+        except (json.JSONDecodeError, KeyError):
+            pass
     img = read_image(job.src)
     if img.size == 0 or int(img.max()) == 0:
         raise MammoLabError(f"{job.src}: image is empty or all black")
