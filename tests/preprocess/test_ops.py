@@ -189,14 +189,24 @@ def test_clahe_keeps_shape_dtype_and_black_background(dtype: type) -> None:
 def test_resize_keep_aspect_pads_and_moves_box(film: Film, dtype: type, bit_depth: int | None,
                                                expected: type) -> None:
     s = sample_of(film, dtype)
-    out = resize(s, height=64, width=64, keep_aspect=True, bit_depth=bit_depth)
-    assert out.image.shape == (64, 64) and out.image.dtype == expected
-    # 128x192 -> 43x64 centred: black padding left and right.
-    assert out.image[:, :10].max() == 0 and out.image[:, -10:].max() == 0
-    scale = 64 / 192
-    ox = (64 - round(128 * scale)) // 2
-    exp = np.array(film.box) * [43 / 128, scale, 43 / 128, scale] + [ox, 0, ox, 0]
-    np.testing.assert_allclose(out.boxes[0], exp, atol=1e-6)
+    out = resize(s, height=96, width=96, keep_aspect=True, bit_depth=bit_depth)
+    assert out.image.shape == (96, 96) and out.image.dtype == expected
+    # 128x192 -> 64x96 centred: black padding left and right.
+    assert out.image[:, :16].max() == 0 and out.image[:, -16:].max() == 0 and out.image[:, 16:80].max() > 0
+    np.testing.assert_allclose(out.boxes[0], np.array(film.box) * 0.5 + [16, 0, 16, 0], atol=1e-9)
+    assert_box_follows_mask(out, tol=1.0)
+
+
+@pytest.mark.parametrize("shape,target", [((191, 127), (40, 40)), ((300, 97), (64, 32)), ((50, 40), (100, 90))])
+def test_resize_any_ratio_keeps_box_on_mask(shape: tuple[int, int], target: tuple[int, int]) -> None:
+    f = make_film(2, "left")
+    img = np.ascontiguousarray(f.image[: shape[0], : shape[1]]) if shape[0] <= 192 else \
+        np.pad(f.image, ((0, shape[0] - 192), (0, 0)))[:, : shape[1]]
+    mask = np.zeros(shape, np.uint8)
+    mask[shape[0] // 3: shape[0] // 2, shape[1] // 4: shape[1] // 2] = 255
+    s = Sample(img, mask, [bbox(mask)])
+    out = Resize(height=target[0], width=target[1])(s)
+    assert out.image.shape == target
     assert_box_follows_mask(out, tol=1.0)
 
 
