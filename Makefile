@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out $(DEMO)
+	BIN=$(BIN) bash scripts/demo.sh $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
