@@ -40,7 +40,7 @@ def bbox(mask: np.ndarray) -> list[float] | None:
 
 
 def make_film(seed: int = 0, chest_wall: str = "left", h: int = H, w: int = W, edge: bool = True,
-              label: bool = True) -> Film:
+              label: bool = True, background: float = 0.0) -> Film:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     wall_x = 0.0 if chest_wall == "left" else w - 1.0
@@ -50,7 +50,7 @@ def make_film(seed: int = 0, chest_wall: str = "left", h: int = H, w: int = W, e
     tex = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 2.0)
     # Dense near the chest wall, fading towards the skin line (a faint rim, like fatty tissue).
     tissue = 9000 + 24000 * (1 - r2) + 2500 * tex
-    img = np.where(breast, tissue, 0.0)
+    img = np.where(breast, tissue, background + (rng.normal(0, 0.1 * background, (h, w)) if background else 0.0))
     # Lesion: a bright blob inside the breast.
     cx = (0.3 * w) if chest_wall == "left" else (0.7 * w)
     cy = 0.55 * h + rng.integers(-6, 7)

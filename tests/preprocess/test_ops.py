@@ -117,6 +117,17 @@ def test_remove_annotations_blanks_label_keeps_breast_and_lesion(dtype: type) ->
     np.testing.assert_array_equal(out.boxes, s.boxes)
 
 
+def test_remove_annotations_on_grey_film_base() -> None:
+    """A scanned film's base is grey, not black: growing the breast must stop at the background level."""
+    f = make_film(11, "right", edge=False, background=5000)
+    s = sample_of(f)
+    out = remove_annotations(s)
+    lx0, ly0, lx1, ly1 = f.label_box
+    assert out.image[ly0:ly1, lx0:lx1].max() == 0
+    assert (out.image == s.image)[f.breast].mean() > 0.97
+    assert (out.image[~f.breast] == 0).mean() > 0.9  # the grey base itself is blanked too
+
+
 def test_remove_annotations_crop_to_breast_moves_box() -> None:
     f = make_film(6, "right", edge=False)
     out = RemoveAnnotations(crop_to_breast=True, crop_margin=0.0)(sample_of(f))
@@ -147,6 +158,7 @@ def test_orient_flips_right_wall_and_leaves_left_wall() -> None:
     same = Orient(chest_wall="left")(left)
     np.testing.assert_array_equal(same.image, left.image)
     np.testing.assert_array_equal(same.boxes, left.boxes)
+    assert same.meta["hflip"] is False
     assert Orient(chest_wall="right")(left).meta["hflip"] is True
 
 

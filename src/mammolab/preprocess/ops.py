@@ -259,9 +259,9 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3,
     Otsu's threshold separates tissue from background; a closing then an opening (elliptic kernel,
     ``kernel`` times the thumbnail's long side) joins the breast and cuts thin bridges to labels and
     markers; the largest connected component is the breast. Otsu alone misses the faint fatty rim
-    near the skin line, so the breast then grows into the connected pixels above ``grow`` times the
-    Otsu level (``grow=1`` keeps plain Otsu); labels and markers stay out because they are not
-    connected to it. Holes (dark fat, lesion cores) are filled.
+    near the skin line, so the breast then grows into the connected pixels above the background level
+    plus ``grow`` times the way from it to the Otsu level (``grow=1`` keeps plain Otsu); labels and
+    markers stay out because they are not connected to it. Holes (dark fat, lesion cores) are filled.
     """
     t, k = thumbnail(img)
     t8 = (t.astype(np.float32) * (255.0 / max(1, int(t.max())))).astype(np.uint8) if t.max() else t.astype(np.uint8)
@@ -280,7 +280,10 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3,
             raise MammoLabError("no breast found (the image has no region above the Otsu threshold)")
     seed = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if grow < 1.0:
-        low = (t8 > max(0.0, grow * level)).astype(np.uint8)
+        # Grow towards the background level, not towards 0: film base is often well above black.
+        below = t8[t8 <= level]
+        bg = float(np.median(below)) if below.size else 0.0
+        low = (t8 > bg + grow * max(0.0, level - bg)).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
         _, low_labels = cv2.connectedComponents(low, connectivity=8)
         keep = np.unique(low_labels[seed & (low_labels > 0)])
@@ -362,7 +365,7 @@ class RemoveAnnotations(Op):
 
     name: ClassVar[str] = "remove_annotations"
     kernel: float = Field(0.02, gt=0.0, le=0.2, description="closing/opening kernel, share of the long side")
-    grow: float = Field(0.3, gt=0.0, le=1.0, description="grow the Otsu breast into pixels above grow*Otsu")
+    grow: float = Field(0.3, gt=0.0, le=1.0, description="grow the breast down to this share of background->Otsu")
     fill_holes: bool = True
     crop_to_breast: bool = False
     crop_margin: float = Field(0.02, ge=0.0, le=0.5)
@@ -370,9 +373,12 @@ class RemoveAnnotations(Op):
     def __call__(self, sample: Sample) -> Sample:
         small, k = breast_mask(sample.image, kernel=self.kernel, grow=self.grow, fill_holes=self.fill_holes)
         small = cv2.dilate(small, np.ones((3, 3), np.uint8))  # keep the skin line's partial pixels
-        full = _upscale_mask(small, k, sample.image.shape)
-        _, full = cv2.threshold(full, 127, 255, cv2.THRESH_BINARY)
-        out = sample.replace(cv2.bitwise_and(sample.image, sample.image, mask=full))
+        # The mask in the image's own dtype (0 / all bits set): a plain AND is OpenCV's fastest path.
+        top = _full_scale(sample.image)
+        small_t = small if top == 255 else small.astype(np.uint16) * 257
+        full = _upscale_mask(small_t, k, sample.image.shape)
+        _, full = cv2.threshold(full, top // 2, top, cv2.THRESH_BINARY)
+        out = sample.replace(cv2.bitwise_and(sample.image, full))
         if self.crop_to_breast:
             ys, xs = np.nonzero(small)
             h, w = out.image.shape
@@ -400,7 +406,7 @@ class Orient(Op):
         half = len(col) // 2
         wall_left = col[:half].sum() >= col[len(col) - half:].sum()
         if wall_left == (self.chest_wall == "left"):
-            return sample.replace(sample.image)
+            return sample.replace(sample.image, hflip=bool(sample.meta.get("hflip", False)))
         return flip(sample, horizontal=True)
 
 
