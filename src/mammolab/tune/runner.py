@@ -1,0 +1,213 @@
+"""``tune(dataset, model, n_trials, out)``: a reproducible, resumable, shareable hyperparameter search.
+
+Each trial trains one configuration with :func:`mammolab.train.fit.train` into ``RUN/trials/<n>/``
+and is scored by its best validation AUC; Optuna's Lightning integration reports the validation
+AUC after every epoch so the median pruner can stop weak trials early. The run folder::
+
+    RUN/optuna.db                 the study (default storage; PostgreSQL with storage="postgresql://...")
+    RUN/mammolab.json             stage "tune": dataset, model, study, storage (password hidden), settings
+    RUN/trials/<n>/               each trial's training run (config.yaml, metrics.csv, checkpoints, ...)
+    RUN/tune/trials.csv           every trial: number, state, value, parameters, duration
+    RUN/tune/best.json            the best trial, its parameters, counts per state, parameter importances
+    RUN/tune/optimization_history.png, RUN/tune/param_importances.png   Optuna's matplotlib plots
+
+:func:`export_preset` writes the best parameters as a YAML that ``mammolab train --config`` accepts;
+that is how the shipped ``efficientnet_b3_optuna`` preset is meant to be (re)made.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mammolab.config import dump_yaml, load_yaml
+from mammolab.data.manifest import load_manifest, manifest_hash, read_info, write_info
+from mammolab.errors import MammoLabError
+from mammolab.io import atomic_write_text
+from mammolab.tune.search import best_trial, create_or_load_study, run_trials, write_study_reports
+from mammolab.tune.space import SearchSpace, load_space
+from mammolab.tune.storage import ClaimLock, default_storage_url, open_storage, redact_url
+
+__all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "export_preset", "tune", "tune_config"]
+
+#: Train-config fields a search space may not tune: the tuner sets them (model, run size, seed) or
+#: they change where a run executes rather than what it learns.
+RUN_SIZE_FIELDS = ("epochs", "image_size", "subset", "seed", "fold")
+EXCLUDED_FIELDS = ("model", "preset", "weights", *RUN_SIZE_FIELDS, "accelerator", "devices", "strategy",
+                   "num_workers", "cache", "cache_dir", "tensorboard", "deterministic")
+MONITOR = "val_auc"
+
+
+@dataclass
+class TuneResult:
+    """What a worker left behind: the study's counts, the best trial, the report files and the export."""
+
+    run_dir: Path
+    study_name: str
+    storage: str
+    counts: dict[str, int]
+    ran: dict[int, str]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    reports: dict[str, Path] = field(default_factory=dict)
+    export: Path | None = None
+    timed_out: bool = False
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _base_options(model: str, base_config: str | Path | Mapping[str, Any] | None, *, epochs: int,
+                  image_size: int | None, subset: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fixed train options from the user's base YAML, the tuner's run-size options)."""
+    fixed = load_yaml(base_config) if isinstance(base_config, (str, Path)) else dict(base_config or {})
+    if fixed.get("model") not in (None, model):
+        raise MammoLabError(f"--config names model {fixed['model']!r} but --model is {model!r}; give one")
+    fixed.pop("model", None)
+    size = {"model": model, "epochs": epochs, "image_size": image_size, "subset": subset, "seed": seed}
+    return fixed, {k: v for k, v in size.items() if v is not None}
+
+
+def tune_config(fixed: Mapping[str, Any], run_size: Mapping[str, Any], overrides: Mapping[str, Any]) -> Any:
+    """The train config of one trial: fixed options < tuned values < the tuner's run-size options.
+
+    Tuning ``freeze_proportion`` implies partial fine-tuning (regime ``pft``), the only regime it
+    applies to, so a space that tunes it does not also need the regime fixed by hand.
+    """
+    from mammolab.train.config import resolve_train_config
+
+    merged = _deep_merge(fixed, overrides)
+    if "freeze_proportion" in overrides and "regime" not in overrides:
+        merged["regime"] = "pft"
+        merged.pop("trainable_stages", None)
+    merged.update(run_size)
+    return resolve_train_config(merged)
+
+
+def _check_run_dir(out: Path, study_name: str, storage_shown: str) -> None:
+    info = read_info(out)
+    if info and info.get("stage") != "tune":
+        raise MammoLabError(f"{out} holds a {info.get('stage', 'non-tuning')} folder, not a tuning run; "
+                            "choose another --out")
+    if info and (info.get("study"), info.get("storage")) != (study_name, storage_shown):
+        raise MammoLabError(f"{out} belongs to study {info.get('study')!r} in {info.get('storage')}; "
+                            f"one run folder holds one study (choose another --out for {study_name!r})")
+
+
+def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, storage: str | None = None,
+         study_name: str | None = None, space: str | Path | Mapping[str, Any] | None = None, epochs: int = 5,
+         image_size: int | None = None, subset: int | None = None, seed: int = 42, timeout: float | None = None,
+         export: str | Path | None = None, base_config: str | Path | Mapping[str, Any] | None = None,
+         n_startup_trials: int = 3, n_warmup_steps: int = 1, heartbeat_interval: int = 10,
+         grace_period: int | None = None, on_event: Callable[[str], None] | None = None) -> TuneResult:
+    """Run (or resume, or join) a TPE search that maximises validation AUC; see the module docstring.
+
+    ``n_trials`` is the study's target of finished (complete or pruned) trials, shared by every
+    worker on the same storage and study name. ``timeout`` stops starting trials after that many
+    seconds. ``base_config`` fixes train options that are not searched (e.g. ``scheduler: none``).
+    ``n_startup_trials``/``n_warmup_steps`` configure the median pruner (trials completed before
+    any pruning / epochs before a trial may be pruned); a killed worker's trial is retried after
+    ``grace_period`` seconds without heartbeat (default ``2 * heartbeat_interval``).
+    """
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from mammolab.train.config import TrainConfig
+    from mammolab.train.fit import train
+
+    dataset, out = Path(dataset), Path(out)
+    load_manifest(dataset)  # a clear error for a folder that is not a dataset, before any database work
+    fixed, run_size = _base_options(model, base_config, epochs=epochs, image_size=image_size, subset=subset,
+                                    seed=seed)
+    base_cfg = tune_config(fixed, run_size, {})
+    search_space: SearchSpace = load_space(space, config_model=TrainConfig, exclude=EXCLUDED_FIELDS)
+    search_space.check(lambda ov: tune_config(fixed, run_size, ov))
+    study_name = study_name or f"{model}-{base_cfg.image_size}px"
+    url = storage or default_storage_url(out)
+    shown = redact_url(url)
+    _check_run_dir(out, study_name, shown)
+    settings = {
+        "model": model, "epochs": base_cfg.epochs, "image_size": base_cfg.image_size, "subset": base_cfg.subset,
+        "seed": base_cfg.seed, "fixed": fixed, "space": search_space.to_dict(),
+        "dataset_manifest_hash": manifest_hash(dataset),
+    }
+    study_storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = create_or_load_study(study_storage, study_name, settings=settings, seed=seed,
+                                 n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps, url=url)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"stage": "tune", "dataset": str(dataset.resolve()), "model": model, "study": study_name,
+              "storage": shown, "n_trials": n_trials, "settings": settings}
+    write_info(out, record)
+
+    def objective(trial: Any) -> float:
+        values = search_space.suggest(trial)
+        cfg = tune_config(fixed, run_size, search_space.overrides(values))
+        trial_dir = out / "trials" / str(trial.number)
+        if trial_dir.exists():  # leftovers of a crashed attempt: trial numbers are never reused in a study
+            shutil.rmtree(trial_dir)
+        trial.set_user_attr("run_dir", str(trial_dir.resolve()))
+        result = train(dataset, cfg, trial_dir,
+                       callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
+        if result.best_val_auc is None or not math.isfinite(result.best_val_auc):
+            raise MammoLabError(f"trial {trial.number}: validation AUC is undefined (does the val split of "
+                                f"{dataset} hold both classes?)")
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        return float(result.best_val_auc)
+
+    lock = ClaimLock(url, study_name)
+    try:
+        summary = run_trials(study, objective, n_trials, lock=lock, seed=seed, timeout=timeout, on_event=on_event)
+    finally:
+        lock.close()
+    reports = write_study_reports(study, out / "tune", decode=search_space.decode,
+                                  extra={"model": model, "storage": shown, "n_trials": n_trials,
+                                         "image_size": base_cfg.image_size, "epochs": base_cfg.epochs})
+    try:
+        best = best_trial(study)
+        best_number, best_value, best_params = best.number, float(best.value), search_space.decode(best.params)
+    except MammoLabError:
+        best, best_number, best_value, best_params = None, None, None, {}
+    exported = export_preset(study, search_space, export, model=model, fixed=fixed) if export else None
+    return TuneResult(out, study_name, shown, summary.counts, summary.ran, best_number, best_value, best_params,
+                      reports, exported, summary.timed_out)
+
+
+def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: str,
+                  fixed: Mapping[str, Any] | None = None) -> Path:
+    """Write the best trial as a train preset: ``model``, the fixed options and the tuned fields.
+
+    Run-size options (epochs, image size, subset, seed) are left out on purpose: a search runs
+    small and short, the final training does not. The file is validated as a train config before
+    it is written, so ``mammolab train --config FILE.yaml`` accepts it.
+    """
+    from mammolab.train.config import resolve_train_config
+
+    best = best_trial(study)
+    tuned = space.overrides(space.decode(best.params))
+    preset: dict[str, Any] = {"model": model}
+    preset.update(_deep_merge(dict(fixed or {}), tuned))
+    if "freeze_proportion" in tuned and "regime" not in tuned:
+        preset["regime"] = "pft"
+        preset.pop("trainable_stages", None)
+    resolve_train_config(preset)
+    settings = study.user_attrs.get("mammolab_settings", {})
+    header = (f"# Best parameters of Optuna study {study.study_name!r}: trial {best.number}, validation AUC "
+              f"{best.value:.4f}\n# (searched at {settings.get('image_size', '?')} px for "
+              f"{settings.get('epochs', '?')} epochs). Written by 'mammolab tune --export'; train it with\n"
+              f"#   mammolab train DATASET --config {Path(path).name} --out RUN [--image-size N --epochs N]\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, header + dump_yaml(preset))
+    return path
