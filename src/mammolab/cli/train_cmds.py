@@ -1,5 +1,126 @@
-"""CLI commands: train_cmds."""
+"""CLI commands of the models and training stage: ``models`` and ``train``."""
 
 from __future__ import annotations
 
-from mammolab.cli._app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from mammolab.cli._app import app
+
+
+@app.command()
+def models() -> None:
+    """List every model name of the registry and every preset (the classic study's ten configurations).
+
+    A model is a backbone trained under a regime (--regime opw, pft or cft); a preset fixes the model,
+    the regime and options such as the head or the learning rate. Both are valid for 'mammolab train --model'.
+    """
+    from rich.table import Table
+
+    from mammolab.models import CLASSIC_TEN, REGIMES, get_model_entry, get_preset, list_models, list_presets
+    from mammolab.models.registry import REGIME_HELP
+    from mammolab.progress import console
+
+    table = Table(title="models (mammolab train --model NAME [--regime opw|pft|cft])", title_justify="left")
+    table.add_column("name", min_width=max(map(len, list_models())), no_wrap=True)
+    for col in ("weights", "size", "what it is"):
+        table.add_column(col)
+    for name in list_models():
+        e = get_model_entry(name)
+        size = f"{e.default_size}" + (f" (>= {e.min_size})" if e.min_size > 32 else "")
+        table.add_row(name, "imagenet" if e.pretrained else "none", size, e.description)
+    console.print(table)
+    presets = Table(title="presets (mammolab train --model PRESET)", title_justify="left")
+    presets.add_column("preset", min_width=max(map(len, list_presets())), no_wrap=True)
+    for col in ("model", "regime", "classic", "what it is"):
+        presets.add_column(col)
+    for name in list_presets():
+        p = get_preset(name)
+        assert p is not None
+        presets.add_row(name, p.model, p.regime, "yes" if name in CLASSIC_TEN else "", p.description)
+    console.print(presets)
+    console.print("regimes: " + "; ".join(f"{r} = {REGIME_HELP[r]}" for r in REGIMES), highlight=False)
+
+
+@app.command()
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset folder with manifest.csv (from 'mammolab organize' or "
+                                   "'mammolab preprocess'); train/val/test rows come from its split column."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model or preset name (see 'mammolab models'), "
+                                     "e.g. resnet18, mammocnn, efficientnet_b3_optuna. Required unless --config "
+                                     "or --resume supplies it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write: config.yaml, run.json, metrics.csv, "
+                             "curves.png, checkpoints/{best,last}.ckpt."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of train options (any option below, "
+                                       "plus augment:, head_hidden:, ...); command-line options override it."),
+    regime: str | None = typer.Option(None, "--regime", help="opw (frozen backbone, linear head), pft (last "
+                                      "stages + head train) or cft (everything trains). Default: the preset's, "
+                                      "else cft."),
+    weights: str | None = typer.Option(None, "--weights", help="'imagenet' (timm / Hugging Face hub), 'none', "
+                                       "or a local .pth/.safetensors/.ckpt file. Default: imagenet for timm "
+                                       "models, none for MammoLab's CNNs."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum number of epochs (default 20)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Square input size in pixels (default: "
+                                          "the model's, e.g. 224, 512 for mammocnn)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per batch and device (default 32)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-3, or the preset's)."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adamw, adam or sgd (default adamw)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="cosine, step, plateau or none (default "
+                                         "cosine)."),
+    patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience in epochs on val AUC "
+                                        "(default 5; 0 = never stop early)."),
+    freeze_proportion: float | None = typer.Option(None, "--freeze-proportion", help="pft: fraction of the "
+                                                   "backbone's layers, from the input, that stay frozen."),
+    trainable_stages: int | None = typer.Option(None, "--trainable-stages", help="pft: number of backbone "
+                                                "stages, from the output, that train (default 2)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 42); the same seed repeats a "
+                                    "run exactly on CPU."),
+    fold: int | None = typer.Option(None, "--fold", help="Cross-validation: validate on fold K of the training "
+                                    "rows (manifest 'fold' column), train on the other folds."),
+    subset: int | None = typer.Option(None, "--subset", help="Train on about N training images, sampled by "
+                                      "patient with the label balance kept (quick experiments)."),
+    devices: str | None = typer.Option(None, "--devices", help="Number of devices (GPUs) or 'auto' (default 1)."),
+    strategy: str | None = typer.Option(None, "--strategy", help="Lightning strategy, e.g. ddp for several "
+                                        "GPUs (default auto)."),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu, gpu/cuda or mps "
+                                           "(default auto)."),
+    precision: str | None = typer.Option(None, "--precision", help="32, bf16 or fp16 (mixed precision; fp16 "
+                                         "needs a GPU). Default 32."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0:"
+                                           " images come from the cache, so workers rarely help)."),
+    cache: str | None = typer.Option(None, "--cache", help="Image cache: auto (file under ~/.cache/mammolab, "
+                                     "in RAM when it fits), disk (always memory-mapped) or ram (no file)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs the "
+                                     "tensorboard package)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed run in --out from its last "
+                                "checkpoint (same config; --epochs may grow)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+) -> None:
+    """Train a registry model or preset on a dataset folder; a finished run with the same config is skipped.
+
+    Every epoch logs train/val loss, accuracy and AUC to RUN/metrics.csv; the best (val AUC) and last
+    checkpoints go to RUN/checkpoints. Kill it any time: --resume continues from the last epoch.
+    """
+    from mammolab.progress import console
+    from mammolab.train.fit import prepare_config
+    from mammolab.train.fit import train as run_training
+
+    overrides = {
+        "model": model, "regime": regime, "weights": weights, "epochs": epochs, "image_size": image_size,
+        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "scheduler": scheduler, "patience": patience,
+        "freeze_proportion": freeze_proportion, "trainable_stages": trainable_stages, "seed": seed, "fold": fold,
+        "subset": subset, "devices": devices, "strategy": strategy, "accelerator": accelerator,
+        "precision": precision, "num_workers": num_workers, "cache": cache, "tensorboard": tensorboard or None,
+    }
+    cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume)
+    result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
+    say = {"soft_wrap": True, "highlight": False}
+    if result.skipped:
+        console.print(f"train: {out} already holds this finished run, skipped (--overwrite to redo it)", **say)
+    auc = "n/a" if result.best_val_auc is None else f"{result.best_val_auc:.4f}"
+    console.print(f"train: {cfg.display_name}, {result.epochs_run} epoch(s), best val AUC {auc} "
+                  f"(epoch {result.best_epoch})", **say)
+    console.print(f"run: {out}  (metrics.csv, curves.png, run.json)", **say)
+    console.print(f"best checkpoint: {result.best_checkpoint}", **say)
+    console.print(f"next: mammolab evaluate {out}", **say)
