@@ -1,5 +1,75 @@
-"""CLI commands: app_cmds."""
+"""CLI commands where a person meets MammoLab: ``run`` (a whole study), ``wizard`` and ``serve``."""
 
 from __future__ import annotations
 
-from mammolab.cli._app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from mammolab.cli._app import app
+
+
+@app.command("run")
+def run_cmd(
+    experiment: Path = typer.Argument(..., help="Experiment YAML (see experiments/demo.yaml and "
+                                      "experiments/cbis_mass_classic10.yaml): data, organize, preprocess, "
+                                      "train runs, evaluate, explain, compare."),
+    only: str | None = typer.Option(None, "--only", help="Run a single stage: synth, organize, preprocess, "
+                                    "train, evaluate, explain or compare (the stages before it must be done)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the file and list what would run or be "
+                                 "skipped; writes nothing and needs no data."),
+) -> None:
+    """Run a whole study from one YAML: organize, preprocess, train every run, evaluate, explain, compare.
+
+    Finished stages are skipped ('skip (up to date)') and redone only when their config or input
+    changed, so after a crash or Ctrl-C running the same command again finishes the rest. A training
+    run that fails is reported at the end (exit code 1) and does not stop the others.
+    """
+    from mammolab.app.run import run_experiment
+
+    result = run_experiment(experiment, only=only, dry_run=dry_run)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def wizard(
+    out: Path | None = typer.Option(None, "--out", help="Where to write the experiment YAML (asked when omitted)."),
+) -> None:
+    """A guided questionnaire for newcomers: data, organize, preprocess, models and regimes.
+
+    Every question has a default (press Enter) and a wrong answer is explained and asked again. At the
+    end it shows the equivalent commands, writes the experiment YAML and offers to run it.
+    """
+    from mammolab.app.wizard import run_wizard
+
+    run_wizard(out)
+
+
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Trained run folder (from 'mammolab train' or OUT/runs/NAME of "
+                               "'mammolab run')."),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default is this machine only. "
+                             "Use 0.0.0.0 only on a trusted network: there is no authentication."),
+    max_mb: float = typer.Option(50.0, "--max-mb", help="Largest accepted upload in megabytes."),
+    method: str = typer.Option("gradcam", "--method", help="Heatmap method: gradcam, gradcam++ or occlusion."),
+) -> None:
+    """A local web page: upload a DICOM or image, see P(malignant), the class and the heatmap overlay.
+
+    Open the printed address in a browser. Press Ctrl-C to stop.
+    """
+    from mammolab.app.serve import make_server
+    from mammolab.progress import console
+
+    server = make_server(run, host=host, port=port, max_bytes=int(max_mb * 1024 * 1024), method=method)
+    h, p = server.server_address[:2]
+    console.print(f"serving {server.app.title} on [bold]http://{h}:{p}/[/]  (Ctrl-C to stop)",
+                  highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
