@@ -40,7 +40,7 @@ class AugmentConfig(StrictModel):
         default_factory=lambda: list(TRANSFORMS), min_length=1)
     angle: float = Field(15.0, gt=0.0, le=90.0)
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
-    png_compression: int = Field(1, ge=0, le=9)
+    png_compression: int | None = Field(None, ge=0, le=9)
 
 
 def _suffix(name: str, angle: float) -> str:

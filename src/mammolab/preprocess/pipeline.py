@@ -88,7 +88,7 @@ class PreprocessConfig(StrictModel):
     """A preprocessing run: the steps in order (each ``{name: params}``) and how outputs are written."""
 
     steps: list[dict[str, dict[str, Any]]] = Field(min_length=1)
-    png_compression: int = Field(1, ge=0, le=9)
+    png_compression: int | None = Field(None, ge=0, le=9)
 
     @field_validator("steps", mode="before")
     @classmethod
