@@ -243,8 +243,7 @@ class _Runner:
 
             resume = overwrite = False
             if (run_dir / "config.yaml").is_file():
-                stored = _read_yaml_hash(run_dir / "config.yaml")
-                same = stored == want and info.get("manifest_hash") in (None, src_hash)
+                same = _resumable(run_dir / "config.yaml", tc) and info.get("manifest_hash") in (None, src_hash)
                 if same and (run_dir / "checkpoints" / "last.ckpt").is_file() and info.get("status") != "complete":
                     resume = True
                 elif not same or info.get("status") == "complete":
@@ -303,7 +302,7 @@ class _Runner:
             from mammolab.explain.runner import explain_run
 
             images = None if sec.n == 0 else _first_images(run_dir, sec.split, sec.n)
-            s = explain_run(run_dir, images, split=sec.split, method=sec.method, out_dir=out_dir)
+            explain_run(run_dir, images, split=sec.split, method=sec.method, out_dir=out_dir)
         except Exception as exc:
             self.log(StageRecord("explain", name, "failed", time.perf_counter() - t0, _one_line(exc)))
             return
@@ -393,14 +392,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _read_yaml_hash(path: Path) -> str | None:
+def _resumable(path: Path, tc: Any) -> bool:
+    """Whether a run folder's stored config differs from ``tc`` only in what a resume may change."""
     from mammolab.config import load_yaml
-    from mammolab.train.config import TrainConfig, result_hash
+    from mammolab.train.config import TrainConfig
+    from mammolab.train.fit import RESUMABLE_CHANGES
 
     try:
-        return result_hash(TrainConfig.model_validate(load_yaml(path)))
+        stored = TrainConfig.model_validate(load_yaml(path)).model_dump(mode="json")
     except Exception:
-        return None
+        return False
+    new = tc.model_dump(mode="json")
+    return all(stored.get(k) == v for k, v in new.items() if k not in RESUMABLE_CHANGES)
 
 
 def _auc_text(value: Any, what: str) -> str:
