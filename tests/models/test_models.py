@@ -12,11 +12,8 @@ from mammolab.errors import MammoLabError
 from mammolab.models import CLASSIC_TEN, REGIMES, create_model, get_model_entry, list_models, list_presets
 from mammolab.models.regimes import backbone_stages
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-
 ALL_MODELS = ("mammocnn", "mammoresnet", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b3",
               "inception_resnet_v2")
-HEAVY = {"inception_resnet_v2"}
 
 
 def test_registry_lists_every_model_and_the_classic_ten() -> None:
@@ -48,7 +45,7 @@ def _step_params(model: nn.Module, size: int) -> tuple[dict[str, torch.Tensor], 
 
 
 @pytest.mark.parametrize("regime", REGIMES)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL_MODELS])
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_and_regime_trains_one_step_and_freezing_holds(name: str, regime: str) -> None:
     size = max(32, get_model_entry(name).min_size)
     model = create_model(name, regime=regime, weights="none")

@@ -218,6 +218,7 @@ def _quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=r".*modules? in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         if quiet():
             for n in names:

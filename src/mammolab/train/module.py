@@ -2,9 +2,9 @@
 
 Binary tasks use one logit and ``BCEWithLogitsLoss`` (optional ``pos_weight`` from the class
 balance); multi-class tasks use cross-entropy. Accuracy and AUC come from torchmetrics, computed
-over the whole epoch (AUC per batch would be noise). Each training epoch re-seeds the global RNG
-from ``(seed, epoch, rank)``, so dropout draws depend on the epoch only and a resumed run repeats
-an uninterrupted one exactly.
+over the whole epoch (AUC per batch would be noise). Each training step re-seeds the global RNG
+from ``(seed, epoch, batch, rank)``, so dropout draws depend on the step only and a resumed run
+repeats an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -76,8 +76,11 @@ class MammoModule(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        torch.manual_seed(seed_mix(self.cfg.seed, self.current_epoch, self.global_rank, 3))
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout & co. draw from the global RNG, which Lightning and the DataLoader also draw from at
+        # moments that differ between a fresh and a resumed run; a seed per (epoch, batch, rank) makes
+        # every step's draws independent of that history.
+        torch.manual_seed(seed_mix(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank, 3))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, self.train_metrics, "train")
