@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -124,3 +125,16 @@ def test_three_light_workers_on_postgres_finish_exactly_n(pg_url: str, tmp_path:
         assert study_counts(study) == {"COMPLETE": 12}
     finally:
         optuna.delete_study(study_name=name, storage=resolve_driver(pg_url))
+
+
+def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
+    url = default_storage_url(tmp_path)
+    study = create_or_load_study(open_storage(url), "timeout", settings={}, url=url)
+
+    def slow(trial: optuna.Trial) -> float:
+        time.sleep(0.4)
+        return trial.suggest_float("x", 0, 1)
+
+    summary = run_trials(study, slow, 50, lock=ClaimLock(url, "timeout"), timeout=0.6)
+    assert summary.timed_out and 1 <= len(summary.ran) <= 3
+    assert study_counts(study) == {"COMPLETE": len(summary.ran)}  # the running trial was allowed to finish

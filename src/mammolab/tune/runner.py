@@ -10,6 +10,7 @@ AUC after every epoch so the median pruner can stop weak trials early. The run f
     RUN/tune/trials.csv           every trial: number, state, value, parameters, duration
     RUN/tune/best.json            the best trial, its parameters, counts per state, parameter importances
     RUN/tune/optimization_history.png, RUN/tune/param_importances.png   Optuna's matplotlib plots
+    RUN/trials/<best>/tune/       a copy of RUN/tune, so 'mammolab compare RUN/trials/<best> ...' shows the study
 
 :func:`export_preset` writes the best parameters as a YAML that ``mammolab train --config`` accepts;
 that is how the shipped ``efficientnet_b3_optuna`` preset is meant to be (re)made.
@@ -25,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mammolab.config import dump_yaml, load_yaml
 from mammolab.data.manifest import load_manifest, manifest_hash, read_info, write_info
 from mammolab.errors import MammoLabError
-from mammolab.io import atomic_write_text
+from mammolab.io import atomic_write_bytes, atomic_write_text
 from mammolab.tune.search import best_trial, create_or_load_study, run_trials, write_study_reports
 from mammolab.tune.space import SearchSpace, load_space
 from mammolab.tune.storage import ClaimLock, default_storage_url, open_storage, redact_url
@@ -179,9 +182,30 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
         best_number, best_value, best_params = best.number, float(best.value), search_space.decode(best.params)
     except MammoLabError:
         best, best_number, best_value, best_params = None, None, None, {}
+    _attach_to_best(out, best_number)
     exported = export_preset(study, search_space, export, model=model, fixed=fixed) if export else None
     return TuneResult(out, study_name, shown, summary.counts, summary.ran, best_number, best_value, best_params,
                       reports, exported, summary.timed_out)
+
+
+def _attach_to_best(out: Path, best_number: int | None) -> None:
+    """Copy RUN/tune into the best trial's run folder (a full training run that ``compare`` can evaluate).
+
+    The comparison report shows the study plots of any run folder that has a ``tune/`` folder; the
+    tune run itself holds no model, its best trial does. Copies in trials that are no longer the best
+    are removed. In a multi-machine study the best trial may have run elsewhere: then nothing is copied.
+    """
+    trials = out / "trials"
+    for stale in trials.glob("*/tune"):
+        if stale.parent.name != str(best_number):
+            shutil.rmtree(stale, ignore_errors=True)
+    target = trials / str(best_number)
+    if best_number is None or not (target / "config.yaml").is_file():
+        return
+    (target / "tune").mkdir(exist_ok=True)
+    for src in sorted((out / "tune").iterdir()):
+        if src.is_file():
+            atomic_write_bytes(target / "tune" / src.name, src.read_bytes())
 
 
 def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: str,
@@ -209,5 +233,6 @@ def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: st
               f"#   mammolab train DATASET --config {Path(path).name} --out RUN [--image-size N --epochs N]\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, header + dump_yaml(preset))
+    body = dump_yaml({k: v for k, v in preset.items() if k != "model"})
+    atomic_write_text(path, header + yaml.safe_dump({"model": model}, sort_keys=False) + body)
     return path
