@@ -32,10 +32,10 @@ def lesion_patch(size: int, malignant: bool, rng: np.random.Generator) -> np.nda
         phase = rng.uniform(0, 2 * np.pi)
         radius = r0 * (1 + 0.55 * np.maximum(0, np.cos(spikes * ang + phase)) ** 4)
         lesion = 1 / (1 + np.exp((dist - radius) / 0.8))
-        amp = rng.uniform(15000, 21000)
+        amp = rng.uniform(12000, 17000)
     else:
         lesion = np.exp(-0.5 * (dist / r0) ** 2)
-        amp = rng.uniform(9000, 13000)
+        amp = rng.uniform(11000, 16000)
     img = img + amp * lesion + rng.normal(0, 1200, (size, size))
     return np.clip(img, 0, 65535).astype(np.uint16)
 
