@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from helpers import write_dicom
 from mammolab.cli import app
 from mammolab.data.manifest import MANIFEST_COLUMNS, load_manifest
 from mammolab.data.organize import ImportConfig, organize_manifest
 from mammolab.errors import MammoLabError
+
+from helpers import write_dicom
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import write_dicom
 from mammolab.errors import MammoLabError
 from mammolab.io import atomic_write_text, read_image, to_uint8, write_png
+
+from helpers import write_dicom
 
 
 @pytest.fixture
