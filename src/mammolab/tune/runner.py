@@ -229,7 +229,7 @@ def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: st
     settings = study.user_attrs.get("mammolab_settings", {})
     header = (f"# Best parameters of Optuna study {study.study_name!r}: trial {best.number}, validation AUC "
               f"{best.value:.4f}\n# (searched at {settings.get('image_size', '?')} px for "
-              f"{settings.get('epochs', '?')} epochs). Written by 'mammolab tune --export'; train it with\n"
+              f"{settings.get('epochs', '?')} epoch(s)). Written by 'mammolab tune --export'; train it with\n"
               f"#   mammolab train DATASET --config {Path(path).name} --out RUN [--image-size N --epochs N]\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

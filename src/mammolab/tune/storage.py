@@ -95,15 +95,12 @@ def resolve_driver(url: str) -> str:
 
 
 def _retry_callback(max_retry: int) -> Any:
-    """Optuna >= 4.9 names it RetryHeartbeatStaleTrialCallback; older versions RetryFailedTrialCallback."""
+    """Re-queue a trial whose worker died (no heartbeat for the grace period) with the same parameters."""
     import optuna
 
-    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    if cls is None:  # pragma: no cover - optuna < 4.9
-        cls = optuna.storages.RetryFailedTrialCallback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return cls(max_retry=max_retry)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
 
 def _reason(exc: BaseException) -> str:
