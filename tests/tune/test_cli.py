@@ -76,3 +76,15 @@ def test_help_explains_every_option(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     for option in ("--model", "--trials", "--out", "--storage", "--study", "--export", "--timeout", "--space",
                    "--epochs", "--image-size", "--subset", "--seed", "--startup-trials", "--warmup-epochs"):
         assert option in text
+
+
+def test_run_folder_holds_one_study(patch_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from mammolab.data.manifest import write_info
+
+    other = tmp_path / "run"
+    write_info(other, {"stage": "tune", "study": "resnet18-224px", "storage": "sqlite:///elsewhere.db"})
+    code, err = run_cli(monkeypatch, capsys, *base(patch_dataset, other))
+    assert code == 2 and "belongs to study 'resnet18-224px'" in err
+    code, err = run_cli(monkeypatch, capsys, *base(patch_dataset, patch_dataset))  # --out = the dataset itself
+    assert code == 2 and "is a dataset folder" in err

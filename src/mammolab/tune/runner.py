@@ -101,6 +101,9 @@ def tune_config(fixed: Mapping[str, Any], run_size: Mapping[str, Any], overrides
 
 
 def _check_run_dir(out: Path, study_name: str, storage_shown: str) -> None:
+    if (out / "manifest.csv").is_file() or (out / "run.json").is_file():
+        raise MammoLabError(f"--out {out} is a {'dataset' if (out / 'manifest.csv').is_file() else 'training run'} "
+                            "folder; a tuning run needs its own folder")
     info = read_info(out)
     if info and info.get("stage") != "tune":
         raise MammoLabError(f"{out} holds a {info.get('stage', 'non-tuning')} folder, not a tuning run; "
