@@ -210,7 +210,7 @@ def _now() -> str:
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's info chatter (and hints about worker counts) when MammoLab is quiet."""
+    """Silence Lightning's info chatter (device banners, tips, hints about worker counts)."""
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     levels = {n: logging.getLogger(n).level for n in names}
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -220,9 +220,8 @@ def _quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*modules? in eval mode.*")
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        if quiet():
-            for n in names:
-                logging.getLogger(n).setLevel(logging.WARNING)
+        for n in names:  # device banners and tips: the progress bar and our summary say what matters
+            logging.getLogger(n).setLevel(logging.WARNING)
         try:
             yield
         finally:
