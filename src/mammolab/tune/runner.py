@@ -130,7 +130,7 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     """
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from mammolab.train.config import TrainConfig
+    from mammolab.train.config import RUNTIME_FIELDS, TrainConfig
     from mammolab.train.fit import train
 
     dataset, out = Path(dataset), Path(out)
@@ -146,7 +146,9 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     _check_run_dir(out, study_name, shown)
     settings = {
         "model": model, "epochs": base_cfg.epochs, "image_size": base_cfg.image_size, "subset": base_cfg.subset,
-        "seed": base_cfg.seed, "fixed": fixed, "space": search_space.to_dict(),
+        "seed": base_cfg.seed, "space": search_space.to_dict(),
+        # Where a worker runs (GPU here, CPU there) may differ between workers; what trials learn may not.
+        "fixed": {k: v for k, v in fixed.items() if k not in RUNTIME_FIELDS},
         "dataset_manifest_hash": manifest_hash(dataset),
     }
     study_storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -183,8 +185,8 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     try:
         best = best_trial(study)
         best_number, best_value, best_params = best.number, float(best.value), search_space.decode(best.params)
-    except MammoLabError:
-        best, best_number, best_value, best_params = None, None, None, {}
+    except MammoLabError:  # every trial so far was pruned or failed
+        best_number, best_value, best_params = None, None, {}
     _attach_to_best(out, best_number)
     exported = export_preset(study, search_space, export, model=model, fixed=fixed) if export else None
     return TuneResult(out, study_name, shown, summary.counts, summary.ran, best_number, best_value, best_params,

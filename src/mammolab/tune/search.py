@@ -54,11 +54,7 @@ def _optuna() -> Any:
     return optuna
 
 
-def _finished_states() -> tuple[Any, ...]:
-    ts = _optuna().trial.TrialState
-    return (ts.COMPLETE, ts.PRUNED)
-
-
+#: Trial states that count towards a study's target: a pruned trial is a finished, scored decision too.
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -136,7 +132,6 @@ def run_trials(study: Any, objective: Callable[[Any], float], n_trials: int, *, 
         say(f"trial {trial.number} started")
         return objective(trial)
 
-    stop_cb = optuna.study.MaxTrialsCallback(n_trials, states=_finished_states())
     waiting_said = False
     while True:
         if deadline is not None and time.monotonic() >= deadline:
@@ -162,8 +157,7 @@ def run_trials(study: Any, objective: Callable[[Any], float], n_trials: int, *, 
                 before = len(started)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.optimize(claimed, n_trials=1, timeout=remaining, callbacks=[stop_cb],
-                                   gc_after_trial=True)
+                    study.optimize(claimed, n_trials=1, timeout=remaining, gc_after_trial=True)
                 if len(started) > before:
                     number = started[-1]
                     state = next(t.state.name for t in study.get_trials(deepcopy=False) if t.number == number)
