@@ -62,3 +62,44 @@ def make_fake_run(root: Path, name: str, *, model: str, separation: float, seed:
         (run / "tune").mkdir()
         plots.save_figure(fig, run / "tune" / "optimization_history.png")
     return run
+
+
+def make_box_dataset(root: Path, *, patients: int = 24, size: int = 48, seed: int = 0) -> Path:
+    """A tiny dataset folder of 16-bit lesion images with their lesion boxes in the manifest.
+
+    Malignant lesions are brighter and larger than benign ones, at a random place, on smooth noisy
+    tissue; two views per patient; splits by patient (test 6, val 5 patients).
+    """
+    import cv2
+
+    from mammolab.data.manifest import format_boxes, write_info, write_manifest
+    from mammolab.io import write_png
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    order = rng.permutation(patients)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    rows = []
+    for p in range(patients):
+        malignant = bool(p % 2)
+        rank = int(np.flatnonzero(order == p)[0])
+        split = "test" if rank < 6 else ("val" if rank < 11 else "train")
+        for view in ("CC", "MLO"):
+            tissue = cv2.GaussianBlur(rng.normal(0, 1, (size, size)), (0, 0), size / 10)
+            img = 16000 + 2500 * tissue / (tissue.std() + 1e-9) + rng.normal(0, 800, (size, size))
+            r = size * (0.12 if malignant else 0.08)
+            cy, cx = rng.uniform(0.25 * size, 0.75 * size, 2)
+            img += (22000 if malignant else 9000) * np.exp(-0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)
+            label = CLASSES[int(malignant)]
+            rel = f"{split}/{label}/P{p:03d}_{view}.png"
+            write_png(root / rel, np.clip(img, 0, 65535).astype(np.uint16))
+            box = [max(0.0, cx - 2 * r), max(0.0, cy - 2 * r), min(size, cx + 2 * r), min(size, cy + 2 * r)]
+            rows.append({"path": rel, "split": split, "label": label, "patient_id": f"P{p:03d}", "side": "LEFT",
+                         "view": view, "abnormality": "mass", "pathology": label.upper(), "density": 1 + p % 4,
+                         "width": size, "height": size, "image_id": f"P{p:03d}_{view}", "target": int(malignant),
+                         "bbox_x0": box[0], "bbox_y0": box[1], "bbox_x1": box[2], "bbox_y1": box[3],
+                         "boxes": format_boxes([box]), "n_abnormalities": 1})
+    write_manifest(pd.DataFrame(rows), root)
+    write_info(root, {"stage": "test-fixture", "config_hash": f"boxes-{seed}-{size}", "classes": CLASSES,
+                      "labels": "binary"})
+    return root

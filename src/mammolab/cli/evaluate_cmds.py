@@ -1,5 +1,153 @@
-"""CLI commands: evaluate_cmds."""
+"""CLI commands of the evaluation stage: ``evaluate``, ``compare``, ``explain`` and ``predict``."""
 
 from __future__ import annotations
 
-from mammolab.cli._app import app  # noqa: F401
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from mammolab.cli._app import app
+
+_SAY = {"soft_wrap": True, "highlight": False}  # paths stay on one copyable line
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (config.yaml, checkpoints/)."),
+    split: str = typer.Option("test", "--split", help="Split of the run's dataset to evaluate: test, val or train."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Flip test-time augmentation: average the "
+                             "probabilities of the image and its horizontal and vertical flips "
+                             "(written to eval/<split>-tta/)."),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples (of patients) for the 95% confidence "
+                               "intervals."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per prediction batch."),
+    force: bool = typer.Option(False, "--force", help="Redo an evaluation that is already up to date."),
+) -> None:
+    """Score a run on a split: per-image predictions (CSV), metrics (JSON) and figures, inside the run.
+
+    Metrics: AUC with a 95% patient-level bootstrap CI; accuracy, precision, sensitivity, specificity
+    and F1 at 0.5 and at the Youden threshold chosen on the validation split (each with its CI);
+    confusion matrices; ROC and precision-recall curves; calibration (reliability diagram, Brier
+    score); results per view, density and abnormality type. 4-class runs: per-class, micro and macro AUC.
+    """
+    from mammolab.evaluate.evaluation import evaluate_run, load_evaluation
+    from mammolab.progress import console
+
+    folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=force)
+    metrics, _ = load_evaluation(run, split, tta)
+    auc = metrics["auc"]
+    ci = "" if auc.get("ci_low") is None else f" [95% CI {auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
+    what = "AUC" if metrics["task"] == "binary" else "macro AUC"
+    value = "n/a" if auc.get("value") is None else f"{auc['value']:.3f}"
+    console.print(f"evaluate: {split} split, n={metrics['n']} images of {metrics['n_patients']} patients: "
+                  f"{what} {value}{ci}", **_SAY)
+    if metrics["task"] == "binary":
+        op = metrics["operating_points"]["youden"]
+        console.print(f"at Youden threshold {op['threshold']:.3f} (chosen on {op['source']}): sensitivity "
+                      f"{op['sensitivity']:.3f}, specificity {op['specificity']:.3f}, F1 {op['f1']:.3f}", **_SAY)
+    console.print(f"results: {folder}", **_SAY)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders to compare (evaluated first if needed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html (self-contained, opens offline), "
+                             "comparison.csv, comparison.md and roc_overlay.png."),
+    split: str = typer.Option("test", "--split", help="Split whose evaluation is compared."),
+) -> None:
+    """Compare runs in one HTML report plus comparison.csv and a Markdown table.
+
+    Every run with its model, regime, parameters, epochs, training time, throughput and every metric
+    with its 95% CI, sorted by AUC; ROC curves overlaid; training curves; confusion matrices; a
+    DeLong test of each run's AUC against the best; localisation scores where 'mammolab explain' ran.
+    """
+    from mammolab.evaluate.report import compare_runs
+    from mammolab.progress import console
+
+    paths = compare_runs(runs, out, split=split)
+    console.print(f"compare: {len(runs)} run(s); table: {paths['csv']}  markdown: {paths['markdown']}", **_SAY)
+    console.print(f"report: {paths['html']}", **_SAY)
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train'."),
+    images: list[Path] | None = typer.Argument(None, help="Image files to explain (default: every image of "
+                                                "--split). Images of the run's dataset get their lesion box."),
+    split: str = typer.Option("test", "--split", help="Split to explain when no IMAGE is given."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ (pytorch-grad-cam, last feature "
+                               "map) or occlusion (batched grey patches on a coarse grid)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for overlays/*.png, localisation.csv and "
+                             "localisation.json."),
+    grid: int = typer.Option(8, "--grid", help="Occlusion grid: cells per side (the cost is grid x grid "
+                             "forward passes per image)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    tolerance: float = typer.Option(0.0, "--tolerance", help="Pointing game: pixels by which lesion boxes are "
+                                    "grown before testing the hottest pixel."),
+    force: bool = typer.Option(False, "--force", help="Redo an explanation that is already up to date."),
+) -> None:
+    """Heatmaps of where the model looks: each overlay beside the plain image, lesion box drawn on top.
+
+    Over a split it also scores localisation: the share of heatmap energy inside the lesion box
+    (with the box-area share as the no-skill baseline) and the pointing-game hit rate; the summary
+    is stored in the run, so 'mammolab compare' shows it.
+    """
+    from mammolab.explain.runner import explain_run
+    from mammolab.progress import console
+
+    s = explain_run(run, images or None, split=split, method=method, out_dir=out, grid=grid,
+                    batch_size=batch_size, tolerance=tolerance, force=force)
+    for err in s.get("errors", []):
+        console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
+    line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"
+    if s.get("energy_in_box_mean") is not None:
+        line += (f"; {s['n_with_box']} with a lesion box: energy in box {s['energy_in_box_mean']:.3f} (box area "
+                 f"{s['box_area_fraction_mean']:.3f}), pointing game {s['pointing_game_hit_rate']:.3f}")
+    console.print(line, **_SAY)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train'."),
+    files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of a table."),
+    heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file."),
+    method: str = typer.Option("gradcam", "--method", help="Heatmap method for --heatmap: gradcam, gradcam++ or "
+                               "occlusion."),
+    threshold: str = typer.Option("0.5", "--threshold", help="Binary runs: P(malignant) at or above which a file "
+                                  "is called malignant; a number or 'youden' (the run's evaluated threshold)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over horizontal and vertical flips."),
+) -> None:
+    """Probability of malignancy and predicted class for each file, with the run's own preprocessing.
+
+    Unreadable or unsupported files get one clear line each and the rest are still predicted; the
+    exit code is 1 when any file failed.
+    """
+    from rich.table import Table
+
+    from mammolab.evaluate.predict import predict_files
+    from mammolab.progress import console
+
+    results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        console.print(f"[bold red]error:[/] {r['error']}", **_SAY)
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        table = Table(title=f"predictions of {run}", title_justify="left")
+        for col in ("file", "P(malignant)", "class") + (("heatmap",) if heatmap else ()):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            if "error" in r:
+                continue
+            row = [r["path"], f"{r['prob']:.4f}", r["class"]] + ([r.get("heatmap", "")] if heatmap else [])
+            table.add_row(*row)
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(table)
+    if failed:
+        raise typer.Exit(1)

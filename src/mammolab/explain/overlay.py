@@ -20,6 +20,7 @@ __all__ = ["colorize", "overlay_panel", "write_rgb_png"]
 
 BOX_RGB = (0, 255, 0)
 _MIN_SIDE = 256
+_MAX_SIDE = 1024
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:
@@ -29,8 +30,19 @@ def colorize(heat: np.ndarray) -> np.ndarray:
 
 
 def _gray_rgb(image: np.ndarray) -> np.ndarray:
-    img = to_uint8(image) if image.dtype != np.uint8 else image
-    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    """Grayscale for display: 16-bit images are stretched between their 0.5th and 99.5th percentiles.
+
+    Mammograms rarely use the full 16-bit range, so a plain bit shift would show a dim grey image.
+    """
+    if image.dtype == np.uint16:
+        lo, hi = np.percentile(image, [0.5, 99.5])
+        if hi > lo:
+            image = np.clip((image.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+        else:
+            image = to_uint8(image)
+    elif image.dtype != np.uint8:
+        raise MammoLabError(f"expected a uint8 or uint16 image, got {image.dtype}")
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
 
 
 def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]], scale: float, thickness: int) -> None:
@@ -45,20 +57,21 @@ def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[
     """RGB panel: ``[plain image | image + heatmap]``, boxes drawn on both, optional caption strip.
 
     ``heat`` must have the image's shape. Small images are enlarged (nearest neighbour for the
-    image, so pixels stay honest) to at least 256 px high so the panel is readable.
+    image, so pixels stay honest) to 256 px high so the panel is readable; full mammograms are
+    reduced to 1024 px high.
     """
     if image.ndim != 2:
         raise MammoLabError(f"expected a 2-D grayscale image, got shape {image.shape}")
     if heat.shape != image.shape:
         raise MammoLabError(f"heatmap shape {heat.shape} does not match image shape {image.shape}")
     h, w = image.shape
-    scale = max(1.0, _MIN_SIDE / h)
-    size = (int(round(w * scale)), int(round(h * scale)))
+    scale = _MIN_SIDE / h if h < _MIN_SIDE else (_MAX_SIDE / h if h > _MAX_SIDE else 1.0)
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     gray = _gray_rgb(image)
     heat_rgb = colorize(heat)
     if scale != 1.0:
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST)
-        heat_rgb = cv2.resize(heat_rgb, size, interpolation=cv2.INTER_LINEAR)
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA)
+        heat_rgb = cv2.resize(heat_rgb, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
     blended = cv2.addWeighted(gray, 1 - alpha, heat_rgb, alpha, 0)
     thickness = max(1, int(round(min(size) / 150)))
     left, right = gray.copy(), blended

@@ -1,0 +1,207 @@
+"""Explain a trained run: heatmap overlays for a split or chosen files, plus localisation scores.
+
+For every image: the run's own validation preprocessing, the model's probability, a heatmap
+(Grad-CAM, Grad-CAM++ or occlusion) mapped back onto the saved image, an overlay PNG
+(``[plain | heatmap]`` with the manifest's lesion boxes) and, where the image has a box, the
+energy-in-box share and the pointing-game hit. Over a whole split the summary is also copied to
+``RUN/eval/<split>/localisation_<method>.json`` so ``mammolab compare`` shows it.
+
+Output folder: ``overlays/*.png``, ``localisation.csv`` (one row per image) and
+``localisation.json`` (summary). A re-run with the same checkpoint, method and images is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from mammolab.data.manifest import BBOX_COLUMNS, parse_boxes
+from mammolab.errors import MammoLabError
+from mammolab.explain.cam import METHODS
+from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
+from mammolab.explain.overlay import overlay_panel, write_rgb_png
+from mammolab.io.atomic import atomic_write_text, write_json
+
+__all__ = ["explain_run", "heatmaps_for_arrays", "to_image_space"]
+
+
+def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int, mode: str = "stretch") -> np.ndarray:
+    """Map a heatmap at the model's input (``size x size``) back onto the original image's pixels.
+
+    Inverts the training resize (``mammolab.train.imagecache.resize_image``): ``stretch`` is a
+    plain resize; ``pad`` first cuts away the black bars the image was centred between.
+    """
+    h, w = shape
+    if mode == "pad":
+        scale = size / max(h, w)
+        th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+        y0, x0 = (size - th) // 2, (size - tw) // 2
+        heat = heat[y0:y0 + th, x0:x0 + tw]
+    elif mode != "stretch":
+        raise MammoLabError(f"resize: expected 'stretch' or 'pad', got {mode!r}")
+    out = cv2.resize(np.ascontiguousarray(heat, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, 0.0, 1.0)
+
+
+def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
+                        batch_size: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Class probabilities ``(N, C)`` and one heatmap per image, in that image's own pixels."""
+    import torch
+
+    from mammolab.explain.cam import compute_heatmaps, target_probabilities
+
+    probs_all, heats = [], []
+    for i in range(0, len(arrays), batch_size):
+        chunk = arrays[i:i + batch_size]
+        x = torch.stack([run.preprocess(a) for a in chunk]).to(run.device)
+        probs = target_probabilities(run.model, x)
+        targets = [1] * len(chunk) if probs.shape[1] == 2 else probs.argmax(axis=1).tolist()
+        maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size)
+        size, mode = int(x.shape[-1]), getattr(run.config, "resize", "stretch")
+        heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
+        probs_all.append(probs)
+    return (np.concatenate(probs_all) if probs_all else np.zeros((0, 2))), heats
+
+
+def _row_boxes(row: pd.Series) -> list[list[float]]:
+    boxes = parse_boxes(row.get("boxes")) if "boxes" in row else []
+    if not boxes and all(c in row for c in BBOX_COLUMNS):
+        vals = [row[c] for c in BBOX_COLUMNS]
+        if all(v is not None and not pd.isna(v) for v in vals):
+            boxes = [[float(v) for v in vals]]
+    return boxes
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def _entries_for_split(run: Any, split: str) -> list[dict[str, Any]]:
+    from mammolab.train.datamodule import MammoDataModule
+
+    if not (run.dataset_dir / "manifest.csv").is_file():
+        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more")
+    frame = MammoDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std).frames[split]
+    out = []
+    for _, row in frame.iterrows():
+        image_id = str(row.get("image_id") or "") or Path(str(row["path"])).stem
+        out.append({"file": run.dataset_dir / str(row["path"]), "path": str(row["path"]), "image_id": image_id,
+                    "label": str(row["label"]), "boxes": _row_boxes(row)})
+    return out
+
+
+def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Files given by the user; those that are images of the run's dataset get its label and boxes."""
+    known: dict[Path, pd.Series] = {}
+    if (run.dataset_dir / "manifest.csv").is_file():
+        from mammolab.data.manifest import load_manifest
+
+        for _, row in load_manifest(run.dataset_dir).iterrows():
+            known[(run.dataset_dir / str(row["path"])).resolve()] = row
+    out = []
+    for f in files:
+        f = Path(f)
+        row = known.get(f.resolve())
+        image_id = (str(row.get("image_id") or "") if row is not None else "") or f.stem
+        out.append({"file": f, "path": str(f), "image_id": image_id,
+                    "label": str(row["label"]) if row is not None else "",
+                    "boxes": _row_boxes(row) if row is not None else []})
+    return out
+
+
+def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int) -> dict[str, Any]:
+    from mammolab.evaluate.evaluation import checkpoint_stamp
+
+    files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
+    return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
+            "split": split, "grid": grid if method == "occlusion" else None, "images": files}
+
+
+def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
+                method: str = "gradcam", out_dir: str | Path, checkpoint: str = "best", grid: int = 8,
+                batch_size: int = 16, tolerance: float = 0.0, force: bool = False) -> dict[str, Any]:
+    """Write heatmap overlays and localisation scores for a split (or ``images``) of a run.
+
+    Returns the summary (also written as ``localisation.json``): mean energy-in-box share, its
+    area baseline, the pointing-game hit rate, counts and the per-file errors.
+    """
+    from mammolab.io.images import read_image
+    from mammolab.progress import track
+    from mammolab.train.inference import load_run, positive_probability
+
+    if method not in METHODS:
+        raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if split not in ("train", "val", "test"):
+        raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
+    run = load_run(run_dir, checkpoint=checkpoint)
+    entries = _entries_for_files(run, images) if images else _entries_for_split(run, split)
+    if not entries:
+        raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
+    out_dir = Path(out_dir)
+    key = _key(run, entries, method, "files" if images else split, grid)
+    summary_path = out_dir / "localisation.json"
+    if not force and summary_path.is_file():
+        try:
+            old = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("key") == key:
+            return old
+    overlay_dir = out_dir / "overlays"
+    overlay_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    used: set[str] = set()
+    batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
+    for batch in track(batches, f"explain ({method})"):
+        good, arrays = [], []
+        for e in batch:
+            try:
+                arrays.append(read_image(e["file"]))
+                good.append(e)
+            except MammoLabError as exc:
+                errors.append({"path": e["path"], "error": str(exc)})
+        if not good:
+            continue
+        probs, heats = heatmaps_for_arrays(run, arrays, method, grid=grid, batch_size=batch_size)
+        p_pos = positive_probability(probs[:, 1] if probs.shape[1] == 2 else probs, run.classes)
+        for e, arr, heat, pr, pp in zip(good, arrays, heats, probs, p_pos, strict=True):
+            boxes = e["boxes"]
+            name = _safe_name(e["image_id"])
+            while name in used:
+                name += "_"
+            used.add(name)
+            predicted = run.classes[int(pp >= 0.5)] if len(run.classes) == 2 else run.classes[int(np.argmax(pr))]
+            caption = (f"{e['image_id']}  true: {e['label'] or '?'}  P(malignant)={pp:.2f}  "
+                       f"pred: {predicted}  [{method}]")
+            overlay = overlay_dir / f"{name}.png"
+            write_rgb_png(overlay, overlay_panel(arr, heat, boxes, caption=caption))
+            area = float(box_mask(heat.shape, boxes).mean()) if boxes else None
+            records.append({"path": e["path"], "image_id": e["image_id"], "label": e["label"],
+                            "prob_malignant": float(pp), "predicted": predicted, "has_box": bool(boxes),
+                            "energy_in_box": energy_in_boxes(heat, boxes),
+                            "box_area_fraction": area, "pointing_hit": pointing_hit(heat, boxes, tolerance),
+                            "overlay": str(overlay.relative_to(out_dir))})
+    if not records:
+        raise MammoLabError(f"no image could be explained ({len(errors)} unreadable); first: {errors[0]['error']}")
+    atomic_write_text(out_dir / "localisation.csv",
+                      pd.DataFrame(records).to_csv(index=False, lineterminator="\n"))
+    summary = summarise_localisation(records)
+    summary.update({"method": method, "split": None if images else split, "run": str(run.run_dir),
+                    "pointing_tolerance_px": tolerance, "errors": errors, "key": key,
+                    "overlays": str(overlay_dir)})
+    write_json(summary_path, summary)
+    if not images:
+        from mammolab.evaluate.evaluation import eval_dir
+        from mammolab.evaluate.report import LOCALISATION_PREFIX
+
+        write_json(eval_dir(run.run_dir, split) / f"{LOCALISATION_PREFIX}{method}.json", summary)
+    return summary
