@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -99,3 +100,26 @@ def test_report_renders_in_headless_chromium(report: dict[str, Path], tmp_path: 
     rgb = img[..., ::-1].astype(int)
     blue = (abs(rgb[..., 0] - 31) < 30) & (abs(rgb[..., 1] - 119) < 30) & (abs(rgb[..., 2] - 180) < 30)
     assert blue.sum() > 200
+
+
+def test_compare_mixes_binary_and_four_class_runs(fake_runs: list[Path], tmp_path: Path) -> None:
+    from mammolab.evaluate.evaluation import eval_dir, write_evaluation
+
+    classes = ["benign_calc", "benign_mass", "malignant_calc", "malignant_mass"]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 40)
+    probs = rng.dirichlet(np.ones(4), 40) + np.eye(4)[y]
+    probs /= probs.sum(1, keepdims=True)
+    df = pd.DataFrame({"image_id": [f"i{i}" for i in range(40)], "patient_id": [f"P{i // 2}" for i in range(40)],
+                       "target": y, "view": "CC"})
+    for k, c in enumerate(classes):
+        df[f"prob_{c}"] = probs[:, k]
+    four = tmp_path / "four"
+    write_evaluation(df, eval_dir(four, "test"), classes=classes, n_boot=50)
+    paths = compare_runs([four, fake_runs[1]], tmp_path / "mixed")
+    table = pd.read_csv(paths["csv"])
+    assert list(table["run"]) == ["strong", "four"]  # binary runs first, then by AUC
+    assert table.loc[1, "task"] == "multiclass" and pd.isna(table.loc[1, "delong_p_vs_best"])
+    assert table.loc[1, "auc_micro"] > 0.5
+    # ROC overlay + one training-curve figure + two confusion matrices + one tuning figure
+    assert paths["html"].read_text().count("data:image/png;base64,") == 5

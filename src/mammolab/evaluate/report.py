@@ -388,6 +388,13 @@ def _subgroup_html(summaries: list[RunSummary]) -> str:
     return "\n".join(parts)
 
 
+def _sizes(s: RunSummary) -> str:
+    """``- train n=.., val n=..`` from run.json, so the curves say what they were computed on."""
+    n = s.info["raw"].get("n_images") or {}
+    parts = [f"{k} split n={n[k]}" for k in ("train", "val") if isinstance(n, dict) and n.get(k) is not None]
+    return " - " + ", ".join(parts) if parts else ""
+
+
 def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, overlay: bytes | None) -> str:
     n_runs = len(summaries)
     parts = ['<h2 id="table">Runs</h2>',
@@ -404,7 +411,7 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
     if curves:
         parts += ['<h2 id="curves">Training curves</h2>', '<div class="grid">']
         for s in curves:
-            fig = plots.plot_training_curves(s.history, title=f"{s.label} ({s.info['model']})")
+            fig = plots.plot_training_curves(s.history, title=f"{s.label} ({s.info['model']}){_sizes(s)}")
             parts.append(_img(plots.render_png(fig), f"training curves of {s.label}", s.label, width=600))
         parts.append("</div>")
     parts += ['<h2 id="confusion">Confusion matrices</h2>', '<div class="grid">']

@@ -181,7 +181,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
             used.add(name)
             predicted = run.classes[int(pp >= 0.5)] if len(run.classes) == 2 else run.classes[int(np.argmax(pr))]
             caption = (f"{e['image_id']}  true: {e['label'] or '?'}  P(malignant)={pp:.2f}  "
-                       f"pred: {predicted}  [{method}]")
+                       f"pred: {predicted}  [{method}{'' if images else f', {split} split'}]")
             overlay = overlay_dir / f"{name}.png"
             write_rgb_png(overlay, overlay_panel(arr, heat, boxes, caption=caption))
             area = float(box_mask(heat.shape, boxes).mean()) if boxes else None
