@@ -11,18 +11,17 @@ resized images are stored once as one ``uint8``/``uint16`` array ``[N, H, W]``:
 * ``cache="disk"``: the same file, always memory-mapped (many parallel runs on one node).
 * ``cache="ram"``: decoded into RAM for this run only, nothing written.
 
-This module imports no torch, so the decoding worker processes start fast.
+Decoding runs in a thread pool (OpenCV releases the GIL); this module imports no torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,13 +163,12 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
                     errors.append(str(exc))
                 progress.advance(task)
         else:
-            # fork (where available) needs no importable __main__, so scripts and notebooks without a
-            # main guard work; the workers only run OpenCV and numpy, which are fork-safe.
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-                chunk = max(1, min(32, n // (workers * 8)))
-                results = pool.map(_safe_load, jobs, chunksize=chunk)
+            # Threads, not processes: OpenCV releases the GIL while it decodes and resizes, so threads
+            # run in parallel; and unlike fork() they cannot inherit half-initialised thread pools
+            # from torch or OpenCV (a forked child calling into OpenCV can deadlock), and unlike
+            # spawn they need no importable __main__ (scripts and notebooks without a main guard).
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = pool.map(_safe_load, jobs)
                 for i, (ok, value) in enumerate(results):
                     if ok:
                         out[i] = value
@@ -180,10 +178,6 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise MammoLabError(f"{len(errors)} image(s) could not be read: {errors[0]}{more}")
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; nested threads only contend
 
 
 def _safe_load(job: tuple[str, int, str, str]) -> tuple[bool, object]:
