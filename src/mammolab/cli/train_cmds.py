@@ -81,6 +81,8 @@ def train(
     subset: int | None = typer.Option(None, "--subset", help="Train on about N training images, sampled by "
                                       "patient with the label balance kept (quick experiments)."),
     devices: str | None = typer.Option(None, "--devices", help="Number of devices (GPUs) or 'auto' (default 1)."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", help="Machines for multi-node DDP (SLURM: one "
+                                         "task per device on each node). Default 1."),
     strategy: str | None = typer.Option(None, "--strategy", help="Lightning strategy, e.g. ddp for several "
                                         "GPUs (default auto)."),
     accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu, gpu/cuda or mps "
@@ -110,11 +112,13 @@ def train(
         "model": model, "regime": regime, "weights": weights, "epochs": epochs, "image_size": image_size,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "scheduler": scheduler, "patience": patience,
         "freeze_proportion": freeze_proportion, "trainable_stages": trainable_stages, "seed": seed, "fold": fold,
-        "subset": subset, "devices": devices, "strategy": strategy, "accelerator": accelerator,
+        "subset": subset, "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator,
         "precision": precision, "num_workers": num_workers, "cache": cache, "tensorboard": tensorboard or None,
     }
     cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume)
     result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
+    if not result.primary:  # the other processes of --devices N: rank 0 reports
+        return
     say = {"soft_wrap": True, "highlight": False}
     if result.skipped:
         console.print(f"train: {out} already holds this finished run, skipped (--overwrite to redo it)", **say)

@@ -20,7 +20,7 @@ __all__ = ["RUNTIME_FIELDS", "AugmentConfig", "TrainConfig", "resolve_train_conf
 
 #: Options that change where or how fast a run executes, not what it learns; they may differ on
 #: ``--resume`` and do not make a finished run stale.
-RUNTIME_FIELDS = frozenset({"accelerator", "devices", "strategy", "num_workers", "cache", "cache_dir",
+RUNTIME_FIELDS = frozenset({"accelerator", "devices", "num_nodes", "strategy", "num_workers", "cache", "cache_dir",
                             "tensorboard"})
 
 _PRECISION_ALIASES = {
@@ -87,6 +87,7 @@ class TrainConfig(StrictModel):
 
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
+    num_nodes: int = Field(1, ge=1, description="machines (SLURM nodes) for multi-node DDP")
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)

@@ -234,7 +234,10 @@ class MammoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train", augment=True)
         # A last batch of one image breaks batch norm in train mode; drop it (one image per epoch at most).
-        return self._loader(ds, EpochSampler(len(ds), self.cfg.seed), drop_last=len(ds) % self.cfg.batch_size == 1)
+        # Under DDP each rank sees ceil(n / world) images, so the remainder is per rank.
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = -(-len(ds) // world)
+        return self._loader(ds, EpochSampler(len(ds), self.cfg.seed), drop_last=per_rank % self.cfg.batch_size == 1)
 
     def val_dataloader(self) -> DataLoader:
         ds = self.dataset("val")

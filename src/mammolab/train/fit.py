@@ -76,6 +76,8 @@ class RunResult:
     metrics: pd.DataFrame
     info: dict[str, Any]
     skipped: bool = False
+    #: False in the extra processes of a multi-device run, which write nothing and report nothing.
+    primary: bool = True
 
 
 class MetricsLogger(Callback):
@@ -318,8 +320,12 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
     ckpt_dir = out / "checkpoints"
     logger = MetricsLogger(out / METRICS_NAME)
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
-                              save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    cbs: list[Callback] = [logger, best_cb, *callbacks]
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    # Not save_last=True: Lightning writes that copy only when the monitored metric improved, so it
+    # would lag behind the run and --resume would redo epochs. This one is rewritten every epoch.
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    cbs: list[Callback] = [logger, best_cb, last_cb, *callbacks]
     if cfg.patience > 0:
         cbs.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, min_delta=cfg.min_delta,
                                  check_finite=False))
@@ -349,7 +355,8 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
         raise MammoLabError("--precision fp16 needs a GPU", hint="use --precision bf16 on CPU")
     with _quiet_lightning():
         trainer = L.Trainer(
-            max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+            max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
             precision=cfg.precision, callbacks=cbs, logger=tb_logger, default_root_dir=str(out),
             num_sanity_val_steps=0, enable_progress_bar=not quiet(), enable_model_summary=False,
             # "warn": deterministic kernels wherever they exist; an op without one (some CUDA backward
@@ -383,4 +390,6 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
                                                  "build_seconds": round(store.build_seconds, 3)},
         })
         write_json(out / RUN_JSON, info)
-    return _result(out, info, skipped=False)
+    result = _result(out, info, skipped=False)
+    result.primary = trainer.is_global_zero
+    return result
