@@ -162,10 +162,19 @@ def test_four_class_training_and_prediction(tmp_path: Path) -> None:
     assert run.predict_arrays([read_image(ds / pred["path"].iloc[0])]).shape == (1, 4)
 
 
-@pytest.mark.parametrize("model", ["mammocnn", "resnet18_pft", "densenet121_opw"])
-def test_engine_trains_models_and_presets_one_epoch(model: str, small_lesions: Path, tmp_path: Path) -> None:
-    result = train(small_lesions, _cfg(model=model, epochs=1), tmp_path / "run")
+@pytest.mark.parametrize(("model", "options"), [
+    ("mammocnn", {"optimizer": "adam", "scheduler": "plateau"}),
+    ("resnet18_pft", {"optimizer": "sgd", "scheduler": "step", "pos_weight": "balanced"}),
+    ("densenet121_opw", {"scheduler": "none", "augment": {"enabled": False}}),
+])
+def test_engine_trains_models_and_presets_one_epoch(model: str, options: dict, small_lesions: Path,
+                                                    tmp_path: Path) -> None:
+    result = train(small_lesions, _cfg(model=model, epochs=1, **options), tmp_path / "run")
     assert result.epochs_run == 1 and result.best_checkpoint.is_file()
+    if options.get("pos_weight") == "balanced":
+        train_rows = load_manifest(small_lesions).query("split == 'train'")
+        n_pos = int((train_rows["label"] == "malignant").sum())
+        assert result.info["pos_weight"] == pytest.approx((len(train_rows) - n_pos) / n_pos)
     assert result.info["regime"] == {"mammocnn": "cft", "resnet18_pft": "pft", "densenet121_opw": "opw"}[model]
     params = result.info["parameters"]
     assert (params["trainable"] < params["total"]) == (model != "mammocnn")
@@ -220,3 +229,10 @@ def test_ddp_two_processes_from_the_cli(small_lesions: Path, tmp_path: Path) -> 
     assert info["device"]["strategy"] == "DDPStrategy" and info["epochs_run"] == 2
     assert len(pd.read_csv(out / "metrics.csv")) == 2
     assert load_run(out).predict_arrays([np.zeros((32, 32), np.uint16)]).shape == (1,)
+
+
+def test_early_stopping_on_val_auc(small_lesions: Path, tmp_path: Path) -> None:
+    # min_delta 1.0: no AUC gain can count as an improvement, so patience 1 stops after the second epoch
+    result = train(small_lesions, _cfg(epochs=6, patience=1, min_delta=1.0), tmp_path / "es")
+    assert result.epochs_run == 2 and result.info["stopped_early"] and result.info["epochs_planned"] == 6
+    assert len(pd.read_csv(tmp_path / "es" / "metrics.csv")) == 2
