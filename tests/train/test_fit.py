@@ -236,3 +236,20 @@ def test_early_stopping_on_val_auc(small_lesions: Path, tmp_path: Path) -> None:
     result = train(small_lesions, _cfg(epochs=6, patience=1, min_delta=1.0), tmp_path / "es")
     assert result.epochs_run == 2 and result.info["stopped_early"] and result.info["epochs_planned"] == 6
     assert len(pd.read_csv(tmp_path / "es" / "metrics.csv")) == 2
+
+
+class CtrlC(Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_a_keyboard_interrupt_and_resumable(small_lesions: Path, tmp_path: Path) -> None:
+    import signal
+
+    cfg = _cfg(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_lesions, cfg, tmp_path / "int", callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's SIG_IGN undone
+    resumed = train(small_lesions, cfg, tmp_path / "int", resume=True)
+    assert resumed.epochs_run == 2 and resumed.info["resumed"]

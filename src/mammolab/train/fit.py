@@ -22,6 +22,8 @@ import contextlib
 import logging
 import platform
 import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -363,7 +365,17 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
             # passes) warns instead of stopping the run. On CPU every op used here is deterministic.
             deterministic="warn" if cfg.deterministic else False, log_every_n_steps=1, benchmark=False)
         t_fit = time.perf_counter()
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        except SystemExit:
+            # Lightning turns Ctrl+C into sys.exit(1) and leaves SIGINT ignored; give callers (and the
+            # CLI's one-line message) the KeyboardInterrupt and a working Ctrl+C back. last.ckpt holds
+            # the last finished epoch for --resume.
+            if trainer.interrupted:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            raise
         fit_seconds = time.perf_counter() - t_fit
 
     best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
