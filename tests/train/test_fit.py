@@ -144,6 +144,7 @@ def test_dataset_without_val_split_is_refused_before_training(tmp_path: Path) ->
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.filterwarnings("ignore:No positive samples in targets")
 def test_four_class_training_and_prediction(tmp_path: Path) -> None:
     ds = make_lesion_dataset(tmp_path / "four", patients=24, size=32, seed=4)
     df = load_manifest(ds)
