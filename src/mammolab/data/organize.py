@@ -37,6 +37,7 @@ from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
 from mammolab.io.images import read_dicom_pixels, read_image, to_uint8, write_png
 from mammolab.progress import parallel_map
+from mammolab.reporting import markdown_list_sections
 
 WORK_DIR = ".mammolab"
 
@@ -560,13 +561,7 @@ def quality_markdown(q: dict[str, Any]) -> str:
                 ("Masks missing", "masks_missing"), ("Crops missing", "crops_missing"),
                 ("Unreadable files (skipped)", "unreadable"),
                 ("Images with conflicting labels (labelled malignant)", "conflicting_labels")]
-    for title, key in sections:
-        items = q.get(key, [])
-        lines.append(f"## {title}: {len(items)}")
-        lines.extend(f"- {x}" for x in items[:200])
-        if len(items) > 200:
-            lines.append(f"- ... and {len(items) - 200} more (see quality_report.json)")
-        lines.append("")
+    lines.extend(markdown_list_sections(q, sections))
     lines.append(f"BENIGN_WITHOUT_CALLBACK rows labelled benign: {q.get('bwc_relabelled_benign', 0)}; "
                  f"dropped: {q.get('bwc_dropped', 0)}.")
     d = q.get("dropped_for_patient_overlap", {})

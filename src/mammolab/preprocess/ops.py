@@ -16,6 +16,7 @@ Functional forms (``crop_border(image, mask, boxes, **params)`` ...) wrap the cl
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -324,8 +325,10 @@ class Op(StrictModel):
 
     name: ClassVar[str]
 
-    def __call__(self, sample: Sample) -> Sample:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, sample: Sample) -> Sample:
+        """Apply the step; every subclass defines it (pydantic models are ABCs, so one that forgets cannot
+        be instantiated)."""
 
 
 class CropBorder(Op):

@@ -35,6 +35,7 @@ from mammolab.io.atomic import atomic_write_text, write_json
 from mammolab.io.images import read_image, write_png
 from mammolab.preprocess.ops import OPS, Op, Sample
 from mammolab.progress import parallel_map
+from mammolab.reporting import markdown_list_sections
 
 __all__ = [
     "CONFIG_NAME",
@@ -518,16 +519,11 @@ def _quality_markdown(q: dict[str, Any]) -> str:
     for s, row in q["counts"].items():
         lines.append(f"| {s} | " + " | ".join(str(v) for v in row.values()) + f" | {sum(row.values())} |")
     lines.append("")
-    for title, key in [("Skipped images", "skipped"), ("Lesion boxes cropped away", "lesion_cropped"),
-                       ("Lesions blanked by annotation removal (check the config)", "lesion_blanked"),
-                       ("Masks resized to their image", "mask_resized"),
-                       ("Masks unreadable (image processed without its mask)", "mask_unreadable")]:
-        items = q.get(key, [])
-        lines.append(f"## {title}: {len(items)}")
-        lines.extend(f"- {x}" for x in items[:200])
-        if len(items) > 200:
-            lines.append(f"- ... and {len(items) - 200} more (see quality_report.json)")
-        lines.append("")
+    lines.extend(markdown_list_sections(q, [
+        ("Skipped images", "skipped"), ("Lesion boxes cropped away", "lesion_cropped"),
+        ("Lesions blanked by annotation removal (check the config)", "lesion_blanked"),
+        ("Masks resized to their image", "mask_resized"),
+        ("Masks unreadable (image processed without its mask)", "mask_unreadable")]))
     return "\n".join(lines)
 
 
