@@ -107,6 +107,16 @@ class ExplainSection(StrictModel):
     method: Literal["gradcam", "gradcam++", "occlusion"] = "gradcam"
     split: Literal["train", "val", "test"] = "test"
     n: int = Field(8, ge=0)
+    target: str = Field("true", description="class each heatmap explains: true (the label), predicted or a class name")
+
+    @model_validator(mode="after")
+    def _known_target(self) -> ExplainSection:
+        from mammolab.data.manifest import classes_for
+
+        allowed = ("predicted", "true", *classes_for("binary"), *classes_for("4class"))
+        if self.target not in allowed:
+            raise ValueError(f"target: expected one of {', '.join(allowed)}, got {self.target!r}")
+        return self
 
 
 class CompareSection(StrictModel):

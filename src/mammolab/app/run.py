@@ -302,7 +302,7 @@ class _Runner:
             from mammolab.explain.runner import explain_run
 
             images = None if sec.n == 0 else _first_images(run_dir, sec.split, sec.n)
-            explain_run(run_dir, images, split=sec.split, method=sec.method, out_dir=out_dir)
+            explain_run(run_dir, images, split=sec.split, method=sec.method, out_dir=out_dir, target=sec.target)
         except Exception as exc:
             self.log(StageRecord("explain", name, "failed", time.perf_counter() - t0, _one_line(exc)))
             return

@@ -133,7 +133,7 @@ class ServeApp:
         from mammolab.train.inference import positive_probability
 
         with self._lock:
-            probs, heats = heatmaps_for_arrays(self.run, [image], self.method)
+            probs, heats, _ = heatmaps_for_arrays(self.run, [image], self.method)
         classes = list(self.run.classes)
         row = probs[0]
         if row.shape[0] == len(classes):

@@ -87,6 +87,11 @@ def explain(
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
     tolerance: float = typer.Option(0.0, "--tolerance", help="Pointing game: pixels by which lesion boxes are "
                                     "grown before testing the hottest pixel."),
+    target: str = typer.Option("true", "--target", help="Class each heatmap explains: 'true' (the image's label, "
+                               "as in the pointing game; images without one get their predicted class), "
+                               "'predicted', or a class name such as 'malignant'."),
+    layer: str | None = typer.Option(None, "--layer", help="Grad-CAM layer, by module name (e.g. body.layer4); "
+                                     "default: the last feature map with at least 4x4 cells."),
     force: bool = typer.Option(False, "--force", help="Redo an explanation that is already up to date."),
 ) -> None:
     """Heatmaps of where the model looks: each overlay beside the plain image, lesion box drawn on top.
@@ -99,13 +104,16 @@ def explain(
     from mammolab.progress import console
 
     s = explain_run(run, images or None, split=split, method=method, out_dir=out, grid=grid,
-                    batch_size=batch_size, tolerance=tolerance, force=force)
+                    batch_size=batch_size, tolerance=tolerance, force=force, target=target,
+                    layer=layer)
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
     line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"
     if s.get("energy_in_box_mean") is not None:
         line += (f"; {s['n_with_box']} with a lesion box: energy in box {s['energy_in_box_mean']:.3f} (box area "
                  f"{s['box_area_fraction_mean']:.3f}), pointing game {s['pointing_game_hit_rate']:.3f}")
+    if s.get("n_blank"):
+        line += f"; {s['n_blank']} blank map(s) (no positive evidence for the class explained; try gradcam++)"
     console.print(line, **_SAY)
 
 

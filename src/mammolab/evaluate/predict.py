@@ -91,7 +91,7 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
 
         out = Path(heatmap_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _, heats = heatmaps_for_arrays(run, arrays, method, batch_size=batch_size)
+        _, heats, _ = heatmaps_for_arrays(run, arrays, method, batch_size=batch_size)
         used: set[str] = set()
         for k, slot in enumerate(slots):
             res = results[slot]

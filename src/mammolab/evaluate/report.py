@@ -196,6 +196,7 @@ def _table(summaries: list[RunSummary]) -> pd.DataFrame:
         row["localisation_method"] = method
         row["localisation_energy"] = loc.get("energy_in_box_mean") if loc else None
         row["pointing_game"] = loc.get("pointing_game_hit_rate") if loc else None
+        row["localisation_box_area"] = loc.get("box_area_fraction_mean") if loc else None
         row["run_dir"] = str(s.run_dir)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -254,7 +255,9 @@ def _fmt_loc(row: pd.Series) -> str:
     e, h = _num(row.get("localisation_energy")), _num(row.get("pointing_game"))
     if e is None and h is None:
         return "-"
-    return f"{_fmt(e, 2)} / {_fmt(h, 2)} ({row['localisation_method']})"
+    area = _num(row.get("localisation_box_area"))
+    baseline = f" (box {_fmt(area, 2)})" if area is not None else ""
+    return f"{_fmt(e, 2)}{baseline} / {_fmt(h, 2)} ({row['localisation_method']})"
 
 
 _DISPLAY_METRICS = ("auc",) + THRESHOLD_METRICS + ("brier",)
@@ -402,7 +405,8 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
              "specificity, precision and F1 at the Youden threshold chosen on the validation split. 95% confidence "
              "intervals: percentile bootstrap, 2000 resamples of patients. DeLong: paired test of each run's AUC "
              "against the best run on the same images (n/a when the images differ). Localisation: share of heatmap "
-             "energy inside the lesion box / pointing-game hit rate, from <code>mammolab explain</code>.</p>",
+             "energy inside the lesion box (in brackets: the box's share of the image, what a map that ignores the "
+             "image would score) / pointing-game hit rate, from <code>mammolab explain</code>.</p>",
              _html_table(table)]
     if overlay is not None:
         parts += ['<h2 id="roc">ROC curves</h2>', '<div class="grid">',

@@ -5,7 +5,14 @@
   pass records, in execution order, every module of the backbone that outputs a spatial feature
   map; the last one that is not a pooling/dropout layer is the final feature map before global
   pooling (``layer4`` for ResNets, ``bn2`` after EfficientNet's head conv, the last conv block of
-  ``mammocnn``). The input is made to require gradients, so frozen backbones (``opw``) work too.
+  ``mammocnn``). When that map is smaller than ``MIN_CAM_CELLS`` per side (a 64 px patch through
+  a stride-32 ResNet leaves 2x2 cells, and an upsampled 2x2 map can only point at a quadrant),
+  the last map with enough cells is used instead (``layer3``); ``layer=`` names one explicitly.
+  The input is made to require gradients, so frozen backbones (``opw``) work too.
+* **Which class is explained**: by default the *predicted* class of each image. A single-logit
+  binary model explains "benign" through the negated logit (pytorch-grad-cam's
+  ``BinaryClassifierOutputTarget``); always explaining the malignant logit leaves a benign image
+  with no positive evidence, and Grad-CAM's ReLU turns that into a blank map.
 * **Occlusion** needs no gradients and no layer choice: a grey patch (the image mean) is slid
   over a coarse grid, every occluded copy of every image goes through the model in large
   batches, and the drop in the target probability per grid cell is upsampled to the image. A
@@ -16,6 +23,7 @@ Every map is returned as float32 ``[0, 1]`` at the input's resolution (``(B, H, 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import cv2
@@ -25,9 +33,12 @@ from torch import nn
 
 from mammolab.errors import MammoLabError
 
-__all__ = ["METHODS", "compute_heatmaps", "find_target_layer", "target_probabilities"]
+__all__ = ["METHODS", "MIN_CAM_CELLS", "compute_heatmaps", "find_target_layer", "predicted_targets",
+           "target_probabilities"]
 
 METHODS = ("gradcam", "gradcam++", "occlusion")
+#: Fewest cells per side of an automatically chosen CAM layer (see the module docstring).
+MIN_CAM_CELLS = 4
 
 _SKIP_TYPES: tuple[type[nn.Module], ...] = (
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d,
@@ -41,13 +52,31 @@ def _feature_root(model: nn.Module) -> nn.Module:
     return backbone if isinstance(backbone, nn.Module) else model
 
 
-def find_target_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
-    """The module whose output is the last spatial feature map before global pooling.
+def find_target_layer(model: nn.Module, example: torch.Tensor, layer: str | None = None,
+                      min_cells: int = MIN_CAM_CELLS) -> tuple[str, nn.Module]:
+    """The module whose output the CAM is computed on: by default the last spatial feature map.
 
-    Runs ``example`` (``[1, C, H, W]``) through the model once with forward hooks. Raises when the
-    model has no 4-D feature map at all (nothing for a CAM to show).
+    Runs ``example`` (``[1, C, H, W]``) through the model once with forward hooks. The last map
+    with at least ``min_cells`` cells per side wins; when none is that large, the last spatial
+    map. ``layer`` picks a module by its name (as in ``model.named_modules()``, or relative to
+    the backbone). Raises when the model has no 4-D feature map at all (nothing for a CAM to show).
     """
     root = _feature_root(model)
+    if layer:
+        modules = dict(model.named_modules())
+        modules.update({k: v for k, v in root.named_modules() if k})
+        if layer not in modules:
+            names = [n for n, m in root.named_modules() if n and not isinstance(m, _SKIP_TYPES)]
+            # Match the given name against every dotted tail ("layer5" ~ "body.layer4"), report full names.
+            tails: dict[str, str] = {}
+            for n in names:
+                parts = n.split(".")
+                for i in range(len(parts)):
+                    tails.setdefault(".".join(parts[i:]), n)
+            near = list(dict.fromkeys(tails[t] for t in difflib.get_close_matches(layer, list(tails), n=3)))
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; some layers: {', '.join(names[-5:])}"
+            raise MammoLabError(f"--layer: {type(model).__name__} has no module named {layer!r}{hint}")
+        return layer, modules[layer]
     order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
     hooks = []
     for name, module in root.named_modules():
@@ -67,7 +96,8 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.
             h.remove()
     candidates = [(n, m, s) for n, m, s in order if not isinstance(m, _SKIP_TYPES)]
     spatial = [c for c in candidates if c[2][2] * c[2][3] > 1]
-    chosen = (spatial or candidates or [None])[-1]
+    fine = [c for c in spatial if min(c[2][2], c[2][3]) >= min_cells]
+    chosen = (fine or spatial or candidates or [None])[-1]
     if chosen is None:
         raise MammoLabError(f"{type(model).__name__}: no convolutional feature map found to compute a CAM on; "
                             "use --method occlusion")
@@ -89,24 +119,25 @@ def target_probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return _logits_to_probs(model(x)).cpu().numpy()
 
 
-def _default_targets(model: nn.Module, x: torch.Tensor) -> list[int]:
-    """Binary: the positive class; multi-class: the predicted class."""
-    probs = target_probabilities(model, x)
+def predicted_targets(probs: np.ndarray, threshold: float = 0.5) -> list[int]:
+    """The predicted class index per row of ``probs`` (``(B, C)``); binary uses ``threshold`` on column 1."""
     if probs.shape[1] == 2:
-        return [1] * len(x)
-    return probs.argmax(axis=1).tolist()
+        return [int(p >= threshold) for p in probs[:, 1]]
+    return probs.argmax(axis=1).astype(int).tolist()
 
 
-def _output_index(model_out_dim: int, target: int) -> int:
-    # A single-logit model has one output column for the positive class.
-    return 0 if model_out_dim == 1 else target
+def _output_target(model_out_dim: int, target: int) -> object:
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+
+    # A single-logit model has one output column: the logit for class 1, its negation for class 0.
+    return BinaryClassifierOutputTarget(target) if model_out_dim == 1 else ClassifierOutputTarget(target)
 
 
-def _gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], plus: bool, batch_size: int) -> np.ndarray:
+def _gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], plus: bool, batch_size: int,
+             layer_name: str | None) -> np.ndarray:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    _, layer = find_target_layer(model, x[:1])
+    _, layer = find_target_layer(model, x[:1], layer_name)
     with torch.no_grad():
         out_dim = model(x[:1]).reshape(1, -1).shape[1]
     cls = GradCAMPlusPlus if plus else GradCAM
@@ -114,7 +145,7 @@ def _gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], plus: bo
     with cls(model=model, target_layers=[layer]) as cam:
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
-            tb = [ClassifierOutputTarget(_output_index(out_dim, t)) for t in targets[i:i + batch_size]]
+            tb = [_output_target(out_dim, t) for t in targets[i:i + batch_size]]
             maps.append(cam(input_tensor=xb, targets=tb))
     return np.concatenate(maps).astype(np.float32)
 
@@ -159,22 +190,22 @@ def _occlusion(model: nn.Module, x: torch.Tensor, targets: Sequence[int], grid: 
 
 
 def compute_heatmaps(model: nn.Module, x: torch.Tensor, method: str = "gradcam", targets: Sequence[int] | None = None,
-                     *, grid: int = 8, batch_size: int = 32) -> np.ndarray:
+                     *, grid: int = 8, batch_size: int = 32, layer: str | None = None) -> np.ndarray:
     """Heatmaps ``(B, H, W)`` in ``[0, 1]`` for a batch of model inputs ``x`` (``[B, C, H, W]``).
 
-    ``targets`` are class indices to explain (default: the positive class for binary models, the
-    predicted class otherwise). ``grid`` is the occlusion grid (cells per side).
+    ``targets`` are class indices to explain (default: each image's predicted class). ``grid`` is
+    the occlusion grid (cells per side); ``layer`` names the CAM layer (default: automatic).
     """
     if method not in METHODS:
         raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if x.dim() != 4:
         raise MammoLabError(f"expected a batch of images [B, C, H, W], got shape {tuple(x.shape)}")
     model.eval()
-    targets = list(targets) if targets is not None else _default_targets(model, x)
+    targets = list(targets) if targets is not None else predicted_targets(target_probabilities(model, x))
     if len(targets) != len(x):
         raise MammoLabError(f"{len(targets)} targets for {len(x)} images")
     if method == "occlusion":
         maps = _occlusion(model, x, targets, grid, max(1, batch_size * 2))
     else:
-        maps = _gradcam(model, x, targets, method == "gradcam++", max(1, batch_size))
+        maps = _gradcam(model, x, targets, method == "gradcam++", max(1, batch_size), layer)
     return np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0).astype(np.float32)

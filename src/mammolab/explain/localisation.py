@@ -55,11 +55,15 @@ def pointing_hit(heat: np.ndarray, boxes: Sequence[Box], tolerance: float = 0.0)
 def summarise_localisation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means over the images that have a box: energy share, its area baseline, pointing-game hit rate."""
     energy = [r["energy_in_box"] for r in records if r.get("energy_in_box") is not None]
-    area = [r["box_area_fraction"] for r in records if r.get("box_area_fraction") is not None]
+    # The baseline is averaged over the same images as the energy share, so the two compare.
+    area = [r["box_area_fraction"] for r in records
+            if r.get("box_area_fraction") is not None and r.get("energy_in_box") is not None]
     hits = [r["pointing_hit"] for r in records if r.get("pointing_hit") is not None]
     return {
         "n_images": len(records),
         "n_with_box": sum(1 for r in records if r.get("has_box")),
+        # Maps with no positive evidence at all (Grad-CAM's ReLU leaves nothing); excluded from the means.
+        "n_blank": sum(1 for r in records if r.get("blank")),
         "energy_in_box_mean": float(np.mean(energy)) if energy else None,
         "box_area_fraction_mean": float(np.mean(area)) if area else None,
         "pointing_game_hit_rate": float(np.mean(hits)) if hits else None,

@@ -30,7 +30,7 @@ from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hi
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
 from mammolab.io.atomic import atomic_write_text, write_json
 
-__all__ = ["explain_run", "heatmaps_for_arrays", "to_image_space"]
+__all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
 
 
 def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int, mode: str = "stretch") -> np.ndarray:
@@ -51,24 +51,54 @@ def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int, mode: st
     return np.clip(out, 0.0, 1.0)
 
 
+def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
+                    labels: Sequence[str] | None = None) -> list[int]:
+    """Class index to explain per image: ``predicted``, ``true`` (the manifest label) or a class name.
+
+    ``true`` falls back to the predicted class for an image without a label (a file from outside
+    the dataset), so a mixed list of files still gets one heatmap each.
+    """
+    from mammolab.explain.cam import predicted_targets
+
+    predicted = predicted_targets(probs)
+    if spec == "predicted":
+        return predicted
+    if spec == "true":
+        labels = list(labels) if labels is not None else [""] * len(predicted)
+        bad = sorted({lab for lab in labels if lab and lab not in classes})
+        if bad:
+            raise MammoLabError(f"--target true: label(s) {', '.join(bad)} are not classes of the run "
+                                f"({', '.join(classes)})")
+        return [classes.index(lab) if lab else p for lab, p in zip(labels, predicted, strict=True)]
+    if spec in classes:
+        return [list(classes).index(spec)] * len(predicted)
+    raise MammoLabError(f"--target: expected predicted, true or a class of the run ({', '.join(classes)}), "
+                        f"got {spec!r}")
+
+
 def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
-                        batch_size: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Class probabilities ``(N, C)`` and one heatmap per image, in that image's own pixels."""
+                        batch_size: int = 16, target: str = "predicted", labels: Sequence[str] | None = None,
+                        layer: str | None = None) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """Class probabilities ``(N, C)``, one heatmap per image in that image's own pixels, and the class explained.
+
+    ``target`` is ``predicted``, ``true`` (with ``labels``) or a class name; see :func:`resolve_targets`.
+    """
     import torch
 
     from mammolab.explain.cam import compute_heatmaps, target_probabilities
 
-    probs_all, heats = [], []
+    probs_all, heats, explained = [], [], []
     for i in range(0, len(arrays), batch_size):
         chunk = arrays[i:i + batch_size]
         x = torch.stack([run.preprocess(a) for a in chunk]).to(run.device)
         probs = target_probabilities(run.model, x)
-        targets = [1] * len(chunk) if probs.shape[1] == 2 else probs.argmax(axis=1).tolist()
-        maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size)
+        targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size])
+        maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
         size, mode = int(x.shape[-1]), getattr(run.config, "resize", "stretch")
         heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
         probs_all.append(probs)
-    return (np.concatenate(probs_all) if probs_all else np.zeros((0, 2))), heats
+        explained += targets
+    return (np.concatenate(probs_all) if probs_all else np.zeros((0, 2))), heats, explained
 
 
 def _row_boxes(row: pd.Series) -> list[list[float]]:
@@ -117,18 +147,25 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
     return out
 
 
-def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int) -> dict[str, Any]:
+def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
+         layer: str | None) -> dict[str, Any]:
     from mammolab.evaluate.evaluation import checkpoint_stamp
 
     files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
     return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
-            "split": split, "grid": grid if method == "occlusion" else None, "images": files}
+            "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
+            "layer": None if method == "occlusion" else layer}
 
 
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
                 method: str = "gradcam", out_dir: str | Path, checkpoint: str = "best", grid: int = 8,
-                batch_size: int = 16, tolerance: float = 0.0, force: bool = False) -> dict[str, Any]:
+                batch_size: int = 16, tolerance: float = 0.0, force: bool = False, target: str = "true",
+                layer: str | None = None) -> dict[str, Any]:
     """Write heatmap overlays and localisation scores for a split (or ``images``) of a run.
+
+    ``target`` chooses the class each heatmap explains (``true``: the label, as in the pointing game;
+    ``predicted``; or a class name) and
+    ``layer`` the CAM layer (default: automatic, see :func:`mammolab.explain.cam.find_target_layer`).
 
     Returns the summary (also written as ``localisation.json``): mean energy-in-box share, its
     area baseline, the pointing-game hit rate, counts and the per-file errors.
@@ -146,7 +183,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
     out_dir = Path(out_dir)
-    key = _key(run, entries, method, "files" if images else split, grid)
+    key = _key(run, entries, method, "files" if images else split, grid, target, layer)
     summary_path = out_dir / "localisation.json"
     if not force and summary_path.is_file():
         try:
@@ -171,9 +208,10 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
                 errors.append({"path": e["path"], "error": str(exc)})
         if not good:
             continue
-        probs, heats = heatmaps_for_arrays(run, arrays, method, grid=grid, batch_size=batch_size)
+        probs, heats, explained = heatmaps_for_arrays(run, arrays, method, grid=grid, batch_size=batch_size,
+                                                      target=target, labels=[e["label"] for e in good], layer=layer)
         p_pos = positive_probability(probs[:, 1] if probs.shape[1] == 2 else probs, run.classes)
-        for e, arr, heat, pr, pp in zip(good, arrays, heats, probs, p_pos, strict=True):
+        for e, arr, heat, pr, pp, t in zip(good, arrays, heats, probs, p_pos, explained, strict=True):
             boxes = e["boxes"]
             name = _safe_name(e["image_id"])
             while name in used:
@@ -181,21 +219,24 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
             used.add(name)
             predicted = run.classes[int(pp >= 0.5)] if len(run.classes) == 2 else run.classes[int(np.argmax(pr))]
             caption = (f"{e['image_id']}  true: {e['label'] or '?'}  P(malignant)={pp:.2f}  "
-                       f"pred: {predicted}  [{method}{'' if images else f', {split} split'}]")
+                       f"pred: {predicted}  [{method} of {run.classes[t]}{'' if images else f', {split} split'}]")
             overlay = overlay_dir / f"{name}.png"
             write_rgb_png(overlay, overlay_panel(arr, heat, boxes, caption=caption))
             area = float(box_mask(heat.shape, boxes).mean()) if boxes else None
             records.append({"path": e["path"], "image_id": e["image_id"], "label": e["label"],
-                            "prob_malignant": float(pp), "predicted": predicted, "has_box": bool(boxes),
+                            "prob_malignant": float(pp), "predicted": predicted, "explained": run.classes[t],
+                            "has_box": bool(boxes),
                             "energy_in_box": energy_in_boxes(heat, boxes),
                             "box_area_fraction": area, "pointing_hit": pointing_hit(heat, boxes, tolerance),
+                            "blank": bool(float(heat.max()) <= 0.0),
                             "overlay": str(overlay.relative_to(out_dir))})
     if not records:
         raise MammoLabError(f"no image could be explained ({len(errors)} unreadable); first: {errors[0]['error']}")
     atomic_write_text(out_dir / "localisation.csv",
                       pd.DataFrame(records).to_csv(index=False, lineterminator="\n"))
     summary = summarise_localisation(records)
-    summary.update({"method": method, "split": None if images else split, "run": str(run.run_dir),
+    summary.update({"method": method, "target": target, "split": None if images else split,
+                    "run": str(run.run_dir),
                     "pointing_tolerance_px": tolerance, "errors": errors, "key": key,
                     "overlays": str(overlay_dir)})
     write_json(summary_path, summary)
