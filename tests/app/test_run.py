@@ -125,3 +125,20 @@ def test_real_data_paths_are_checked_before_work(tmp_path: Path) -> None:
     cfg["data"] = {"download": str(tmp_path / "nope"), "csv_dir": str(tmp_path / "nocsv")}
     with pytest.raises(MammoLabError, match=r"data.download: .*nope not found"):
         run_experiment(cfg)
+
+
+def test_report_shows_what_explain_measured(finished_experiment: tuple[dict[str, Any], Any]) -> None:
+    import pandas as pd
+
+    cfg, _ = finished_experiment
+    out = Path(cfg["out"])
+    summary = json.loads((out / "runs" / "cnn" / "explain" / "test-gradcam" / "localisation.json").read_text())
+    assert summary["target"] == "true" and summary["n_with_box"] == summary["n_images"] == 4
+    scored = summary["pointing_game_n"]
+    assert scored + summary["n_blank"] == summary["n_with_box"]
+    row = pd.read_csv(out / "report" / "comparison.csv").set_index("run").loc["cnn"]
+    assert row["localisation_method"] == "gradcam"
+    if scored:
+        assert row["localisation_energy"] == pytest.approx(summary["energy_in_box_mean"])
+        assert row["localisation_box_area"] == pytest.approx(summary["box_area_fraction_mean"])
+        assert row["pointing_game"] == pytest.approx(summary["pointing_game_hit_rate"])

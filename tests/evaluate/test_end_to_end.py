@@ -77,6 +77,31 @@ def test_explain_split_and_files(runs, tmp_path: Path) -> None:
         explain_run(run, method="lime", out_dir=tmp_path / "x")
 
 
+def test_explain_limit_targets_and_cli(runs, tmp_path: Path) -> None:
+    from mammolab.cli import app
+
+    _, run, _ = runs
+    s = explain_run(run, split="test", method="gradcam", out_dir=tmp_path / "few", limit=4, target="malignant")
+    table = pd.read_csv(tmp_path / "few" / "localisation.csv")
+    # Four images of the split, both classes among them, every one explained as malignant.
+    assert s["n_images"] == 4 and s["limit"] == 4 and s["split"] == "test" and s["target"] == "malignant"
+    assert set(table["label"]) == {"benign", "malignant"} and set(table["explained"]) == {"malignant"}
+    truth = explain_run(run, split="test", method="occlusion", grid=4, out_dir=tmp_path / "true", limit=4)
+    table = pd.read_csv(tmp_path / "true" / "localisation.csv")
+    assert truth["target"] == "true" and (table["explained"] == table["label"]).all()
+    with pytest.raises(MammoLabError, match="--limit"):
+        explain_run(run, split="test", out_dir=tmp_path / "x", limit=0)
+    with pytest.raises(MammoLabError, match="--target"):
+        explain_run(run, split="test", out_dir=tmp_path / "x", target="cancer")
+    res = CliRunner().invoke(app, ["explain", str(run), "--out", str(tmp_path / "cli"), "--limit", "2",
+                                   "--target", "predicted", "--layer", "body.layer3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli" / "localisation.json").read_text())["key"]["layer"] == "body.layer3"
+    res = CliRunner().invoke(app, ["explain", str(run), "--out", str(tmp_path / "bad"), "--layer", "layer9"])
+    # (main() turns this into one red line and exit code 2; the runner sees the exception itself)
+    assert isinstance(res.exception, MammoLabError) and "did you mean body.layer4" in str(res.exception)
+
+
 def test_to_image_space_inverts_pad_resize() -> None:
     from mammolab.train.imagecache import resize_image
 

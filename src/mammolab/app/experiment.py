@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mammolab.config import StrictModel, config_hash, load_config, load_yaml
 from mammolab.data.organize import OrganizeConfig
@@ -108,6 +108,12 @@ class ExplainSection(StrictModel):
     split: Literal["train", "val", "test"] = "test"
     n: int = Field(8, ge=0)
     target: str = Field("true", description="class each heatmap explains: true (the label), predicted or a class name")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _yaml_true(cls, value: Any) -> Any:
+        # YAML reads a bare ``target: true`` as the boolean; it means the label, as written.
+        return "true" if value is True else value
 
     @model_validator(mode="after")
     def _known_target(self) -> ExplainSection:

@@ -301,8 +301,8 @@ class _Runner:
         try:
             from mammolab.explain.runner import explain_run
 
-            images = None if sec.n == 0 else _first_images(run_dir, sec.split, sec.n)
-            explain_run(run_dir, images, split=sec.split, method=sec.method, out_dir=out_dir, target=sec.target)
+            explain_run(run_dir, None, split=sec.split, method=sec.method, out_dir=out_dir, target=sec.target,
+                        limit=sec.n or None)
         except Exception as exc:
             self.log(StageRecord("explain", name, "failed", time.perf_counter() - t0, _one_line(exc)))
             return
@@ -413,17 +413,6 @@ def _auc_text(value: Any, what: str) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}" if not isinstance(exc, MammoLabError) else text[0]
-
-
-def _first_images(run_dir: Path, split: str, n: int) -> list[Path]:
-    """``n`` images of a split, classes interleaved, so a short overlay list shows both classes."""
-    from mammolab.data.manifest import load_manifest
-
-    dataset = Path(_read_json(run_dir / "run.json").get("dataset", ""))
-    df = load_manifest(dataset)
-    df = df[df["split"] == split].sort_values("path")
-    df = df.assign(_rank=df.groupby("label").cumcount()).sort_values(["_rank", "label"])
-    return [dataset / p for p in df["path"].head(n)]
 
 
 def _summary_table(result: ExperimentResult) -> None:

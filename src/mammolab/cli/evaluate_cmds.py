@@ -92,6 +92,8 @@ def explain(
                                "'predicted', or a class name such as 'malignant'."),
     layer: str | None = typer.Option(None, "--layer", help="Grad-CAM layer, by module name (e.g. body.layer4); "
                                      "default: the last feature map with at least 4x4 cells."),
+    limit: int | None = typer.Option(None, "--limit", help="Explain only this many images of --split (classes "
+                                     "interleaved), for a quick look at a large split."),
     force: bool = typer.Option(False, "--force", help="Redo an explanation that is already up to date."),
 ) -> None:
     """Heatmaps of where the model looks: each overlay beside the plain image, lesion box drawn on top.
@@ -105,7 +107,7 @@ def explain(
 
     s = explain_run(run, images or None, split=split, method=method, out_dir=out, grid=grid,
                     batch_size=batch_size, tolerance=tolerance, force=force, target=target,
-                    layer=layer)
+                    layer=layer, limit=limit)
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
     line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"

@@ -197,6 +197,7 @@ def _table(summaries: list[RunSummary]) -> pd.DataFrame:
         row["localisation_energy"] = loc.get("energy_in_box_mean") if loc else None
         row["pointing_game"] = loc.get("pointing_game_hit_rate") if loc else None
         row["localisation_box_area"] = loc.get("box_area_fraction_mean") if loc else None
+        row["localisation_n"] = loc.get("pointing_game_n") if loc else None
         row["run_dir"] = str(s.run_dir)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -257,7 +258,9 @@ def _fmt_loc(row: pd.Series) -> str:
         return "-"
     area = _num(row.get("localisation_box_area"))
     baseline = f" (box {_fmt(area, 2)})" if area is not None else ""
-    return f"{_fmt(e, 2)}{baseline} / {_fmt(h, 2)} ({row['localisation_method']})"
+    n = _num(row.get("localisation_n"))
+    scored = f", n={int(n)}" if n is not None else ""
+    return f"{_fmt(e, 2)}{baseline} / {_fmt(h, 2)} ({row['localisation_method']}{scored})"
 
 
 _DISPLAY_METRICS = ("auc",) + THRESHOLD_METRICS + ("brier",)

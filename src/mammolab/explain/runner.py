@@ -114,12 +114,17 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
-def _entries_for_split(run: Any, split: str) -> list[dict[str, Any]]:
+def _entries_for_split(run: Any, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The split's images; with ``limit``, that many with the classes interleaved, so a short list shows each class."""
     from mammolab.train.datamodule import MammoDataModule
 
     if not (run.dataset_dir / "manifest.csv").is_file():
         raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more")
     frame = MammoDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std).frames[split]
+    if limit:
+        frame = frame.sort_values("path")
+        frame = (frame.assign(_rank=frame.groupby("label").cumcount()).sort_values(["_rank", "label"])
+                 .head(limit).drop(columns="_rank"))
     out = []
     for _, row in frame.iterrows():
         image_id = str(row.get("image_id") or "") or Path(str(row["path"])).stem
@@ -160,12 +165,13 @@ def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid:
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
                 method: str = "gradcam", out_dir: str | Path, checkpoint: str = "best", grid: int = 8,
                 batch_size: int = 16, tolerance: float = 0.0, force: bool = False, target: str = "true",
-                layer: str | None = None) -> dict[str, Any]:
+                layer: str | None = None, limit: int | None = None) -> dict[str, Any]:
     """Write heatmap overlays and localisation scores for a split (or ``images``) of a run.
 
     ``target`` chooses the class each heatmap explains (``true``: the label, as in the pointing game;
     ``predicted``; or a class name) and
     ``layer`` the CAM layer (default: automatic, see :func:`mammolab.explain.cam.find_target_layer`).
+    ``limit`` explains only that many images of the split (classes interleaved); the summary says how many.
 
     Returns the summary (also written as ``localisation.json``): mean energy-in-box share, its
     area baseline, the pointing-game hit rate, counts and the per-file errors.
@@ -179,7 +185,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
     run = load_run(run_dir, checkpoint=checkpoint)
-    entries = _entries_for_files(run, images) if images else _entries_for_split(run, split)
+    if limit is not None and limit < 1:
+        raise MammoLabError(f"--limit: expected a positive number of images, got {limit}")
+    entries = _entries_for_files(run, images) if images else _entries_for_split(run, split, limit)
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
     out_dir = Path(out_dir)
@@ -235,7 +243,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     atomic_write_text(out_dir / "localisation.csv",
                       pd.DataFrame(records).to_csv(index=False, lineterminator="\n"))
     summary = summarise_localisation(records)
-    summary.update({"method": method, "target": target, "split": None if images else split,
+    summary.update({"method": method, "target": target, "split": None if images else split, "limit": limit,
                     "run": str(run.run_dir),
                     "pointing_tolerance_px": tolerance, "errors": errors, "key": key,
                     "overlays": str(overlay_dir)})
