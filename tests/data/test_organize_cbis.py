@@ -215,3 +215,21 @@ def test_cli_end_to_end_and_error_exit_code(synth_nbia, tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) <= 2
     runner = CliRunner()
     assert runner.invoke(app, ["organize", "--help"]).exit_code == 0
+
+
+def test_png_encoding_option(synth_legacy, tmp_path: Path) -> None:
+    stored = _run(synth_legacy, tmp_path / "stored", kind="full")
+    _run(synth_legacy, tmp_path / "fast", kind="full", png="fast")
+    row = stored.manifest.iloc[0]
+    a, b = tmp_path / "stored" / row["path"], tmp_path / "fast" / row["path"]
+    img = read_image(a)
+    # Default: uncompressed (16-bit pixels + one filter byte per row); 'fast' compresses. Same pixels.
+    assert img.dtype == np.uint16 and a.stat().st_size >= img.nbytes + img.shape[0] > b.stat().st_size
+    assert np.array_equal(img, read_image(b))
+    masks = [tmp_path / "stored" / m for m in stored.manifest["mask"] if isinstance(m, str) and m]
+    assert masks and all(m.stat().st_size < 0.2 * read_image(m).nbytes for m in masks)  # run-length coded
+    # The encoding changes bytes, not pixels: it is not part of the config hash, so either output is reused.
+    assert read_info(tmp_path / "stored")["config_hash"] == read_info(tmp_path / "fast")["config_hash"]
+    before = a.stat().st_mtime_ns
+    again = _run(synth_legacy, tmp_path / "stored", kind="full", png="fast")
+    assert again.processed_units == 0 and again.skipped_units > 0 and a.stat().st_mtime_ns == before

@@ -52,6 +52,10 @@ def organize(
     bit_depth: int | None = typer.Option(
         None, "--bit-depth", help="16 (keeps the DICOM dynamic range) or 8. [default: 16]"),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the split. [default: 0]"),
+    png: str | None = typer.Option(
+        None, "--png", help="PNG encoding of the images: 'stored' (uncompressed, as large as the DICOM pixels, "
+                            "about 5x faster to read in every later pass) or 'fast' (compressed, ~20% smaller on "
+                            "16-bit films). Same pixels either way. [default: stored]"),
     config: Path | None = typer.Option(
         None, "--config", help="YAML file with any of the options above (command-line options win)."),
     workers: int | None = typer.Option(
@@ -73,7 +77,7 @@ def organize(
 
     options = {"abnormality": abnormality, "labels": labels, "bwc": bwc, "kind": kind, "roi_size": roi_size,
                "roi_margin": roi_margin, "val_fraction": val_fraction, "folds": folds, "bit_depth": bit_depth,
-               "seed": seed}
+               "seed": seed, "png": png}
     if manifest is not None:
         for name in ("abnormality", "bwc", "kind", "roi_size", "roi_margin"):
             if options[name] is not None:

@@ -29,7 +29,8 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
            "bright_level, edge_fraction), remove_annotations (kernel, grow, fill_holes, crop_to_breast, "
            "crop_margin), orient (chest_wall left|right), resize (height, width, keep_aspect, align center|start, "
            "bit_depth 8|16|null), denoise (method gaussian|median|bilateral, ksize, sigma, sigma_color, "
-           "sigma_space), clahe (clip_limit, tile_grid). Also 'png_compression: 0-9' (default: OpenCV's fast setting).",
+           "sigma_space), clahe (clip_limit, tile_grid). Also 'png: fast|stored' (stored: uncompressed, fastest to "
+           "read; for full-size outputs) and 'png_compression: 0-9' (a zlib level instead).",
 )
 def preprocess(
     dataset: Path = typer.Argument(

@@ -55,6 +55,10 @@ class OrganizeConfig(StrictModel):
     folds: int = Field(5, ge=2, le=20)
     bit_depth: Literal[8, 16] = 16
     seed: int = 0
+    png: Literal["stored", "fast"] = Field(
+        "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
+        "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
+        "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
 
 
 @dataclass
@@ -329,13 +333,13 @@ def _base_row(u: Unit) -> dict[str, Any]:
 
 def _row_from(u: Unit, image_id: str, label: str, img: np.ndarray, mask: np.ndarray | None,
               boxes: list[tuple[float, float, float, float]], abns: Sequence[Abnormality], out: Path,
-              bit_depth: int) -> dict[str, Any]:
+              bit_depth: int, png: str) -> dict[str, Any]:
     rel = _rel(u.split, label, image_id)
-    write_png(out / rel, _as_depth(img, bit_depth))
+    write_png(out / rel, _as_depth(img, bit_depth), mode=png)
     mask_rel = ""
     if mask is not None and mask.any():
         mask_rel = _rel(u.split, label, image_id, masks=True)
-        write_png(out / mask_rel, mask.astype(np.uint8) * 255)
+        write_png(out / mask_rel, mask.astype(np.uint8) * 255, mode="rle")
     union = mf.union_box(boxes)
     pathologies = sorted({a.pathology for a in abns})
     return {
@@ -368,7 +372,7 @@ def process_unit(job: _Job) -> UnitResult:
         except (json.JSONDecodeError, KeyError):
             pass
     u, root, out = job.unit, Path(job.root), Path(job.out)
-    kind, bit_depth = job.cfg["kind"], int(job.cfg["bit_depth"])
+    kind, bit_depth, png = job.cfg["kind"], int(job.cfg["bit_depth"]), job.cfg.get("png", "stored")
     res = UnitResult()
     full_shape = (u.full_rows, u.full_cols) if u.full_rows and u.full_cols else None
     full_img = None
@@ -390,7 +394,8 @@ def process_unit(job: _Job) -> UnitResult:
                 box = _bbox(mask)
                 if box:
                     boxes.append(box)
-        res.rows.append(_row_from(u, u.case_id, u.label, full_img, union_mask, boxes, u.abnormalities, out, bit_depth))
+        res.rows.append(_row_from(u, u.case_id, u.label, full_img, union_mask, boxes, u.abnormalities, out,
+                                  bit_depth, png))
     else:
         for a, mask, crop in rois:
             if kind == "crop":
@@ -402,13 +407,13 @@ def process_unit(job: _Job) -> UnitResult:
                 cmask = _crop_mask(mask, crop.shape) if mask is not None else None
                 box = _bbox(cmask) if cmask is not None else None
                 res.rows.append(_row_from(u, a.roi_case_id, a.label, crop, cmask, [box] if box else [], [a],
-                                          out, bit_depth))
+                                          out, bit_depth, png))
             else:
                 box = _bbox(mask) if mask is not None else None
                 if box is None:
                     continue
                 patch, pmask, pbox = _roi_patch(full_img, mask, box, job.cfg["roi_size"], job.cfg["roi_margin"])
-                res.rows.append(_row_from(u, a.roi_case_id, a.label, patch, pmask, [pbox], [a], out, bit_depth))
+                res.rows.append(_row_from(u, a.roi_case_id, a.label, patch, pmask, [pbox], [a], out, bit_depth, png))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
 
@@ -466,7 +471,7 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
     if not download.is_dir():
         raise MammoLabError(f"DOWNLOAD: {download} is not a folder (expected the CBIS-DDSM download root)")
     rows = read_case_csvs(csv_dir, cfg.abnormality)
-    cfg_hash = config_hash({"stage": "organize", **cfg.model_dump()})
+    cfg_hash = config_hash({"stage": "organize", **cfg.model_dump(exclude={"png"})})
     _prepare_out(out, cfg_hash, overwrite, [download, csv_dir])
     index = DownloadIndex.build(download, cache=out / WORK_DIR / "download_index.csv",
                                 workers=workers or 1, metadata=metadata)
@@ -581,6 +586,10 @@ class ImportConfig(StrictModel):
     folds: int = Field(5, ge=2, le=20)
     bit_depth: Literal[8, 16] = 16
     seed: int = 0
+    png: Literal["stored", "fast"] = Field(
+        "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
+        "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
+        "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
@@ -597,6 +606,7 @@ class _ImportJob:
     out: str
     bit_depth: int
     cfg_hash: str
+    png: str = "stored"
 
 
 def _import_one(job: _ImportJob) -> UnitResult:
@@ -614,7 +624,7 @@ def _import_one(job: _ImportJob) -> UnitResult:
         raise MammoLabError(f"{job.src}: image is empty or all black")
     row = dict(job.row)
     rel = _rel(row["split"], row["label"], job.image_id)
-    write_png(out / rel, _as_depth(img, job.bit_depth))
+    write_png(out / rel, _as_depth(img, job.bit_depth), mode=job.png)
     row.update(path=rel, image_id=job.image_id, width=int(img.shape[1]), height=int(img.shape[0]))
     boxes: list[tuple[float, float, float, float]] = []
     if all(pd.notna(row.get(c)) and str(row.get(c)) != "" for c in mf.BBOX_COLUMNS):
@@ -626,7 +636,7 @@ def _import_one(job: _ImportJob) -> UnitResult:
             mask = cv2.resize(mask.astype(np.uint8), (img.shape[1], img.shape[0]),
                               interpolation=cv2.INTER_NEAREST).astype(bool)
         mrel = _rel(row["split"], row["label"], job.image_id, masks=True)
-        write_png(out / mrel, mask.astype(np.uint8) * 255)
+        write_png(out / mrel, mask.astype(np.uint8) * 255, mode="rle")
         row["mask"] = mrel
         if not boxes:
             box = _bbox(mask)
@@ -681,7 +691,7 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
         tmp = assign_splits(src.drop(columns=[c for c in ("split",) if c in src]), official_col="_none_",
                             val_fraction=cfg.val_fraction, folds=cfg.folds, seed=cfg.seed)
         src["split"], src["fold"] = tmp["split"], tmp["fold"]
-    cfg_hash = config_hash({"stage": "organize-manifest", **cfg.model_dump()})
+    cfg_hash = config_hash({"stage": "organize-manifest", **cfg.model_dump(exclude={"png"})})
     _prepare_out(out, cfg_hash, overwrite, [csv_path.parent])
     ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p).stem) for p in src["path"]]
     seen: Counter[str] = Counter()
@@ -697,7 +707,8 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
         row["target"] = classes.index(r["label"])
         mask = r.get("mask", "")
         mask_src = str(mask if not mask or Path(mask).is_absolute() else base / mask) if mask else ""
-        jobs.append(_ImportJob(image_id, r["src"], mask_src, row, str(out.resolve()), cfg.bit_depth, cfg_hash))
+        jobs.append(_ImportJob(image_id, r["src"], mask_src, row, str(out.resolve()), cfg.bit_depth, cfg_hash,
+                                   cfg.png))
     plan = {"files_missing": missing}
     return _collect(out, jobs, plan, cfg.model_dump(), cfg_hash, cfg.labels, workers,
                     inputs={"manifest": str(csv_path.resolve())}, process=_import_one)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -89,7 +89,10 @@ class PreprocessConfig(StrictModel):
     """A preprocessing run: the steps in order (each ``{name: params}``) and how outputs are written."""
 
     steps: list[dict[str, dict[str, Any]]] = Field(min_length=1)
-    png_compression: int | None = Field(None, ge=0, le=9)
+    png: Literal["fast", "stored"] = Field(
+        "fast", description="PNG encoding of the output images: fast (compressed) or stored (uncompressed, for "
+        "full-size outputs that later passes read often); see mammolab.io.images.PNG_MODES")
+    png_compression: int | None = Field(None, ge=0, le=9, description="a zlib level instead of `png` (slower)")
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -232,7 +235,7 @@ def load_sample(dataset: str | Path, row: dict[str, Any], events: list[dict[str,
                 events.append({"type": "mask_resized", "item": rel,
                                "detail": f"mask {m.shape[1]}x{m.shape[0]} vs image {img.shape[1]}x{img.shape[0]}"})
                 m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-            mask = np.where(m > 0, np.uint8(255), np.uint8(0))
+            mask = cv2.compare(m, 0, cv2.CMP_GT)  # 0/255 uint8 from any depth, ~5x faster than np.where
         except MammoLabError as exc:
             events.append({"type": "mask_unreadable", "item": rel, "detail": str(exc)})
     return Sample(img, mask, _row_boxes(row), {})
@@ -245,7 +248,8 @@ class _Job:
     row: dict[str, Any]
     steps: list[dict[str, dict[str, Any]]]
     cfg_hash: str
-    compression: int
+    compression: int | None
+    png: str = "fast"
 
 
 def _record_path(out: Path, rel: str) -> Path:
@@ -288,12 +292,12 @@ def _process(job: _Job) -> dict[str, Any]:
         (out / rel).unlink(missing_ok=True)
         record.unlink(missing_ok=True)
         raise MammoLabError(f"{rel}: {exc}" if rel not in str(exc) else str(exc)) from None
-    write_png(out / rel, result.image, compression=job.compression)
+    write_png(out / rel, result.image, compression=job.compression, mode=job.png)
     row = dict(job.row)
     mask_rel = ""
     if result.mask is not None and result.mask.any():
         mask_rel = str(job.row.get("mask") or "") or f"masks/{rel}"
-        write_png(out / mask_rel, result.mask, compression=job.compression)
+        write_png(out / mask_rel, result.mask, compression=job.compression, mode="rle")
     if len(result.boxes) < n_boxes_in:
         events.append({"type": "lesion_cropped", "item": rel,
                        "detail": f"{n_boxes_in - len(result.boxes)} of {n_boxes_in} lesion box(es) fell outside "
@@ -451,7 +455,8 @@ def preprocess(dataset: str | Path, out: str | Path,
     cfg_hash = cfg.hash()
     steps = cfg.model_dump(mode="json")["steps"]
     rows = [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in df.to_dict(orient="records")]
-    jobs = [_Job(str(src.resolve()), str(out.resolve()), r, steps, cfg_hash, cfg.png_compression) for r in rows]
+    jobs = [_Job(str(src.resolve()), str(out.resolve()), r, steps, cfg_hash, cfg.png_compression, cfg.png)
+            for r in rows]
     atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg.model_dump(mode="json")))
     prev_threads = cv2.getNumThreads()
     try:
