@@ -252,15 +252,30 @@ def _fmt_p(v: Any, best: bool) -> str:
     return "<0.001" if f < 0.001 else f"{f:.3f}"
 
 
-def _fmt_loc(row: pd.Series) -> str:
+def _loc_parts(row: pd.Series) -> tuple[str, str] | None:
+    """``("energy / pointing", "box area, method, n")`` for a run with a localisation summary, else None."""
     e, h = _num(row.get("localisation_energy")), _num(row.get("pointing_game"))
     if e is None and h is None:
-        return "-"
-    area = _num(row.get("localisation_box_area"))
-    baseline = f" (box {_fmt(area, 2)})" if area is not None else ""
-    n = _num(row.get("localisation_n"))
-    scored = f", n={int(n)}" if n is not None else ""
-    return f"{_fmt(e, 2)}{baseline} / {_fmt(h, 2)} ({row['localisation_method']}{scored})"
+        return None
+    area, n = _num(row.get("localisation_box_area")), _num(row.get("localisation_n"))
+    detail = [f"box {_fmt(area, 2)}"] if area is not None else []
+    detail.append(str(row["localisation_method"]))
+    if n is not None:
+        detail.append(f"n={int(n)}")
+    return f"{_fmt(e, 2)} / {_fmt(h, 2)}", ", ".join(detail)
+
+
+def _fmt_loc(row: pd.Series) -> str:
+    parts = _loc_parts(row)
+    return "-" if parts is None else f"{parts[0]} ({parts[1]})"
+
+
+def _loc_cell(row: pd.Series) -> str:
+    parts = _loc_parts(row)
+    if parts is None:
+        return _cell("-")
+    return _cell(f'{html.escape(parts[0])}<br><span class="ci">{html.escape(parts[1])}</span>',
+                 row.get("localisation_energy"))
 
 
 _DISPLAY_METRICS = ("auc",) + THRESHOLD_METRICS + ("brier",)
@@ -331,7 +346,7 @@ def _html_table(table: pd.DataFrame) -> str:
                  _cell(str(r["n"]), r["n"])]
         cells += [_metric_cell(r, m) for m in _DISPLAY_METRICS]
         cells.append(_cell(_fmt_p(r["delong_p_vs_best"], best), 0 if best else r["delong_p_vs_best"]))
-        cells.append(_cell(html.escape(_fmt_loc(r)), r.get("localisation_energy")))
+        cells.append(_loc_cell(r))
         body.append(f'<tr class="{"best" if best else ""}">{"".join(cells)}</tr>')
     return (f'<div class="table-wrap"><table class="sortable" id="comparison"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -408,8 +423,9 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
              "specificity, precision and F1 at the Youden threshold chosen on the validation split. 95% confidence "
              "intervals: percentile bootstrap, 2000 resamples of patients. DeLong: paired test of each run's AUC "
              "against the best run on the same images (n/a when the images differ). Localisation: share of heatmap "
-             "energy inside the lesion box (in brackets: the box's share of the image, what a map that ignores the "
-             "image would score) / pointing-game hit rate, from <code>mammolab explain</code>.</p>",
+             "energy inside the lesion box / pointing-game hit rate, from <code>mammolab explain</code>; below them "
+             "the box's share of the image (what a map that ignores the image would score), the method and the "
+             "number of images scored.</p>",
              _html_table(table)]
     if overlay is not None:
         parts += ['<h2 id="roc">ROC curves</h2>', '<div class="grid">',
