@@ -123,3 +123,23 @@ def test_compare_mixes_binary_and_four_class_runs(fake_runs: list[Path], tmp_pat
     assert table.loc[1, "auc_micro"] > 0.5
     # ROC overlay + one training-curve figure + two confusion matrices + one tuning figure
     assert paths["html"].read_text().count("data:image/png;base64,") == 5
+
+
+def test_report_states_the_resamples_the_intervals_used(report: dict[str, Path]) -> None:
+    from types import SimpleNamespace
+
+    from mammolab.evaluate.report import _resamples
+
+    # The fake runs were evaluated with 300 resamples: the report says so, not a fixed number.
+    assert "percentile bootstrap, 300 resamples of patients" in report["html"].read_text()
+    assert "patient-level bootstrap (300 resamples)" in report["markdown"].read_text()
+    runs = [SimpleNamespace(metrics={"auc": {"n_boot": n}}) for n in (500, 2000, 500)]
+    assert _resamples(runs) == "500-2000 resamples, by run"
+    assert _resamples([SimpleNamespace(metrics={})]) == "resamples"
+
+
+def test_order_does_not_depend_on_the_order_given(fake_runs: list[Path], tmp_path: Path) -> None:
+    # The same runs given in reverse give the same table.
+    a = pd.read_csv(compare_runs(fake_runs, tmp_path / "a")["csv"])["run"].tolist()
+    b = pd.read_csv(compare_runs(list(reversed(fake_runs)), tmp_path / "b")["csv"])["run"].tolist()
+    assert a == b

@@ -285,12 +285,22 @@ def _is_best(r: pd.Series) -> bool:
     return bool(r["rank"] == 1 and r["task"] == "binary")
 
 
-def _markdown(table: pd.DataFrame, split: str, with_roc: bool) -> str:
+def _resamples(summaries: list[RunSummary]) -> str:
+    """How many bootstrap resamples the intervals used, as the runs' metrics record it."""
+    counts = sorted({int(n) for s in summaries if (n := _num(s.metrics.get("auc", {}).get("n_boot"))) is not None})
+    if not counts:
+        return "resamples"
+    if len(counts) == 1:
+        return f"{counts[0]} resamples"
+    return f"{counts[0]}-{counts[-1]} resamples, by run"
+
+
+def _markdown(table: pd.DataFrame, split: str, with_roc: bool, resamples: str) -> str:
     head = ["#", "run", "model", "regime", "params", "epochs", "train time", "img/s", "n",
             "AUC [95% CI]", "accuracy", "sensitivity", "specificity", "precision", "F1", "Brier",
             "DeLong p vs best", "localisation (energy / pointing)"]
     lines = [f"Runs compared on the {split} split, best AUC first. Threshold metrics at the Youden threshold "
-             "chosen on the validation split; 95% CIs by patient-level bootstrap (2000 resamples).", "",
+             f"chosen on the validation split; 95% CIs by patient-level bootstrap ({resamples}).", "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for _, r in table.iterrows():
         cells = [str(r["rank"]), str(r["run"]), str(r["model"]), str(r["regime"] or "-"), _fmt_params(r["params"]),
@@ -421,7 +431,8 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
     parts = ['<h2 id="table">Runs</h2>',
              '<p class="note">Sorted by AUC, best first (click a header to re-sort). Accuracy, sensitivity, '
              "specificity, precision and F1 at the Youden threshold chosen on the validation split. 95% confidence "
-             "intervals: percentile bootstrap, 2000 resamples of patients. DeLong: paired test of each run's AUC "
+             f"intervals: percentile bootstrap, {_resamples(summaries)} of patients. DeLong: paired test of each "
+             "run's AUC "
              "against the best run on the same images (n/a when the images differ). Localisation: share of heatmap "
              "energy inside the lesion box / pointing-game hit rate, from <code>mammolab explain</code>; below them "
              "the box's share of the image (what a map that ignores the image would score), the method and the "
@@ -472,9 +483,13 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str 
     summaries = [load_run_summary(d, split, evaluate_missing=evaluate_missing, label=lab)
                  for d, lab in zip(dirs, labels, strict=True)]
 
-    def sort_key(s: RunSummary) -> tuple[int, float]:
-        auc = _num(s.metrics.get("auc", {}).get("value"))
-        return (0 if s.metrics.get("task") == "binary" else 1, -(auc if auc is not None else -np.inf))
+    def sort_key(s: RunSummary) -> tuple[int, float, float, str]:
+        # Best AUC first; ties (common at 1.000 on easy data) by the interval's lower bound, then by
+        # name, so the order never depends on the order the runs were given in.
+        auc = s.metrics.get("auc", {})
+        value, low = _num(auc.get("value")), _num(auc.get("ci_low"))
+        return (0 if s.metrics.get("task") == "binary" else 1, -(value if value is not None else -np.inf),
+                -(low if low is not None else -np.inf), s.label)
 
     summaries.sort(key=sort_key)
     table = _table(summaries)
@@ -485,7 +500,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str 
              "html": out_dir / "report.html"}
     clean = pd.DataFrame(json_safe(table.to_dict(orient="records")))
     atomic_write_text(paths["csv"], clean.to_csv(index=False, lineterminator="\n"))
-    atomic_write_text(paths["markdown"], _markdown(table, split, overlay is not None))
+    atomic_write_text(paths["markdown"], _markdown(table, split, overlay is not None, _resamples(summaries)))
     if overlay is not None:
         paths["roc"] = out_dir / "roc_overlay.png"
         atomic_write_bytes(paths["roc"], overlay)
