@@ -42,15 +42,10 @@ from mammolab.reporting import markdown_list_sections
 WORK_DIR = ".mammolab"
 
 
-class OrganizeConfig(StrictModel):
-    """Every option of ``mammolab organize``; the hash of this decides what a re-run may reuse."""
+class _DatasetOptions(StrictModel):
+    """Options both ways of organizing share: labels, splits and how the images are written."""
 
-    abnormality: Literal["mass", "calc", "all"] = "mass"
     labels: Literal["binary", "4class"] = "binary"
-    bwc: Literal["benign", "drop"] = "benign"
-    kind: Literal["full", "crop", "roi"] = "crop"
-    roi_size: int = Field(512, ge=16, le=8192)
-    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     folds: int = Field(5, ge=2, le=20)
     bit_depth: Literal[8, 16] = 16
@@ -59,6 +54,20 @@ class OrganizeConfig(StrictModel):
         "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
         "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
         "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
+
+    def content_hash(self, stage: str) -> str:
+        """The hash that decides what a re-run may reuse: every option that changes pixels, labels or splits."""
+        return config_hash({"stage": stage, **self.model_dump(exclude={"png"})})
+
+
+class OrganizeConfig(_DatasetOptions):
+    """Every option of ``mammolab organize``; :meth:`content_hash` decides what a re-run may reuse."""
+
+    abnormality: Literal["mass", "calc", "all"] = "mass"
+    bwc: Literal["benign", "drop"] = "benign"
+    kind: Literal["full", "crop", "roi"] = "crop"
+    roi_size: int = Field(512, ge=16, le=8192)
+    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
 
 
 @dataclass
@@ -372,7 +381,7 @@ def process_unit(job: _Job) -> UnitResult:
         except (json.JSONDecodeError, KeyError):
             pass
     u, root, out = job.unit, Path(job.root), Path(job.out)
-    kind, bit_depth, png = job.cfg["kind"], int(job.cfg["bit_depth"]), job.cfg.get("png", "stored")
+    kind, bit_depth, png = job.cfg["kind"], int(job.cfg["bit_depth"]), job.cfg["png"]
     res = UnitResult()
     full_shape = (u.full_rows, u.full_cols) if u.full_rows and u.full_cols else None
     full_img = None
@@ -471,7 +480,7 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
     if not download.is_dir():
         raise MammoLabError(f"DOWNLOAD: {download} is not a folder (expected the CBIS-DDSM download root)")
     rows = read_case_csvs(csv_dir, cfg.abnormality)
-    cfg_hash = config_hash({"stage": "organize", **cfg.model_dump(exclude={"png"})})
+    cfg_hash = cfg.content_hash("organize")
     _prepare_out(out, cfg_hash, overwrite, [download, csv_dir])
     index = DownloadIndex.build(download, cache=out / WORK_DIR / "download_index.csv",
                                 workers=workers or 1, metadata=metadata)
@@ -578,18 +587,8 @@ def quality_markdown(q: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------- generic manifest import
 
-class ImportConfig(StrictModel):
+class ImportConfig(_DatasetOptions):
     """Options of ``mammolab organize --manifest``."""
-
-    labels: Literal["binary", "4class"] = "binary"
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    folds: int = Field(5, ge=2, le=20)
-    bit_depth: Literal[8, 16] = 16
-    seed: int = 0
-    png: Literal["stored", "fast"] = Field(
-        "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
-        "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
-        "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
@@ -691,7 +690,7 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
         tmp = assign_splits(src.drop(columns=[c for c in ("split",) if c in src]), official_col="_none_",
                             val_fraction=cfg.val_fraction, folds=cfg.folds, seed=cfg.seed)
         src["split"], src["fold"] = tmp["split"], tmp["fold"]
-    cfg_hash = config_hash({"stage": "organize-manifest", **cfg.model_dump(exclude={"png"})})
+    cfg_hash = cfg.content_hash("organize-manifest")
     _prepare_out(out, cfg_hash, overwrite, [csv_path.parent])
     ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p).stem) for p in src["path"]]
     seen: Counter[str] = Counter()

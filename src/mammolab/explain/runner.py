@@ -68,7 +68,7 @@ def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
         bad = sorted({lab for lab in labels if lab and lab not in classes})
         if bad:
             raise MammoLabError(f"--target true: label(s) {', '.join(bad)} are not classes of the run "
-                                f"({', '.join(classes)})")
+                                f"({', '.join(classes)}); use --target predicted or a class name")
         return [classes.index(lab) if lab else p for lab, p in zip(labels, predicted, strict=True)]
     if spec in classes:
         return [list(classes).index(spec)] * len(predicted)

@@ -235,7 +235,7 @@ def load_sample(dataset: str | Path, row: dict[str, Any], events: list[dict[str,
                 events.append({"type": "mask_resized", "item": rel,
                                "detail": f"mask {m.shape[1]}x{m.shape[0]} vs image {img.shape[1]}x{img.shape[0]}"})
                 m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-            mask = cv2.compare(m, 0, cv2.CMP_GT)  # 0/255 uint8 from any depth, ~5x faster than np.where
+            mask = cv2.compare(m, 0, cv2.CMP_GT)  # 0/255 uint8 from any depth in one pass, no temporaries
         except MammoLabError as exc:
             events.append({"type": "mask_unreadable", "item": rel, "detail": str(exc)})
     return Sample(img, mask, _row_boxes(row), {})
