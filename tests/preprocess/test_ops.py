@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from pp_films import Film, bbox, make_film
 
 from mammolab.errors import MammoLabError
-from mammolab.preprocess.ops import (
+from mammolab.preprocess.ops import (  # internals with exactness contracts
     OPS,
+    THUMB_SIDE,
     Clahe,
     CropBorder,
     Denoise,
@@ -16,6 +18,8 @@ from mammolab.preprocess.ops import (
     RemoveAnnotations,
     Resize,
     Sample,
+    _crop,
+    _keep_inside,
     clahe,
     crop_border,
     denoise,
@@ -25,6 +29,8 @@ from mammolab.preprocess.ops import (
     remove_annotations,
     resize,
     rotate,
+    sample_thumbnail,
+    thumbnail,
 )
 
 
@@ -142,6 +148,59 @@ def test_remove_annotations_crop_to_breast_moves_box() -> None:
 def test_remove_annotations_all_black_is_a_clear_error() -> None:
     with pytest.raises(MammoLabError, match="all black"):
         remove_annotations(np.zeros((64, 48), np.uint16))
+
+
+def _keep_inside_reference(img: np.ndarray, small: np.ndarray, k: int) -> np.ndarray:
+    """The plain definition: upscale the whole thumbnail mask, threshold at half, keep what is inside."""
+    h, w = img.shape
+    big = cv2.resize(small, (small.shape[1] * k, small.shape[0] * k), interpolation=cv2.INTER_LINEAR)
+    big = cv2.copyMakeBorder(big, 0, h - big.shape[0], 0, w - big.shape[1], cv2.BORDER_REPLICATE)
+    return np.where(big > 127, img, 0).astype(img.dtype)
+
+
+@pytest.mark.parametrize("shape", [(1100, 700), (1537, 1025), (530, 1030)])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+def test_keep_inside_equals_the_full_size_definition(shape: tuple[int, int], dtype: type) -> None:
+    """Working only on the mask's bounding box (plus a cell) must give exactly the full-size result,
+    also for masks touching the thumbnail's edges (where trailing pixels are extended)."""
+    rng = np.random.default_rng(shape[0])
+    img = rng.integers(1, np.iinfo(dtype).max, size=shape, dtype=dtype)
+    thumb, k = thumbnail(img)
+    assert k >= 2
+    th, tw = thumb.shape
+    windows = [(5, 40, 7, 30), (0, th, 0, tw), (th - 9, th, tw - 4, tw), (0, 3, tw // 2, tw // 2 + 1)]
+    for y0, y1, x0, x1 in windows:
+        small = np.zeros((th, tw), np.uint8)
+        small[y0:y1, x0:x1] = 255
+        small[(y0 + y1) // 2, (x0 + x1) // 2] = 0  # a hole, so the window is not a plain rectangle
+        np.testing.assert_array_equal(_keep_inside(img, small, k), _keep_inside_reference(img, small, k))
+
+
+def test_crop_carries_the_thumbnail_only_when_it_is_exact() -> None:
+    img = np.random.default_rng(0).integers(0, 65535, size=(1500, 1000), dtype=np.uint16)
+    s = Sample(img)
+    thumb, k = sample_thumbnail(s)
+    assert k == 3 and sample_thumbnail(s)[0] is thumb  # computed once
+    for x0, y0, x1, y1 in [(3, 6, 1000, 1500), (9, 0, 700, 1497), (0, 0, 1000, 1500)]:  # on the k=3 grid
+        cropped = _crop(s, x0, y0, x1, y1)
+        assert cropped._thumb is not None
+        np.testing.assert_array_equal(cropped._thumb[0], thumbnail(cropped.image)[0])
+        assert cropped._thumb[1] == 3
+    assert _crop(s, 4, 6, 1000, 1500)._thumb is None  # off the grid
+    assert _crop(s, 0, 0, 900, 1020)._thumb is None  # long side 1020: k=2, another grid
+    assert s.replace(s.image)._thumb is not None  # same image, same thumbnail
+    assert s.replace(s.image.copy())._thumb is None  # a new image drops it
+    assert max(thumb.shape) <= THUMB_SIDE
+
+
+def test_border_then_annotations_same_as_without_the_shared_thumbnail() -> None:
+    f = make_film(3, "left", h=1200, w=780)
+    s = sample_of(f)
+    cropped = CropBorder()(s)
+    assert cropped.meta["crop"] != [0, 0, 780, 1200]
+    shared = RemoveAnnotations()(cropped)
+    fresh = RemoveAnnotations()(Sample(cropped.image.copy(), cropped.mask.copy(), cropped.boxes))
+    np.testing.assert_array_equal(shared.image, fresh.image)
 
 
 # ------------------------------------------------------------------------------------------ orient

@@ -16,6 +16,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
+from mammolab.io.png import decode_plain_png, read_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
@@ -88,7 +89,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise MammoLabError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES and not is_dicom_file(path):
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        arr = _read_png(path) if suffix == ".png" else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
             raise MammoLabError(f"{path}: unreadable image (expected PNG, JPEG, TIFF or PGM)")
         if arr.ndim == 3:
@@ -102,6 +103,19 @@ def read_image(path: str | Path) -> np.ndarray:
     raise MammoLabError(
         f"{path}: unsupported file type {suffix!r} (expected DICOM, PNG, JPEG, TIFF or PGM)"
     )
+
+
+def _read_png(path: Path) -> np.ndarray | None:
+    """A PNG: the plain grayscale ones MammoLab writes by :mod:`mammolab.io.png` (2x faster), the rest by
+    OpenCV; ``None`` when neither can decode it."""
+    try:
+        data = read_file(path)
+    except OSError as exc:
+        raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    arr = decode_plain_png(data, str(path))
+    if arr is None:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return arr
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -83,6 +83,10 @@ class Sample:
     mask: np.ndarray | None = None
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     meta: dict[str, Any] = field(default_factory=dict)
+    #: ``(thumb, k)`` of :func:`thumbnail` for this image, computed once by :func:`sample_thumbnail`
+    #: and carried through crops that keep its grid, so the border and the breast are found on one
+    #: reduction of the full image instead of two. Steps never modify arrays in place, so it stays valid.
+    _thumb: tuple[np.ndarray, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         img = self.image
@@ -110,8 +114,11 @@ class Sample:
     def replace(self, image: np.ndarray, mask: np.ndarray | None = ..., boxes: np.ndarray | None = None,
                 **meta: Any) -> Sample:
         """A new sample with ``image`` (and mask/boxes when given); ``meta`` is copied and updated."""
-        return Sample(image, self.mask if mask is ... else mask, self.boxes if boxes is None else boxes,
-                      {**self.meta, **meta})
+        out = Sample(image, self.mask if mask is ... else mask, self.boxes if boxes is None else boxes,
+                     {**self.meta, **meta})
+        if image is self.image:
+            out._thumb = self._thumb
+        return out
 
 
 def _full_scale(img: np.ndarray) -> int:
@@ -135,14 +142,31 @@ def _crop(s: Sample, x0: int, y0: int, x1: int, y1: int) -> Sample:
     """Crop to ``[x0, x1) x [y0, y1)``; a view, no copy (later steps copy when they need to)."""
     boxes = s.boxes - np.array([x0, y0, x0, y0], dtype=np.float64) if len(s.boxes) else s.boxes
     mask = None if s.mask is None else s.mask[y0:y1, x0:x1]
-    return Sample(s.image[y0:y1, x0:x1], mask, _clip_boxes(boxes, x1 - x0, y1 - y0), dict(s.meta))
+    out = Sample(s.image[y0:y1, x0:x1], mask, _clip_boxes(boxes, x1 - x0, y1 - y0), dict(s.meta))
+    out._thumb = _crop_thumb(s._thumb, x0, y0, x1 - x0, y1 - y0)
+    return out
+
+
+def _crop_thumb(cached: tuple[np.ndarray, int] | None, x0: int, y0: int, w: int, h: int,
+                ) -> tuple[np.ndarray, int] | None:
+    """The thumbnail of a crop, cut from the parent's when it is exactly that: same factor ``k`` and a
+    crop origin on the parent's ``k``-grid, so every ``k x k`` block of the crop is a parent block
+    (the integer ``INTER_AREA`` reduction averages each block on its own). ``None`` otherwise."""
+    if cached is None:
+        return None
+    thumb, k = cached
+    if k < 2 or x0 % k or y0 % k or max(1, math.ceil(max(h, w) / THUMB_SIDE)) != k or h < k or w < k:
+        return None
+    ty, tx = y0 // k, x0 // k
+    return np.ascontiguousarray(thumb[ty:ty + h // k, tx:tx + w // k]), k
 
 
 def flip(s: Sample, horizontal: bool = True) -> Sample:
     """Mirror left-right (``horizontal``) or top-bottom; boxes and mask follow."""
     code = 1 if horizontal else 0
-    img = cv2.flip(np.ascontiguousarray(s.image), code)
-    mask = None if s.mask is None else cv2.flip(np.ascontiguousarray(s.mask), code)
+    # OpenCV reads a cropped view (rows with a stride) as it is: no contiguous copy first.
+    img = cv2.flip(s.image, code)
+    mask = None if s.mask is None else cv2.flip(s.mask, code)
     boxes = s.boxes.copy()
     if len(boxes):
         if horizontal:
@@ -202,13 +226,16 @@ def thumbnail(img: np.ndarray, side: int = THUMB_SIDE) -> tuple[np.ndarray, int]
     return cv2.resize(trimmed, (tw, th), interpolation=cv2.INTER_AREA), k
 
 
-def _thumb01(img: np.ndarray) -> tuple[np.ndarray, int]:
-    thumb, k = thumbnail(img)
-    return thumb.astype(np.float32) / _full_scale(img), k
+def sample_thumbnail(sample: Sample) -> tuple[np.ndarray, int]:
+    """:func:`thumbnail` of the sample's image, computed once per image and kept on the sample."""
+    if sample._thumb is None:
+        sample._thumb = thumbnail(sample.image)
+    return sample._thumb
 
 
 def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: float = 0.95,
-                edge_fraction: float = 0.25, flat_std: float = 0.01) -> tuple[int, int, int, int]:
+                edge_fraction: float = 0.25, flat_std: float = 0.01,
+                thumb: tuple[np.ndarray, int] | None = None) -> tuple[int, int, int, int]:
     """Find the film edge and scanner border; return the crop window ``(x0, y0, x1, y1)`` in image pixels.
 
     From each side inwards (at most ``max_fraction`` of the image), a line (row or column of the
@@ -217,8 +244,10 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     share of near-saturated pixels (at least ``bright_level`` of the image maximum) is at least
     ``edge_fraction`` and goes on while any line still has 2% of such pixels (edges are often slanted).
     One more line is taken after a film edge, for the partly bright pixels at its boundary.
+    ``thumb`` is ``thumbnail(img)`` when the caller already has it.
     """
-    t, k = _thumb01(img)
+    small, k = thumbnail(img) if thumb is None else thumb
+    t = small.astype(np.float32) / _full_scale(img)
     th, tw = t.shape
     hi = float(t.max())
     if hi <= 0:
@@ -253,8 +282,8 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     return x0, y0, x1, y1
 
 
-def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3,
-                fill_holes: bool = True) -> tuple[np.ndarray, int]:
+def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fill_holes: bool = True,
+                thumb: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int]:
     """The breast as a thumbnail mask (``uint8`` 0/255) and the thumbnail factor ``k``.
 
     Otsu's threshold separates tissue from background; a closing then an opening (elliptic kernel,
@@ -263,8 +292,9 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3,
     near the skin line, so the breast then grows into the connected pixels above the background level
     plus ``grow`` times the way from it to the Otsu level (``grow=1`` keeps plain Otsu); labels and
     markers stay out because they are not connected to it. Holes (dark fat, lesion cores) are filled.
+    ``thumb`` is ``thumbnail(img)`` when the caller already has it.
     """
-    t, k = thumbnail(img)
+    t, k = thumbnail(img) if thumb is None else thumb
     t8 = (t.astype(np.float32) * (255.0 / max(1, int(t.max())))).astype(np.uint8) if t.max() else t.astype(np.uint8)
     if int(t8.max()) == 0:
         raise MammoLabError("image is all black: no breast to keep")
@@ -309,13 +339,40 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def _upscale_mask(mask: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
-    """A thumbnail mask back at full size (linear + threshold: smooth edges, not k-pixel stairs)."""
+    """A thumbnail mask back at full size (linear, to be thresholded: smooth edges, not k-pixel stairs)."""
     h, w = shape
     th, tw = mask.shape
     big = cv2.resize(mask, (tw * k, th * k), interpolation=cv2.INTER_LINEAR) if k > 1 else mask
     if big.shape != (h, w):  # the thumbnail dropped up to k-1 trailing rows/columns: extend the edge
         big = cv2.copyMakeBorder(big, 0, h - big.shape[0], 0, w - big.shape[1], cv2.BORDER_REPLICATE)
     return big
+
+
+def _keep_inside(img: np.ndarray, small: np.ndarray, k: int) -> np.ndarray:
+    """``img`` with every pixel outside the thumbnail mask ``small`` (0/255, factor ``k``) set to 0.
+
+    The mask is upscaled linearly and thresholded at half (smooth edges, not k-pixel stairs), only
+    over the mask's bounding box plus one thumbnail cell: the cells around that window are 0, so the
+    upscale is exactly 0 outside it and, inside, the same as upscaling the whole thumbnail (the margin
+    cell gives the interpolation the neighbour it would have had). On a mammogram the breast covers
+    about half the film, so this halves the full-size work; the 8-bit mask and a masked copy into a
+    zeroed image are the cheapest full-size passes OpenCV has for it (measured 2x faster than a 16-bit
+    mask and an AND on 16-bit films).
+    """
+    ys, xs = np.nonzero(small)
+    th, tw = small.shape
+    h, w = img.shape
+    ty0, ty1 = max(0, int(ys.min()) - 1), min(th, int(ys.max()) + 2)
+    tx0, tx1 = max(0, int(xs.min()) - 1), min(tw, int(xs.max()) + 2)
+    # Image rows/columns of the window; a window on the thumbnail's last cell also covers the up to
+    # k-1 trailing pixels the thumbnail dropped (the upscale extends its edge there).
+    y0, x0 = ty0 * k, tx0 * k
+    y1, x1 = (ty1 * k if ty1 < th else h), (tx1 * k if tx1 < tw else w)
+    big = _upscale_mask(small[ty0:ty1, tx0:tx1], k, (y1 - y0, x1 - x0))
+    _, big = cv2.threshold(big, 127, 255, cv2.THRESH_BINARY)
+    out = np.zeros_like(img)
+    cv2.copyTo(img[y0:y1, x0:x1], big, out[y0:y1, x0:x1])  # written in place: no window-sized temporary
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the ops
@@ -353,7 +410,8 @@ class CropBorder(Op):
             x0, y0, x1, y1 = dx, dy, w - dx, h - dy
         else:
             x0, y0, x1, y1 = find_border(sample.image, max_fraction=self.max_fraction,
-                                         bright_level=self.bright_level, edge_fraction=self.edge_fraction)
+                                         bright_level=self.bright_level, edge_fraction=self.edge_fraction,
+                                         thumb=sample_thumbnail(sample))
         out = _crop(sample, x0, y0, x1, y1)
         out.meta["crop"] = [int(x0), int(y0), int(x1), int(y1)]
         return out
@@ -374,14 +432,10 @@ class RemoveAnnotations(Op):
     crop_margin: float = Field(0.02, ge=0.0, le=0.5)
 
     def __call__(self, sample: Sample) -> Sample:
-        small, k = breast_mask(sample.image, kernel=self.kernel, grow=self.grow, fill_holes=self.fill_holes)
+        small, k = breast_mask(sample.image, kernel=self.kernel, grow=self.grow, fill_holes=self.fill_holes,
+                               thumb=sample_thumbnail(sample))
         small = cv2.dilate(small, np.ones((3, 3), np.uint8))  # keep the skin line's partial pixels
-        # The mask in the image's own dtype (0 / all bits set): a plain AND is OpenCV's fastest path.
-        top = _full_scale(sample.image)
-        small_t = small if top == 255 else small.astype(np.uint16) * 257
-        full = _upscale_mask(small_t, k, sample.image.shape)
-        _, full = cv2.threshold(full, top // 2, top, cv2.THRESH_BINARY)
-        out = sample.replace(cv2.bitwise_and(sample.image, full))
+        out = sample.replace(_keep_inside(sample.image, small, k))
         if self.crop_to_breast:
             ys, xs = np.nonzero(small)
             h, w = out.image.shape

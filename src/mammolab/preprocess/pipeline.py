@@ -33,6 +33,7 @@ from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
 from mammolab.io.images import read_image, write_png
+from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import OPS, Op, Sample
 from mammolab.progress import parallel_map
 from mammolab.reporting import markdown_list_sections
@@ -271,6 +272,7 @@ def _item_hash(job: _Job) -> str:
 def _process(job: _Job) -> dict[str, Any]:
     """Preprocess one image: read once, all steps in memory, write once (image and mask)."""
     cv2.setNumThreads(1)  # parallelism is over images; threads inside one image would fight for cores
+    retain_freed_memory()  # full-size temporaries reused from image to image, not faulted in anew
     out, rel = Path(job.out), str(job.row["path"])
     record = _record_path(out, rel)
     item_hash = _item_hash(job)
@@ -285,7 +287,7 @@ def _process(job: _Job) -> dict[str, Any]:
         events: list[dict[str, str]] = []
         sample = load_sample(job.src, job.row, events)
         n_boxes_in = len(sample.boxes)
-        had_lesion = sample.mask is not None and bool(sample.mask.any())
+        had_lesion = sample.mask is not None and cv2.hasNonZero(sample.mask)
         result = _pipeline_for(job.steps, job.cfg_hash)(sample)
     except MammoLabError as exc:
         # A stale output of an earlier config must not survive next to a manifest that lacks it.
