@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mammolab.errors import MammoLabError
-from mammolab.io import read_image, write_png
+from mammolab.io import read_image, read_mask, write_png
 from mammolab.io.png import decode_plain_png, read_file
 
 
@@ -126,3 +126,28 @@ def test_read_file_reuses_its_buffer_and_reads_everything(tmp_path: Path) -> Non
     big = bytes(read_file(tmp_path / "big"))
     assert big == bytes(range(256)) * 1000
     assert bytes(read_file(tmp_path / "small")) == b"abc"
+
+
+@pytest.mark.parametrize("kind", ["rle-0-255", "stored-0-1", "uint16", "filtered", "tiff"])
+def test_read_mask_is_0_255_from_any_mask(kind: str, tmp_path: Path) -> None:
+    truth = np.zeros((37, 53), bool)
+    truth[5:20, 10:40] = True
+    truth[30, 52] = True
+    path = tmp_path / ("m.tif" if kind == "tiff" else "m.png")
+    if kind == "rle-0-255":
+        write_png(path, truth.astype(np.uint8) * 255, mode="rle")
+    elif kind == "stored-0-1":
+        write_png(path, truth.astype(np.uint8), mode="stored")
+    elif kind == "uint16":
+        write_png(path, truth.astype(np.uint16) * 7, mode="stored")
+    elif kind == "filtered":
+        cv2.imwrite(str(path), truth.astype(np.uint8) * 200)
+    else:
+        cv2.imwrite(str(path), truth.astype(np.uint8) * 255)
+    mask = read_mask(path)
+    assert mask.dtype == np.uint8 and mask.flags.c_contiguous
+    np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
+    read_mask(path)  # the scratch buffer is reused: the first result must not change
+    np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
+    with pytest.raises(MammoLabError, match="file not found"):
+        read_mask(tmp_path / "missing.png")

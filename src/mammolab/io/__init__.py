@@ -6,6 +6,7 @@ from mammolab.io.images import (
     is_dicom_file,
     read_dicom_pixels,
     read_image,
+    read_mask,
     to_uint8,
     write_png,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "is_dicom_file",
     "read_dicom_pixels",
     "read_image",
+    "read_mask",
     "to_uint8",
     "write_json",
     "write_png",

@@ -16,7 +16,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
-from mammolab.io.png import decode_plain_png, read_file
+from mammolab.io.png import decode_plain_png, plain_png_pixels, read_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
@@ -116,6 +116,24 @@ def _read_png(path: Path) -> np.ndarray | None:
     if arr is None:
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     return arr
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a lesion mask as ``uint8`` 0/255: any non-zero pixel is lesion, whatever the format or depth.
+
+    An 8-bit plain PNG (what organize and preprocess write) is binarised straight from the file's
+    rows, one pass instead of a decode and then a threshold.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".png" and path.is_file():
+        try:
+            data = read_file(path)
+        except OSError as exc:
+            raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        pixels = plain_png_pixels(data, str(path))
+        if pixels is not None and pixels.dtype == np.uint8:
+            return cv2.compare(pixels, 0, cv2.CMP_GT)
+    return cv2.compare(read_image(path), 0, cv2.CMP_GT)
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:

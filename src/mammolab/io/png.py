@@ -28,7 +28,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 
-__all__ = ["PNG_SIGNATURE", "decode_plain_png", "read_file"]
+__all__ = ["PNG_SIGNATURE", "decode_plain_png", "plain_png_pixels", "read_file"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Ancillary chunks that change how pixels are to be read; a file with one goes to OpenCV.
@@ -41,6 +41,19 @@ def decode_plain_png(data: bytes | bytearray | memoryview, name: str = "PNG") ->
     Returns a C-contiguous 2-D ``uint8``/``uint16`` array. A file that claims to be such a PNG but is
     damaged (bad CRC, truncated, wrong length) is a :class:`MammoLabError` naming ``name``.
     """
+    pixels = plain_png_pixels(data, name)
+    if pixels is None:
+        return None
+    if pixels.dtype == np.uint8:
+        return pixels.copy()  # always a copy: the rows may live in a reused scratch buffer
+    # One cast does the byte swap (PNG stores big-endian) and the copy out of the filter-byte rows.
+    return pixels.astype(np.uint16)
+
+
+def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") -> np.ndarray | None:
+    """Like :func:`decode_plain_png` but returns a *view* of the raw rows: ``uint8`` or big-endian
+    ``>u2``, valid only until this thread's next read. For callers that transform the pixels anyway
+    (``read_mask`` binarises them), so the copy is their transform's output."""
     view = memoryview(data)
     if len(view) < 8 + 25 or bytes(view[:8]) != PNG_SIGNATURE:
         return None
@@ -75,10 +88,7 @@ def decode_plain_png(data: bytes | bytearray | memoryview, name: str = "PNG") ->
     rows = _inflate(idat, height * row, name).reshape(height, row)
     if rows[:, 0].any():  # a filtered row: OpenCV undoes filters far faster than numpy could
         return None
-    if depth == 8:
-        return rows[:, 1:].copy()  # always a copy: the rows may live in a reused scratch buffer
-    # One cast does the byte swap (PNG stores big-endian) and the copy out of the filter-byte rows.
-    return rows[:, 1:].view(">u2").astype(np.uint16)
+    return rows[:, 1:] if depth == 8 else rows[:, 1:].view(">u2")
 
 
 # Per-thread scratch buffers (the file's bytes, the raw rows), reused from file to file: a fresh

@@ -32,7 +32,7 @@ from mammolab.config import StrictModel, config_hash, dump_yaml, format_validati
 from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
-from mammolab.io.images import read_image, write_png
+from mammolab.io.images import read_image, read_mask, write_png
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import OPS, Op, Sample
 from mammolab.progress import parallel_map
@@ -225,18 +225,17 @@ def load_sample(dataset: str | Path, row: dict[str, Any], events: list[dict[str,
     dataset = Path(dataset)
     rel = str(row["path"])
     img = read_image(dataset / rel)
-    if img.size == 0 or int(img.max()) == 0:
+    if img.size == 0 or not cv2.hasNonZero(img):
         raise MammoLabError(f"{dataset / rel}: image is all black (nothing to preprocess)")
     mask = None
     mrel = str(row.get("mask") or "")
     if mrel and mrel.lower() != "nan":
         try:
-            m = read_image(dataset / mrel)
-            if m.shape != img.shape:
-                events.append({"type": "mask_resized", "item": rel,
-                               "detail": f"mask {m.shape[1]}x{m.shape[0]} vs image {img.shape[1]}x{img.shape[0]}"})
-                m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-            mask = cv2.compare(m, 0, cv2.CMP_GT)  # 0/255 uint8 from any depth in one pass, no temporaries
+            mask = read_mask(dataset / mrel)  # 0/255 uint8 from any format and depth
+            if mask.shape != img.shape:
+                events.append({"type": "mask_resized", "item": rel, "detail": f"mask {mask.shape[1]}x{mask.shape[0]} "
+                                                                             f"vs image {img.shape[1]}x{img.shape[0]}"})
+                mask = cv2.resize(mask, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
         except MammoLabError as exc:
             events.append({"type": "mask_unreadable", "item": rel, "detail": str(exc)})
     return Sample(img, mask, _row_boxes(row), {})
