@@ -36,6 +36,7 @@ from mammolab.data.splits import assign_splits, drop_test_patients, patient_over
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
 from mammolab.io.images import read_dicom_pixels, read_image, to_uint8, write_png
+from mammolab.io.memory import retain_freed_memory
 from mammolab.progress import parallel_map
 from mammolab.reporting import markdown_list_sections
 
@@ -372,6 +373,7 @@ def _outputs_exist(out: Path, rows: list[dict[str, Any]]) -> bool:
 
 def process_unit(job: _Job) -> UnitResult:
     """Read one full mammogram's files once and write every output made from it."""
+    retain_freed_memory()  # full-size temporaries reused from image to image, not faulted in anew
     record = Path(job.out) / WORK_DIR / "units" / f"{job.unit.case_id}.json"
     if record.is_file():
         try:
@@ -609,6 +611,7 @@ class _ImportJob:
 
 
 def _import_one(job: _ImportJob) -> UnitResult:
+    retain_freed_memory()
     out = Path(job.out)
     record = out / WORK_DIR / "units" / f"{job.image_id}.json"
     if record.is_file():

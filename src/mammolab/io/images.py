@@ -150,10 +150,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 #:
 #: * ``fast``: OpenCV's own defaults. Film: 23.8 MB, encode ~400 ms, decode ~260 ms.
 #: * ``stored``: zlib level 0 and no row filter, i.e. the raw pixels in PNG chunks. Film: 30.1 MB
-#:   (the size of the DICOM pixel data it came from), encode ~65 ms, decode ~50 ms: five times
-#:   faster to read, which every later pass (preprocess, the training cache) pays per image.
+#:   (the size of the DICOM pixel data it came from), encode ~65 ms, decode ~25 ms by
+#:   :mod:`mammolab.io.png` (~40-50 ms by OpenCV): ten times faster to read, which every later pass
+#:   (preprocess, the training cache) pays per image.
 #: * ``rle``: run-length zlib strategy and no row filter, for binary masks. Mask: 16 kB, decode
-#:   ~16 ms, against 25 kB and ~58 ms with the defaults (which still inflate every row).
+#:   ~15 ms, against 25 kB and ~58 ms with the defaults (which still inflate every row).
 PNG_MODES: dict[str, list[int]] = {
     "fast": [],
     # 1 MiB IDAT chunks (OpenCV's largest) instead of 8 KiB: measured ~25% faster to encode.
