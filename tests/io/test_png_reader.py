@@ -151,3 +151,59 @@ def test_read_mask_is_0_255_from_any_mask(kind: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
     with pytest.raises(MammoLabError, match="file not found"):
         read_mask(tmp_path / "missing.png")
+
+
+def _rewrite_chunk(data: bytes, ctype: bytes, body: bytes) -> bytes:
+    """``data`` with the first chunk of type ``ctype`` replaced by ``body`` (its CRC made right)."""
+    for pos, typ in _chunks(data):
+        if typ == ctype:
+            n = struct.unpack_from(">I", data, pos)[0]
+            new = struct.pack(">I4s", len(body), ctype) + body + struct.pack(">I", zlib.crc32(ctype + body))
+            return data[:pos] + new + data[pos + 12 + n:]
+    raise AssertionError(ctype)
+
+
+def test_damaged_compressed_stream_is_a_clear_error() -> None:
+    """A run-length coded mask whose chunks are intact (CRCs right) but whose stream is not."""
+    from mammolab.io.images import PNG_MODES
+
+    mask = np.zeros((60, 40), np.uint8)
+    mask[10:30, 5:25] = 255
+    data = _encode(mask, PNG_MODES["rle"])
+    assert decode_plain_png(data) is not None
+    idat = next(pos for pos, typ in _chunks(data) if typ == b"IDAT")
+    body = bytearray(data[idat + 8:idat + 8 + struct.unpack_from(">I", data, idat)[0]])
+    body[-2] ^= 0xFF  # inside the Adler-32 trailer
+    with pytest.raises(MammoLabError, match=r"m\.png: corrupt PNG \(image data does not inflate"):
+        decode_plain_png(_rewrite_chunk(data, b"IDAT", bytes(body)), "m.png")
+    taller = struct.pack(">IIBBBBB", 40, 61, 8, 0, 0, 0, 0)  # one row more than the stream holds
+    with pytest.raises(MammoLabError, match="does not inflate to the 2501 bytes the header implies"):
+        decode_plain_png(_rewrite_chunk(data, b"IHDR", taller), "m.png")
+
+
+def test_zlib_fallback_without_libdeflate() -> None:
+    """With the ``deflate`` package missing, the reader falls back to zlib: same pixels, same errors."""
+    import subprocess
+    import sys
+    import textwrap
+
+    probe = textwrap.dedent("""
+        import sys
+        sys.modules["deflate"] = None  # import deflate -> ImportError
+        import numpy as np, cv2
+        from mammolab.errors import MammoLabError
+        from mammolab.io import png
+        from mammolab.io.images import PNG_MODES
+        assert png._crc32.__module__ == "zlib"
+        mask = np.zeros((60, 40), np.uint8); mask[10:30, 5:25] = 255
+        for mode in ("rle", "stored"):
+            data = cv2.imencode(".png", mask, PNG_MODES[mode])[1].tobytes()
+            assert np.array_equal(png.decode_plain_png(data), mask)
+        try:
+            png._zlib_inflate([memoryview(cv2.imencode(".png", mask, PNG_MODES["rle"])[1].tobytes())[41:-16]],
+                              10, "m.png")
+        except MammoLabError as exc:
+            print("error:", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert "error: m.png: corrupt PNG (image data does not inflate to the 10 bytes" in out
