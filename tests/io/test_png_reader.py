@@ -207,3 +207,12 @@ def test_zlib_fallback_without_libdeflate() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     assert "error: m.png: corrupt PNG (image data does not inflate to the 10 bytes" in out
+
+
+def test_malformed_header_and_absurd_size() -> None:
+    img = np.zeros((8, 8), np.uint8)
+    data = _encode(img, STORED_SMALL_CHUNKS)
+    with pytest.raises(MammoLabError, match=r"malformed PNG \(IHDR chunk of 12 bytes"):
+        decode_plain_png(_rewrite_chunk(data, b"IHDR", struct.pack(">IIBBBB", 8, 8, 8, 0, 0, 0)), "x.png")
+    huge = struct.pack(">IIBBBBB", 1 << 16, 1 << 15, 8, 0, 0, 0, 0)  # 2**31 pixels: left to OpenCV
+    assert decode_plain_png(_rewrite_chunk(data, b"IHDR", huge)) is None

@@ -33,6 +33,8 @@ __all__ = ["PNG_SIGNATURE", "decode_plain_png", "plain_png_pixels", "read_file"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Ancillary chunks that change how pixels are to be read; a file with one goes to OpenCV.
 _DECLINE = {b"tRNS", b"PLTE", b"sBIT"}
+#: Larger images are left to OpenCV, whose CV_IO_MAX_IMAGE_PIXELS default is the same 2**30.
+_MAX_PIXELS = 1 << 30
 
 try:  # libdeflate: measured 7x faster CRC-32 and 6x faster inflate than zlib on films and masks
     import deflate as _libdeflate
@@ -93,6 +95,8 @@ def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") ->
         if _crc32(view[pos + 4:end]) != struct.unpack_from(">I", view, end)[0]:
             raise MammoLabError(f"{name}: corrupt PNG (CRC mismatch in chunk {ctype.decode('latin-1')!r})")
         if ctype == b"IHDR":
+            if length != 13:
+                raise MammoLabError(f"{name}: malformed PNG (IHDR chunk of {length} bytes, expected 13)")
             header = struct.unpack(">IIBBBBB", body)
         elif ctype == b"IDAT":
             idat.append(body)
@@ -107,6 +111,8 @@ def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") ->
         raise MammoLabError(f"{name}: malformed PNG (no IHDR or no image data)")
     width, height, depth, color, compression, filt, interlace = header
     if color != 0 or depth not in (8, 16) or compression or filt or interlace or not width or not height:
+        return None
+    if width * height > _MAX_PIXELS:  # OpenCV's own limit (and its error) applies
         return None
     row = 1 + width * depth // 8
     rows = _inflate(idat, height * row, name).reshape(height, row)
