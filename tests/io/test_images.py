@@ -101,3 +101,14 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert p.read_text() == "old"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_read_json_is_none_for_missing_or_half_written(tmp_path: Path) -> None:
+    from mammolab.io.atomic import read_json, write_json
+
+    write_json(tmp_path / "ok.json", {"a": [1, 2]})
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    (tmp_path / "half.json").write_text('{"a": [1,', encoding="utf-8")
+    assert read_json(tmp_path / "half.json") is None
+    assert read_json(tmp_path / "missing.json") is None
+    assert read_json(tmp_path) is None  # a folder

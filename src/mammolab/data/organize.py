@@ -15,7 +15,7 @@ The work is split so that the expensive part is embarrassingly parallel and resu
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import shutil
 from collections import Counter
@@ -34,7 +34,7 @@ from mammolab.data import manifest as mf
 from mammolab.data.cbis import DownloadIndex, read_case_csvs
 from mammolab.data.splits import assign_splits, drop_test_patients, patient_overlap
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.images import read_dicom_pixels, read_image, to_uint8, write_png
 from mammolab.io.memory import retain_freed_memory
 from mammolab.progress import parallel_map
@@ -371,17 +371,25 @@ def _outputs_exist(out: Path, rows: list[dict[str, Any]]) -> bool:
     return all((out / r["path"]).is_file() and (not r.get("mask") or (out / r["mask"]).is_file()) for r in rows)
 
 
+def _unit_record(out: Path, unit_id: str) -> Path:
+    return out / WORK_DIR / "units" / f"{unit_id}.json"
+
+
+def _reused(record: Path, cfg_hash: str, out: Path) -> UnitResult | None:
+    """The earlier result of a unit when its record matches this config and its outputs are all there."""
+    data = read_json(record)
+    with contextlib.suppress(KeyError, TypeError, AttributeError):  # a record of another shape: redo
+        if data.get("config_hash") == cfg_hash and _outputs_exist(out, data["rows"]):
+            return UnitResult(rows=data["rows"], events=data["events"], reused=True)
+    return None
+
+
 def process_unit(job: _Job) -> UnitResult:
     """Read one full mammogram's files once and write every output made from it."""
     retain_freed_memory()  # full-size temporaries reused from image to image, not faulted in anew
-    record = Path(job.out) / WORK_DIR / "units" / f"{job.unit.case_id}.json"
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text())
-            if data.get("config_hash") == job.cfg_hash and _outputs_exist(Path(job.out), data["rows"]):
-                return UnitResult(rows=data["rows"], events=data["events"], reused=True)
-        except (json.JSONDecodeError, KeyError):
-            pass
+    record = _unit_record(Path(job.out), job.unit.case_id)
+    if (done := _reused(record, job.cfg_hash, Path(job.out))) is not None:
+        return done
     u, root, out = job.unit, Path(job.root), Path(job.out)
     kind, bit_depth, png = job.cfg["kind"], int(job.cfg["bit_depth"]), job.cfg["png"]
     res = UnitResult()
@@ -613,14 +621,9 @@ class _ImportJob:
 def _import_one(job: _ImportJob) -> UnitResult:
     retain_freed_memory()
     out = Path(job.out)
-    record = out / WORK_DIR / "units" / f"{job.image_id}.json"
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text())
-            if data.get("config_hash") == job.cfg_hash and _outputs_exist(out, data["rows"]):
-                return UnitResult(rows=data["rows"], events=data["events"], reused=True)
-        except (json.JSONDecodeError, KeyError):
-            pass
+    record = _unit_record(out, job.image_id)
+    if (done := _reused(record, job.cfg_hash, out)) is not None:
+        return done
     img = read_image(job.src)
     if img.size == 0 or int(img.max()) == 0:
         raise MammoLabError(f"{job.src}: image is empty or all black")

@@ -25,7 +25,7 @@ import pandas as pd
 from mammolab.errors import MammoLabError
 from mammolab.evaluate import plots
 from mammolab.evaluate.metrics import evaluate_predictions
-from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
 
 __all__ = [
     "EVAL_DIRNAME",
@@ -156,14 +156,9 @@ def load_evaluation(run_dir: str | Path, split: str = "test", tta: bool = False)
 
 
 def _is_current(folder: Path, key: dict[str, Any]) -> bool:
-    mpath = folder / METRICS_NAME
-    if not mpath.is_file():
-        return False
-    try:
-        old = json.loads(mpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return False
-    return old.get("key") == key and all((folder / f).is_file() for f in old.get("figures", []))
+    old = read_json(folder / METRICS_NAME)
+    return (isinstance(old, dict) and old.get("key") == key
+            and all((folder / f).is_file() for f in old.get("figures", [])))
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *, n_boot: int = 2000, seed: int = 0,

@@ -13,7 +13,6 @@ Output folder: ``overlays/*.png``, ``localisation.csv`` (one row per image) and
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from mammolab.errors import MammoLabError
 from mammolab.explain.cam import METHODS
 from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
-from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
 
 __all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
 
@@ -193,13 +192,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     out_dir = Path(out_dir)
     key = _key(run, entries, method, "files" if images else split, grid, target, layer)
     summary_path = out_dir / "localisation.json"
-    if not force and summary_path.is_file():
-        try:
-            old = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("key") == key:
-            return old
+    old = None if force else read_json(summary_path)
+    if isinstance(old, dict) and old.get("key") == key:
+        return old
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []

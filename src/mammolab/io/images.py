@@ -105,13 +105,18 @@ def read_image(path: str | Path) -> np.ndarray:
     )
 
 
+def _file_bytes(path: Path) -> memoryview:
+    """The file's bytes (in the thread's reused buffer, see :func:`mammolab.io.png.read_file`)."""
+    try:
+        return read_file(path)
+    except OSError as exc:
+        raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc}); check the file's permissions") from None
+
+
 def _read_png(path: Path) -> np.ndarray | None:
     """A PNG: the plain grayscale ones MammoLab writes by :mod:`mammolab.io.png` (2x faster), the rest by
     OpenCV; ``None`` when neither can decode it."""
-    try:
-        data = read_file(path)
-    except OSError as exc:
-        raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = _file_bytes(path)
     arr = decode_plain_png(data, str(path))
     if arr is None:
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -126,11 +131,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".png" and path.is_file():
-        try:
-            data = read_file(path)
-        except OSError as exc:
-            raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        pixels = plain_png_pixels(data, str(path))
+        pixels = plain_png_pixels(_file_bytes(path), str(path))
         if pixels is not None and pixels.dtype == np.uint8:
             return cv2.compare(pixels, 0, cv2.CMP_GT)
     return cv2.compare(read_image(path), 0, cv2.CMP_GT)

@@ -33,6 +33,14 @@ __all__ = ["PNG_SIGNATURE", "decode_plain_png", "plain_png_pixels", "read_file"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Ancillary chunks that change how pixels are to be read; a file with one goes to OpenCV.
 _DECLINE = {b"tRNS", b"PLTE", b"sBIT"}
+_HINT = "the file is damaged: copy it again from its source, or re-run the step that wrote it"
+
+
+def _damaged(message: str) -> MammoLabError:
+    """The error for a damaged PNG, with what to do about it."""
+    return MammoLabError(message, hint=_HINT)
+
+
 #: Larger images are left to OpenCV, whose CV_IO_MAX_IMAGE_PIXELS default is the same 2**30.
 _MAX_PIXELS = 1 << 30
 
@@ -90,13 +98,13 @@ def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") ->
         length, ctype = struct.unpack_from(">I4s", view, pos)
         end = pos + 8 + length
         if end + 4 > n:
-            raise MammoLabError(f"{name}: truncated PNG (chunk {ctype!r} runs past the end of the file)")
+            raise _damaged(f"{name}: truncated PNG (chunk {ctype!r} runs past the end of the file)")
         body = view[pos + 8:end]
         if _crc32(view[pos + 4:end]) != struct.unpack_from(">I", view, end)[0]:
-            raise MammoLabError(f"{name}: corrupt PNG (CRC mismatch in chunk {ctype.decode('latin-1')!r})")
+            raise _damaged(f"{name}: corrupt PNG (CRC mismatch in chunk {ctype.decode('latin-1')!r})")
         if ctype == b"IHDR":
             if length != 13:
-                raise MammoLabError(f"{name}: malformed PNG (IHDR chunk of {length} bytes, expected 13)")
+                raise _damaged(f"{name}: malformed PNG (IHDR chunk of {length} bytes, expected 13)")
             header = struct.unpack(">IIBBBBB", body)
         elif ctype == b"IDAT":
             idat.append(body)
@@ -106,9 +114,9 @@ def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") ->
             return None
         pos = end + 4
     else:
-        raise MammoLabError(f"{name}: truncated PNG (no IEND chunk)")
+        raise _damaged(f"{name}: truncated PNG (no IEND chunk)")
     if header is None or not idat:
-        raise MammoLabError(f"{name}: malformed PNG (no IHDR or no image data)")
+        raise _damaged(f"{name}: malformed PNG (no IHDR or no image data)")
     width, height, depth, color, compression, filt, interlace = header
     if color != 0 or depth not in (8, 16) or compression or filt or interlace or not width or not height:
         return None
@@ -185,25 +193,25 @@ def _inflate(idat: list[memoryview], size: int, name: str) -> np.ndarray:
     stream = _Stream(idat)
     head = stream.read(2)
     if head is None or (head[0] & 0x0F) != 8 or (int(head[0]) << 8 | int(head[1])) % 31 or head[1] & 0x20:
-        raise MammoLabError(f"{name}: corrupt PNG (bad zlib header)")
+        raise _damaged(f"{name}: corrupt PNG (bad zlib header)")
     out = _buffer(size)
     filled = 0
     while True:
         block = stream.read(5)
         if block is None:
-            raise MammoLabError(f"{name}: truncated PNG (image data ends early)")
+            raise _damaged(f"{name}: truncated PNG (image data ends early)")
         if block[0] & 0x06:  # a compressed block: let zlib do the whole stream (it checks the Adler-32)
             return _zlib_inflate(idat, size, name)
         length, nlength = int(block[1]) | int(block[2]) << 8, int(block[3]) | int(block[4]) << 8
         if length ^ nlength != 0xFFFF or filled + length > size:
-            raise MammoLabError(f"{name}: corrupt PNG (bad stored block in the image data)")
+            raise _damaged(f"{name}: corrupt PNG (bad stored block in the image data)")
         if stream.read(length, out[filled:filled + length]) is None:
-            raise MammoLabError(f"{name}: truncated PNG (image data ends early)")
+            raise _damaged(f"{name}: truncated PNG (image data ends early)")
         filled += length
         if block[0] & 0x01:  # the final block
             break
     if filled != size:
-        raise MammoLabError(f"{name}: corrupt PNG (image data has {filled} bytes, the header implies {size})")
+        raise _damaged(f"{name}: corrupt PNG (image data has {filled} bytes, the header implies {size})")
     return out
 
 
@@ -212,6 +220,6 @@ def _zlib_inflate(idat: list[memoryview], size: int, name: str) -> np.ndarray:
     try:
         raw = _decompress(stream, size)
     except _DECOMPRESS_ERRORS as exc:  # corrupt, or not the number of bytes the header implies
-        raise MammoLabError(f"{name}: corrupt PNG (image data does not inflate to the {size} bytes the header "
+        raise _damaged(f"{name}: corrupt PNG (image data does not inflate to the {size} bytes the header "
                             f"implies: {exc})") from None
     return np.frombuffer(raw, dtype=np.uint8)

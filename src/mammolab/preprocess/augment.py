@@ -9,8 +9,7 @@ Re-runs skip images already written with the same options.
 
 from __future__ import annotations
 
-import json
-import re
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +21,11 @@ from pydantic import Field
 from mammolab.config import StrictModel, config_hash, load_config
 from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_bytes, atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_bytes, atomic_write_text, read_json, write_json
 from mammolab.io.images import write_png
+from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import Sample, flip, rotate
-from mammolab.preprocess.pipeline import WORK_DIR, check_out, load_sample
+from mammolab.preprocess.pipeline import check_out, file_stamp, load_sample, record_path
 
 __all__ = ["TRANSFORMS", "AugmentConfig", "AugmentResult", "augment", "augment_sample"]
 
@@ -73,15 +73,9 @@ class _Job:
     cfg_hash: str
 
 
-def _record(out: Path, rel: str) -> Path:
-    return out / WORK_DIR / RECORDS / (re.sub(r"[^A-Za-z0-9._-]+", "__", rel) + ".json")
-
-
 def _item_hash(job: _Job) -> str:
-    src = Path(job.src) / str(job.row["path"])
-    st = src.stat() if src.is_file() else None
     return config_hash({"cfg": job.cfg_hash, "row": {k: str(v) for k, v in job.row.items()},
-                        "src": [st.st_size, st.st_mtime_ns] if st else None})
+                        "src": file_stamp(job.src, job.row["path"]), "mask": file_stamp(job.src, job.row.get("mask"))})
 
 
 def _copy_row(job: _Job) -> list[dict[str, Any]]:
@@ -131,16 +125,14 @@ def _process(job: _Job) -> dict[str, Any]:
     import cv2
 
     cv2.setNumThreads(1)
+    retain_freed_memory()
     out, rel = Path(job.out), str(job.row["path"])
-    record = _record(out, rel)
+    record = record_path(out, rel, RECORDS)
     item_hash = _item_hash(job)
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text(encoding="utf-8"))
-            if data.get("item_hash") == item_hash and all((out / r["path"]).is_file() for r in data["rows"]):
-                return {"rows": data["rows"], "reused": True}
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
+    data = read_json(record)
+    with contextlib.suppress(KeyError, TypeError, AttributeError):  # a record of another shape: redo
+        if data.get("item_hash") == item_hash and all((out / r["path"]).is_file() for r in data["rows"]):
+            return {"rows": data["rows"], "reused": True}
     rows = _augment_row(job) if job.row["split"] in job.cfg["splits"] else _copy_row(job)
     rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows]
     write_json(record, {"item_hash": item_hash, "rows": rows})

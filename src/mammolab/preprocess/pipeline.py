@@ -14,6 +14,7 @@ redoes them when the config (or the input image) changed. Images that cannot be 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from pydantic_core import PydanticCustomError
 from mammolab.config import StrictModel, config_hash, dump_yaml, format_validation_error, load_config, load_yaml
 from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.images import read_image, read_mask, write_png
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import OPS, Op, Sample
@@ -252,20 +253,26 @@ class _Job:
     png: str = "fast"
 
 
-def _record_path(out: Path, rel: str) -> Path:
+def record_path(out: Path, rel: str, records: str = RECORDS) -> Path:
+    """Where the per-image record of a resumable stage (preprocess, augment) lives in ``out``."""
     key = re.sub(r"[^A-Za-z0-9._-]+", "__", rel)
-    return out / WORK_DIR / RECORDS / f"{key}.json"
+    return out / WORK_DIR / records / f"{key}.json"
+
+
+def file_stamp(folder: str | Path, rel: Any) -> list[int] | None:
+    """``[size, mtime_ns]`` of ``folder/rel``, or ``None`` when ``rel`` is empty or not a file: what an
+    item hash takes of an input file, so an edited input is redone."""
+    path = Path(folder) / str(rel or "")
+    if not rel or not path.is_file():
+        return None
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _item_hash(job: _Job) -> str:
-    """What decides whether an earlier output is still right: the config, the row, the input file."""
-    src = Path(job.src) / str(job.row["path"])
-    stat = src.stat() if src.is_file() else None
-    mask = Path(job.src) / str(job.row.get("mask") or "")
-    mstat = mask.stat() if job.row.get("mask") and mask.is_file() else None
+    """What decides whether an earlier output is still right: the config, the row, the input files."""
     return config_hash({"cfg": job.cfg_hash, "row": {k: str(v) for k, v in job.row.items()},
-                        "src": [stat.st_size, stat.st_mtime_ns] if stat else None,
-                        "mask": [mstat.st_size, mstat.st_mtime_ns] if mstat else None})
+                        "src": file_stamp(job.src, job.row["path"]), "mask": file_stamp(job.src, job.row.get("mask"))})
 
 
 def _process(job: _Job) -> dict[str, Any]:
@@ -273,15 +280,12 @@ def _process(job: _Job) -> dict[str, Any]:
     cv2.setNumThreads(1)  # parallelism is over images; threads inside one image would fight for cores
     retain_freed_memory()  # full-size temporaries reused from image to image, not faulted in anew
     out, rel = Path(job.out), str(job.row["path"])
-    record = _record_path(out, rel)
+    record = record_path(out, rel)
     item_hash = _item_hash(job)
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text(encoding="utf-8"))
-            if data.get("item_hash") == item_hash and (out / data["row"]["path"]).is_file():
-                return {"row": data["row"], "events": data["events"], "reused": True}
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
+    data = read_json(record)
+    with contextlib.suppress(KeyError, TypeError, AttributeError):  # a record of another shape: redo
+        if data.get("item_hash") == item_hash and (out / data["row"]["path"]).is_file():
+            return {"row": data["row"], "events": data["events"], "reused": True}
     try:
         events: list[dict[str, str]] = []
         sample = load_sample(job.src, job.row, events)

@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from mammolab.config import dump_yaml, load_yaml
 from mammolab.data.manifest import manifest_hash, read_info
 from mammolab.errors import MammoLabError
-from mammolab.io import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.models.registry import MammoNet, create_model
 from mammolab.models.weights import check_checkpoint_model
 from mammolab.progress import quiet
@@ -236,16 +236,8 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def _finished(out: Path) -> dict[str, Any] | None:
-    path = out / RUN_JSON
-    if not path.is_file():
-        return None
-    import json
-
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return info if info.get("status") == "complete" else None
+    info = read_json(out / RUN_JSON)
+    return info if isinstance(info, dict) and info.get("status") == "complete" else None
 
 
 def _result(out: Path, info: dict[str, Any], skipped: bool) -> RunResult:
