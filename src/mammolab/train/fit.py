@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from mammolab.config import dump_yaml, load_yaml
 from mammolab.data.manifest import manifest_hash, read_info
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, read_json, write_json
+from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.models.registry import MammoNet, create_model
 from mammolab.models.weights import check_checkpoint_model
 from mammolab.progress import quiet
@@ -132,31 +132,13 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
 
 
 def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "") -> None:
-    """Loss, accuracy and AUC per epoch (train and val) side by side, written atomically as PNG."""
-    import matplotlib
+    """Loss, accuracy, AUC and learning rate per epoch, best epoch marked, written atomically as PNG.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    The same figure as the comparison report's (``mammolab.evaluate.plots.plot_training_curves``).
+    """
+    from mammolab.evaluate.plots import plot_training_curves
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
-    for ax, what, label in zip(axes, ("loss", "acc", "auc"), ("loss", "accuracy", "AUC"), strict=True):
-        for part, style in (("train", "-o"), ("val", "-s")):
-            col = f"{part}_{what}"
-            if col in metrics and metrics[col].notna().any():
-                ax.plot(metrics["epoch"], metrics[col], style, ms=3, label=part)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        if what != "loss":
-            ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    plot_training_curves(metrics, title=title, path=path)
 
 
 def build_model(cfg: TrainConfig, num_outputs: int, *, weights: str | None = None) -> MammoNet:
@@ -259,7 +241,16 @@ def _check_resume(out: Path, cfg: TrainConfig) -> Path:
     if changed:
         raise MammoLabError(f"--resume: option(s) {', '.join(changed)} differ from {out / CONFIG_NAME}; a resumed "
                             "run keeps its config (only epochs, patience and runtime options may change)")
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    try:  # weights_only: a hostile pickle is refused, never run; any refusal is one line here
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MammoLabError(f"--resume: {last} is not a readable checkpoint (truncated, damaged or not "
+                            f"written by MammoLab: {exc.__class__.__name__}); resume needs the checkpoint of the "
+                            "last finished epoch",
+                            hint="restore the file from a copy, or start the run again with --overwrite") from None
+    if not isinstance(ckpt, dict):
+        raise MammoLabError(f"--resume: {last} holds a {type(ckpt).__name__}, not a MammoLab checkpoint",
+                            hint="restore the file from a copy, or start the run again with --overwrite")
     check_checkpoint_model(ckpt, cfg.model, last)
     return last
 
@@ -270,13 +261,43 @@ def _clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _discard_unstarted(out: Path, created: bool) -> None:
+    """Remove what a run that never finished an epoch wrote (config.yaml, run.json ...), so no folder
+    looks like a run that is not one; with a ``last.ckpt`` there is something to resume: keep it all."""
+    if (out / "checkpoints" / "last.ckpt").is_file() or not out.is_dir():
+        return
+    for name in (CONFIG_NAME, RUN_JSON, METRICS_NAME, CURVES_NAME):
+        (out / name).unlink(missing_ok=True)
+    for sub in (out / "checkpoints", out):
+        if sub.is_dir() and (sub is not out or created):
+            remove_stale_temps(sub)
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only when empty: someone else's files are never removed
+
+
 def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool = False,
           overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
     """Train ``config`` on ``dataset`` into the run folder ``out``; return what it produced.
 
     A finished run with the same result-relevant config is returned as is (``skipped=True``).
-    ``resume`` continues from ``out/checkpoints/last.ckpt``; ``overwrite`` starts afresh.
+    ``resume`` continues from ``out/checkpoints/last.ckpt``; ``overwrite`` starts afresh. A run that
+    fails or is interrupted before its first epoch ends leaves nothing behind (see
+    :func:`_discard_unstarted`); after that, ``last.ckpt`` is kept for ``--resume``.
     """
+    out = Path(out)
+    created = not out.exists()
+    if not created:
+        ensure_writable_dir(out)
+        remove_stale_temps(out)  # what a killed run was writing when it died
+    try:
+        return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks)
+    except BaseException:
+        _discard_unstarted(out, created)
+        raise
+
+
+def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool,
+           overwrite: bool, callbacks: Sequence[Callback]) -> RunResult:
     t_start = time.perf_counter()
     dataset, out = Path(dataset).resolve(), Path(out)
     cfg = config if isinstance(config, TrainConfig) else resolve_train_config(config)
@@ -294,7 +315,7 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
         raise MammoLabError(f"{out} holds an unfinished run", hint="pass --resume to continue it or --overwrite")
     if overwrite:
         _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -343,6 +364,13 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
         "versions": _versions(), "pos_weight": pos_weight, "seed": cfg.seed, "fold": cfg.fold, "subset": cfg.subset,
     }
     write_json(out / RUN_JSON, info)
+    # The recipe (source conversion, preprocessing, transform, classes) travels with the run: predict,
+    # serve, evaluate and export apply it, and they need no dataset folder.
+    from mammolab.recipe import build_recipe, write_recipe
+
+    write_recipe(out, build_recipe(dataset, name=out.resolve().name, model=cfg.display_name, classes=classes,
+                                   num_outputs=1 if binary else len(classes), image_size=cfg.image_size,
+                                   resize=cfg.resize, mean=model.mean, std=model.std))
 
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and cfg.precision == "16-mixed":

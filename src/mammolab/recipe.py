@@ -1,0 +1,416 @@
+"""The recipe: everything between a source file and a model's input, recorded in the run folder.
+
+A model is only as portable as the path its inputs took. Training saw images that organize
+converted (DICOM VOI/MONOCHROME handling, bit depth, whole film / CBIS crop / ROI patch), that
+``mammolab preprocess`` changed (border crop, label removal, denoising, CLAHE...) and that the
+training transform resized, scaled and normalised. A prediction on a raw file must take the same
+path, or it answers a different question (the issue that started this module: 0.325 on an organized
+image against 0.997 on its preprocessed copy, for the same lesion).
+
+``RUN/recipe.json`` records that path as data (:class:`Recipe`, versioned), taken at training time
+from the dataset chain (each dataset's ``mammolab.json`` names its stage, its resolved config and
+its source dataset). :func:`apply_recipe` is the one function that walks it, used by ``predict``,
+``serve``, ``evaluate`` (on the run's own dataset or another) and the exported models, so a source
+DICOM, its organized PNG and the image evaluation read all end up as the same tensor.
+
+Stages an image can enter at (``start``):
+
+* ``source``: a file as the user has it (DICOM, PNG, ...). The conversion is organize's: the pixels
+  as :func:`mammolab.io.read_image` gives them, brought to the recipe's bit depth; for an ROI-patch
+  recipe with a ``box``, the patch is cut around the box as organize cut it. Organized PNGs are
+  ``source`` too: the bit-depth conversion leaves them unchanged, so both give the same tensor.
+* ``preprocessed``: already through the recipe's preprocessing (the run's own dataset images): only
+  the training transform is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationError
+
+from mammolab.config import StrictModel, config_hash, format_validation_error
+from mammolab.errors import MammoLabError
+from mammolab.io.atomic import read_json, write_json
+
+__all__ = [
+    "RECIPE_NAME",
+    "RECIPE_VERSION",
+    "Prepared",
+    "PreprocessStage",
+    "Recipe",
+    "SizeRange",
+    "SourceSpec",
+    "TransformSpec",
+    "apply_recipe",
+    "build_recipe",
+    "dataset_chain",
+    "input_warnings",
+    "load_recipe",
+    "parse_box",
+    "write_recipe",
+]
+
+RECIPE_NAME = "recipe.json"
+RECIPE_VERSION = 1
+#: What :func:`mammolab.io.read_dicom_pixels` does to a DICOM, for people reading the recipe file.
+DICOM_CONVERSION = ("Modality LUT, then VOI LUT or window, then MONOCHROME1 inverted, then the displayed range "
+                    "stretched linearly to 16 bit (mammolab.io.read_dicom_pixels)")
+#: Stages whose images are their source dataset's images for inference (augment only adds training copies).
+_PASS_THROUGH = {"augment"}
+
+
+class SizeRange(StrictModel):
+    """The sizes of the images training saw at the organized stage (before preprocessing)."""
+
+    n: int
+    width_min: int
+    width_max: int
+    height_min: int
+    height_max: int
+    aspect_min: float = Field(description="width / height, smallest")
+    aspect_max: float = Field(description="width / height, largest")
+
+
+class SourceSpec(StrictModel):
+    """How organize turned a source file into a dataset image."""
+
+    stage: str = Field(description="the first dataset's stage: organize, a test fixture, or unknown")
+    kind: Literal["full", "crop", "roi", "image", "unknown"] = Field(
+        description="full: whole film; crop: CBIS cropped lesion; roi: square patch around a lesion box; "
+        "image: files imported as they were (organize --manifest); unknown: the dataset did not say")
+    bit_depth: Literal[8, 16] | None = Field(None, description="8 or 16; None keeps the depth the file has")
+    roi_size: int | None = None
+    roi_margin: float | None = None
+    dicom: str = DICOM_CONVERSION
+    config_hash: str | None = None
+    sizes: SizeRange | None = None
+
+
+class PreprocessStage(StrictModel):
+    """One ``mammolab preprocess`` pass: its steps with every parameter resolved, in order."""
+
+    config_hash: str | None = None
+    steps: list[dict[str, dict[str, Any]]]
+
+
+class TransformSpec(StrictModel):
+    """The training transform of val/test images: resize, scale by the dtype's range, normalise."""
+
+    image_size: int
+    resize: Literal["stretch", "pad"]
+    scale: Literal["dtype_range"] = "dtype_range"
+    mean: float
+    std: float
+    channels: int = 1
+
+
+class Recipe(StrictModel):
+    """Everything between a source file and the model's input, plus what the output means."""
+
+    format: Literal["mammolab-recipe"] = "mammolab-recipe"
+    version: int = RECIPE_VERSION
+    mammolab_version: str
+    name: str = Field(description="the run's folder name")
+    model: str = Field(description="the model's display name (model and regime)")
+    classes: list[str]
+    num_outputs: int
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold_source: str = "default 0.5 (the run has not been evaluated)"
+    source: SourceSpec
+    preprocess: list[PreprocessStage] = Field(default_factory=list)
+    transform: TransformSpec
+    complete: bool = True
+    notes: list[str] = Field(default_factory=list)
+    dataset: dict[str, Any] = Field(default_factory=dict, description="provenance: name, manifest and config hash")
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    def hash(self) -> str:
+        """What decides a model input: conversion, preprocessing and transform (not the threshold)."""
+        return config_hash({"source": self.source.model_dump(exclude={"sizes"}),
+                            "preprocess": [s.steps for s in self.preprocess], "transform": self.transform})
+
+    def steps(self) -> list[dict[str, dict[str, Any]]]:
+        return [step for stage in self.preprocess for step in stage.steps]
+
+
+@dataclass
+class Prepared:
+    """One image through the recipe: the model input, the preprocessed image (for heatmaps), warnings."""
+
+    tensor: Any  # torch.Tensor [1, H, W]; typed loosely so this module imports torch lazily
+    image: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ the chain
+
+def dataset_chain(dataset: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The dataset and its sources, outermost first, as far as their folders still exist.
+
+    Each entry is ``(folder, mammolab.json)``; a source is followed only when its config hash is the
+    one the later stage recorded, so a source folder re-made with other options is not mistaken
+    for the one training's images came from.
+    """
+    from mammolab.data.manifest import read_info
+
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    cur = Path(dataset)
+    seen: set[Path] = set()
+    while cur.resolve() not in seen:
+        seen.add(cur.resolve())
+        info = read_info(cur)
+        chain.append((cur, info))
+        src = info.get("source") if isinstance(info.get("source"), dict) else None
+        if info.get("stage") not in ({"preprocess"} | _PASS_THROUGH) or not src or not src.get("dataset"):
+            break
+        nxt = Path(src["dataset"])
+        if not (nxt / "mammolab.json").is_file() or read_info(nxt).get("config_hash") != src.get("config_hash"):
+            break
+        cur = nxt
+    return chain
+
+
+def _sizes(dataset: Path) -> SizeRange | None:
+    """Width/height ranges of the training split of an organized dataset (all rows when it has none)."""
+    from mammolab.data.manifest import load_manifest
+
+    try:
+        df = load_manifest(dataset)
+    except MammoLabError:
+        return None
+    if "width" not in df or "height" not in df:
+        return None
+    part = df[df["split"].astype(str) == "train"] if (df["split"].astype(str) == "train").any() else df
+    w = np.asarray(part["width"], dtype=float)
+    h = np.asarray(part["height"], dtype=float)
+    ok = np.isfinite(w) & np.isfinite(h) & (w > 0) & (h > 0)
+    if not ok.any():
+        return None
+    w, h = w[ok], h[ok]
+    aspect = w / h
+    return SizeRange(n=int(ok.sum()), width_min=int(w.min()), width_max=int(w.max()), height_min=int(h.min()),
+                     height_max=int(h.max()), aspect_min=round(float(aspect.min()), 4),
+                     aspect_max=round(float(aspect.max()), 4))
+
+
+def _source_spec(folder: Path, info: dict[str, Any]) -> SourceSpec:
+    stage = str(info.get("stage") or "unknown")
+    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    if stage == "organize":
+        kind = cfg.get("kind") or "image"  # organize --manifest records no kind: files taken as they are
+        depth = cfg.get("bit_depth")
+        return SourceSpec(stage=stage, kind=kind, bit_depth=int(depth) if depth in (8, 16) else None,
+                          roi_size=cfg.get("roi_size") if kind == "roi" else None,
+                          roi_margin=cfg.get("roi_margin") if kind == "roi" else None,
+                          config_hash=info.get("config_hash"), sizes=_sizes(folder))
+    return SourceSpec(stage=stage, kind="unknown", config_hash=info.get("config_hash"), sizes=_sizes(folder))
+
+
+def build_recipe(dataset: str | Path, *, name: str, model: str, classes: Sequence[str], num_outputs: int,
+                 image_size: int, resize: str, mean: float, std: float) -> Recipe:
+    """The recipe of a run trained on ``dataset``, from the dataset chain's ``mammolab.json`` files."""
+    import mammolab
+    from mammolab.data.manifest import manifest_hash
+
+    dataset = Path(dataset)
+    chain = dataset_chain(dataset)
+    notes: list[str] = []
+    stages: list[PreprocessStage] = []
+    for _, info in reversed(chain):
+        if info.get("stage") == "preprocess":
+            steps = (info.get("config") or {}).get("steps")
+            if not isinstance(steps, list):
+                raise MammoLabError(f"{dataset}: a preprocess stage of its chain records no steps in mammolab.json")
+            stages.append(PreprocessStage(config_hash=info.get("config_hash"), steps=steps))
+    first_dir, first = chain[-1]
+    complete = True
+    if first.get("stage") in ({"preprocess"} | _PASS_THROUGH):
+        # The chain stops at a stage whose source folder is gone: the organize conversion (and any
+        # earlier preprocessing) is not known.
+        src = (first.get("source") or {})
+        complete = False
+        notes.append(f"the source dataset {src.get('dataset')} of {first_dir} is not there any more; the "
+                     "organize conversion before preprocessing is not recorded")
+        if src.get("stage") == "preprocess":
+            notes.append("an earlier preprocessing pass is missing from the recipe")
+        source = SourceSpec(stage=str(src.get("stage") or "unknown"), kind="unknown",
+                            config_hash=src.get("config_hash"))
+    else:
+        source = _source_spec(first_dir, first)
+    try:
+        mhash = manifest_hash(dataset)
+    except OSError:
+        mhash = None
+    return Recipe(
+        mammolab_version=getattr(mammolab, "__version__", "?"), name=name, model=model, classes=list(classes),
+        num_outputs=int(num_outputs), source=source, preprocess=stages,
+        transform=TransformSpec(image_size=int(image_size), resize=resize, mean=float(mean), std=float(std)),
+        complete=complete, notes=notes,
+        dataset={"name": dataset.resolve().name, "path": str(dataset.resolve()), "manifest_hash": mhash,
+                 "config_hash": chain[0][1].get("config_hash")},
+    )
+
+
+def write_recipe(folder: str | Path, recipe: Recipe) -> Path:
+    """Write ``folder/recipe.json`` atomically."""
+    path = Path(folder) / RECIPE_NAME
+    write_json(path, recipe.model_dump(mode="json"))
+    return path
+
+
+def load_recipe(folder: str | Path) -> Recipe:
+    """Read ``folder/recipe.json``; a missing, corrupt or newer-format file is one clear error."""
+    path = Path(folder) / RECIPE_NAME
+    if not path.is_file():
+        raise MammoLabError(f"{path}: not found (a run trained before MammoLab recorded recipes, or not a run or "
+                            "exported model folder)")
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise MammoLabError(f"{path}: not a valid JSON recipe")
+    if int(data.get("version", 0) or 0) > RECIPE_VERSION:
+        raise MammoLabError(f"{path}: recipe version {data.get('version')} is newer than this MammoLab reads "
+                            f"({RECIPE_VERSION}); upgrade MammoLab")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise MammoLabError(format_validation_error(exc, str(path))) from None
+
+
+# ------------------------------------------------------------------------------------ applying it
+
+def parse_box(text: str | Sequence[float] | None) -> tuple[int, int, int, int] | None:
+    """``x0,y0,x1,y1`` (pixels of the whole film, right/bottom edges exclusive) -> a tuple, checked."""
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
+    try:
+        vals = tuple(int(round(float(v))) for v in parts)
+    except (TypeError, ValueError):
+        raise MammoLabError(f"--box: expected four numbers x0,y0,x1,y1, got {text!r}") from None
+    if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1] or min(vals) < 0:
+        raise MammoLabError(f"--box: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _as_depth(img: np.ndarray, bit_depth: int | None) -> np.ndarray:
+    from mammolab.data.organize import _as_depth as organize_depth
+
+    return img if bit_depth is None else organize_depth(img, bit_depth)
+
+
+def _cut_roi(recipe: Recipe, img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The ROI patch organize cut around ``box`` (same function, so the same pixels)."""
+    from mammolab.data.organize import _roi_patch
+
+    h, w = img.shape
+    x0, y0, x1, y1 = box
+    if x1 > w or y1 > h:
+        raise MammoLabError(f"--box: {x0},{y0},{x1},{y1} lies outside the {w}x{h} image")
+    size = recipe.source.roi_size or recipe.transform.image_size
+    margin = 0.5 if recipe.source.roi_margin is None else recipe.source.roi_margin
+    patch, _, _ = _roi_patch(img, np.zeros(img.shape, dtype=bool), tuple(float(v) for v in box), size, margin)
+    return np.ascontiguousarray(patch)
+
+
+def input_warnings(recipe: Recipe, shape: tuple[int, int], *, box: bool = False) -> list[str]:
+    """Why an input looks outside the recipe (judged by size and aspect against training's images)."""
+    h, w = int(shape[0]), int(shape[1])
+    kind = recipe.source.kind
+    out: list[str] = []
+    sizes = recipe.source.sizes
+    patch_model = kind in ("crop", "roi")
+    if sizes is not None and not box:
+        long_side, aspect = max(h, w), w / h
+        too_big = long_side > 2 * max(sizes.width_max, sizes.height_max)
+        too_small = long_side < 0.5 * max(sizes.width_min, sizes.height_min)
+        odd_aspect = not (sizes.aspect_min / 1.5 <= aspect <= sizes.aspect_max * 1.5)
+        if too_big or too_small or odd_aspect:
+            what = {"crop": "CBIS lesion crops", "roi": "ROI patches", "full": "whole films"}.get(kind, "images")
+            guess = ""
+            if patch_model and too_big:
+                guess = ("; is this a whole film given to a patch model? "
+                         + ("pass --box x0,y0,x1,y1 to cut the patch" if kind == "roi" else "crop the lesion first"))
+            elif kind == "full" and too_small:
+                guess = "; is this a patch given to a whole-film model?"
+            out.append(f"input {w}x{h} is outside the recipe: the model was trained on {what} of "
+                       f"{sizes.width_min}-{sizes.width_max} x {sizes.height_min}-{sizes.height_max} px (width/height "
+                       f"{sizes.aspect_min:.2f}-{sizes.aspect_max:.2f}){guess}")
+    elif kind == "roi" and not box and (h != w):
+        out.append(f"input {w}x{h} is not square: the model was trained on square ROI patches; pass --box "
+                   "x0,y0,x1,y1 to cut one from a whole film")
+    if not recipe.complete:
+        out.append("the run's recipe is incomplete (" + "; ".join(recipe.notes) + ")")
+    return out
+
+
+_PIPELINES: dict[str, Any] = {}
+
+
+def preprocess_image(recipe: Recipe, img: np.ndarray) -> np.ndarray:
+    """The recipe's preprocessing steps, in order (the same ops ``mammolab preprocess`` ran)."""
+    steps = recipe.steps()
+    if not steps:
+        return img
+    from mammolab.preprocess.ops import OPS, Sample
+    from mammolab.preprocess.pipeline import Pipeline
+
+    key = config_hash(steps)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = Pipeline([OPS[n].model_validate(p) for s in steps for n, p in s.items()])
+    import cv2
+
+    if img.size == 0 or not cv2.hasNonZero(img):
+        raise MammoLabError("image is all black (nothing to predict)")
+    return _PIPELINES[key](Sample(img)).image
+
+
+def to_model_input(recipe: Recipe, img: np.ndarray) -> Any:
+    """The training transform: resize to the model's size, scale by the dtype's range, normalise.
+
+    The same functions as the training cache (``resize_image``, ``to_unit``) and
+    :func:`mammolab.train.datamodule.normalise`, so the tensor is the one evaluation fed the model.
+    """
+    import torch
+
+    from mammolab.train.datamodule import normalise
+    from mammolab.train.imagecache import resize_image, to_unit
+
+    if img.dtype not in (np.uint8, np.uint16):
+        raise MammoLabError(f"expected a uint8 or uint16 image, got {img.dtype}")
+    t = recipe.transform
+    x = torch.from_numpy(to_unit(resize_image(img, t.image_size, t.resize)))[None]
+    return normalise(x, t.mean, t.std)
+
+
+def apply_recipe(recipe: Recipe, image: np.ndarray, *, start: Literal["source", "preprocessed"] = "source",
+                 box: tuple[int, int, int, int] | None = None) -> Prepared:
+    """One image (as :func:`mammolab.io.read_image` returns it) -> the model's input, with warnings.
+
+    ``start="source"``: organize's conversion (bit depth; the ROI cut with ``box``), the preprocessing
+    steps, the transform. ``start="preprocessed"``: the transform only (images of the run's dataset).
+    """
+    if image.ndim != 2:
+        raise MammoLabError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    warnings: list[str] = []
+    if start == "source":
+        if box is not None and recipe.source.kind not in ("roi",):
+            raise MammoLabError(f"--box: the model was trained on {recipe.source.kind} images, not ROI patches; "
+                                "--box applies to ROI-patch models only")
+        warnings = input_warnings(recipe, image.shape, box=box is not None)
+        # organize cuts the patch from the film as read, then sets the bit depth: the same order here
+        img = _cut_roi(recipe, image, box) if box is not None else image
+        img = _as_depth(img, recipe.source.bit_depth)
+        img = preprocess_image(recipe, img)
+    elif start == "preprocessed":
+        img = image
+    else:
+        raise MammoLabError(f"start: expected 'source' or 'preprocessed', got {start!r}")
+    return Prepared(to_model_input(recipe, img), img, warnings)
