@@ -31,3 +31,35 @@ def write_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", *
     ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def png_bomb(width: int = 25000, height: int = 25000, pad_to: int = 1_000_000) -> bytes:
+    """A valid 8-bit grayscale PNG of ``width`` x ``height`` zeros in about 1 MB (``pad_to``).
+
+    Its zlib stream repeats one fully flushed deflate segment (identical after each flush), so making
+    it takes ~0.3 s instead of compressing 625 MB; a tEXt chunk pads it to the size of a real upload.
+    Decoding it would allocate width x height bytes: what the pixel guard must refuse first.
+    """
+    import struct
+    import zlib
+
+    row = width + 1
+    rows_per_piece = max(1, min(height, 4_000_000 // row))
+    piece = bytes(row * rows_per_piece)
+    comp = zlib.compressobj(9)
+    first = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)
+    again = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)
+    n, rest = divmod(height, rows_per_piece)
+    tail = comp.compress(bytes(row * rest)) + comp.flush(zlib.Z_FINISH) if rest else b"\x03\x00"
+    total = row * height
+    stream = first + again * (n - 1) + tail
+    if not rest:  # the final empty block, then the Adler-32 of all-zero data: a = 1, b = length
+        stream += struct.pack(">I", ((total % 65521) << 16) | 1)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    pad = max(0, pad_to - len(stream) - 100)
+    return (b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"tEXt", b"Comment\0" + b"x" * pad) + chunk(b"IDAT", stream)
+            + chunk(b"IEND", b""))

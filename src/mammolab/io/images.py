@@ -4,11 +4,19 @@
 DICOM gets its Modality/VOI LUT or window applied and MONOCHROME1 inverted *after* VOI (the order
 the standard prescribes), and keeps its dynamic range rescaled to the full 16-bit range; PNG, JPEG,
 TIFF and PGM are read by OpenCV with their bit depth unchanged. All failures are a
-:class:`MammoLabError` naming the file, so a long loop can log and skip it.
+:class:`MammoLabError` naming the file, so a long loop can log and skip it: an empty or truncated
+file too, never a decoder's own exception.
+
+Every reader here applies the one pixel guard of :mod:`mammolab.io.header` first: the size the
+header declares is checked against the pixel limit before any pixel is decoded, so a small file
+declaring a huge image costs microseconds, not gigabytes. ``read_image_bytes`` does the same for
+bytes in memory (an upload), judging the format by content.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import cv2
@@ -16,6 +24,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
+from mammolab.io.header import check_pixels, dicom_header, read_header, sniff_format
 from mammolab.io.png import decode_plain_png, plain_png_pixels, read_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp"}
@@ -42,27 +51,38 @@ def _scale_to_uint16(arr: np.ndarray, lo: float | None = None, hi: float | None 
     return np.rint(out).astype(np.uint16)
 
 
-def read_dicom_pixels(path: str | Path, *, keep_range: bool = False) -> np.ndarray:
+def read_dicom_pixels(path: str | Path, *, keep_range: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Read a DICOM's pixels as displayed: Modality LUT, VOI LUT/window, MONOCHROME1 inverted.
 
     With ``keep_range`` the stored unsigned 8/16-bit values are returned untouched when no LUT or
     window applies (useful for binary ROI masks); otherwise the displayed range is stretched to
-    ``uint16`` so every DICOM comes out on the same scale.
+    ``uint16`` so every DICOM comes out on the same scale. Rows x Columns x frames is checked against
+    the pixel limit (``max_pixels``, see :mod:`mammolab.io.header`) before the pixel data is decoded.
     """
+    return _dicom_pixels(str(path), str(path), keep_range=keep_range, max_pixels=max_pixels)
+
+
+def _dicom_pixels(source: str | io.BytesIO, name: str, *, keep_range: bool = False,
+                  max_pixels: int | None = None) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    path = Path(path)
+    if isinstance(source, str) and not os.path.getsize(source):
+        raise MammoLabError(f"{name}: empty file (0 bytes)")
     try:
-        ds = pydicom.dcmread(str(path), force=True)
-        raw = ds.pixel_array
+        ds = pydicom.dcmread(source, force=True)  # parses the elements; pixel data is not decoded yet
     except Exception as exc:  # pydicom raises many types for corrupt input
-        raise MammoLabError(f"{path}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
+        raise MammoLabError(f"{name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
+    check_pixels(dicom_header(ds, name), name, max_pixels)
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:
+        raise MammoLabError(f"{name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
     if raw.ndim != 2:
         if raw.ndim == 3 and raw.shape[-1] in (3, 4):
             raw = cv2.cvtColor(raw.astype(np.uint8), cv2.COLOR_RGB2GRAY)
         else:
-            raise MammoLabError(f"{path}: expected a single 2-D image, got pixel array of shape {raw.shape}")
+            raise MammoLabError(f"{name}: expected a single 2-D image, got pixel array of shape {raw.shape}")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     has_modality = "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds
@@ -82,27 +102,61 @@ def read_dicom_pixels(path: str | Path, *, keep_range: bool = False) -> np.ndarr
     return out
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any supported image as a 2-D ``uint8``/``uint16`` grayscale array."""
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read any supported image as a 2-D ``uint8``/``uint16`` grayscale array.
+
+    The file's header is checked against the pixel limit (``max_pixels``, else ``$MAMMOLAB_MAX_PIXELS``,
+    else 100 megapixels) before anything is decoded.
+    """
     path = Path(path)
     if not path.is_file():
         raise MammoLabError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES and not is_dicom_file(path):
-        arr = _read_png(path) if suffix == ".png" else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise MammoLabError(f"{path}: unreadable image (expected PNG, JPEG, TIFF or PGM)")
-        if arr.ndim == 3:
-            code = cv2.COLOR_BGRA2GRAY if arr.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-            arr = cv2.cvtColor(arr, code)
-        if arr.dtype not in (np.uint8, np.uint16):
-            arr = _scale_to_uint16(arr)
-        return arr
+        return _decode_raster(_file_bytes(path), str(path), max_pixels)
     if suffix in DICOM_SUFFIXES or is_dicom_file(path):
-        return read_dicom_pixels(path)
+        return read_dicom_pixels(path, max_pixels=max_pixels)
     raise MammoLabError(
         f"{path}: unsupported file type {suffix!r} (expected DICOM, PNG, JPEG, TIFF or PGM)"
     )
+
+
+def read_image_bytes(data: bytes | bytearray | memoryview, name: str = "upload", *,
+                     max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_image` for bytes in memory (an upload): the format judged by content, the same guard.
+
+    ``name`` is what error messages call the data (the uploaded file's name).
+    """
+    view = memoryview(data)
+    if not len(view):
+        raise MammoLabError(f"{name}: empty file (0 bytes)")
+    if sniff_format(bytes(view[:132])) == "dicom":
+        return _dicom_pixels(io.BytesIO(bytes(view)), name, max_pixels=max_pixels)
+    return _decode_raster(view, name, max_pixels)
+
+
+def _decode_raster(data: bytes | bytearray | memoryview, name: str, max_pixels: int | None) -> np.ndarray:
+    """PNG, JPEG, TIFF, BMP or PNM bytes to a grayscale array, after the header's pixel check."""
+    header = read_header(data, name)
+    if header is None or header.format == "dicom":
+        raise MammoLabError(f"{name}: unreadable image (expected PNG, JPEG, TIFF or PGM; judged by its content)")
+    check_pixels(header, name, max_pixels)
+    try:
+        arr = decode_plain_png(data, name) if header.format == "png" else None
+        if arr is None:
+            arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV raises on some damaged files instead of returning None
+        raise MammoLabError(f"{name}: unreadable {header.format.upper()} image "
+                            f"({str(exc).strip().splitlines()[-1]})") from None
+    if arr is None:
+        raise MammoLabError(f"{name}: unreadable {header.format.upper()} image (truncated or damaged; "
+                            "expected PNG, JPEG, TIFF or PGM)")
+    if arr.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if arr.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        arr = cv2.cvtColor(arr, code)
+    if arr.dtype not in (np.uint8, np.uint16):
+        arr = _scale_to_uint16(arr)
+    return arr
 
 
 def _file_bytes(path: Path) -> memoryview:
@@ -113,28 +167,22 @@ def _file_bytes(path: Path) -> memoryview:
         raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc}); check the file's permissions") from None
 
 
-def _read_png(path: Path) -> np.ndarray | None:
-    """A PNG: the plain grayscale ones MammoLab writes by :mod:`mammolab.io.png` (2x faster), the rest by
-    OpenCV; ``None`` when neither can decode it."""
-    data = _file_bytes(path)
-    arr = decode_plain_png(data, str(path))
-    if arr is None:
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    return arr
-
-
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a lesion mask as ``uint8`` 0/255: any non-zero pixel is lesion, whatever the format or depth.
 
     An 8-bit plain PNG (what organize and preprocess write) is binarised straight from the file's
-    rows, one pass instead of a decode and then a threshold.
+    rows, one pass instead of a decode and then a threshold (after the same pixel check).
     """
     path = Path(path)
     if path.suffix.lower() == ".png" and path.is_file():
-        pixels = plain_png_pixels(_file_bytes(path), str(path))
-        if pixels is not None and pixels.dtype == np.uint8:
-            return cv2.compare(pixels, 0, cv2.CMP_GT)
-    return cv2.compare(read_image(path), 0, cv2.CMP_GT)
+        data = _file_bytes(path)
+        header = read_header(data, str(path))
+        if header is not None and header.format == "png":
+            check_pixels(header, str(path), max_pixels)
+            pixels = plain_png_pixels(data, str(path))
+            if pixels is not None and pixels.dtype == np.uint8:
+                return cv2.compare(pixels, 0, cv2.CMP_GT)
+    return cv2.compare(read_image(path, max_pixels=max_pixels), 0, cv2.CMP_GT)
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
