@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,postgres]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres,export]"
 	@touch $(STAMP)
 
 install: $(STAMP)
