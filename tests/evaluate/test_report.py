@@ -53,8 +53,8 @@ def test_html_is_self_contained(report: dict[str, Path]) -> None:
     text = report["html"].read_text()
     assert '<table class="sortable" id="comparison">' in text
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    # ROC overlay + 3 training-curve figures + 3 confusion matrices + 1 tuning figure
-    assert len(images) == 8
+    # ROC overlay + reliability and PR overlays + 3 training-curve figures + 3 confusion matrices + 1 tuning figure
+    assert len(images) == 10
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     assert "<link" not in text and "@import" not in text
     assert "optimization history" in text  # the tuning hook embeds RUN/tune/*.png
@@ -121,8 +121,9 @@ def test_compare_mixes_binary_and_four_class_runs(fake_runs: list[Path], tmp_pat
     assert list(table["run"]) == ["strong", "four"]  # binary runs first, then by AUC
     assert table.loc[1, "task"] == "multiclass" and pd.isna(table.loc[1, "delong_p_vs_best"])
     assert table.loc[1, "auc_micro"] > 0.5
-    # ROC overlay + one training-curve figure + two confusion matrices + one tuning figure
-    assert paths["html"].read_text().count("data:image/png;base64,") == 5
+    # ROC overlay + reliability and PR overlays + one training-curve figure + two confusion matrices + one tuning
+    # figure
+    assert paths["html"].read_text().count("data:image/png;base64,") == 7
 
 
 def test_report_states_the_resamples_the_intervals_used(report: dict[str, Path]) -> None:

@@ -137,7 +137,7 @@ def test_overlay_colours_and_box(tmp_path: Path) -> None:
     path = write_rgb_png(tmp_path / "o.png", panel)
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     strip = rgb.shape[0] - 256  # caption height; the panels are enlarged 4x to 256 px
-    right = rgb[strip:, 256 + (rgb.shape[1] - 512):]
+    right = rgb[strip:, 256 + 5:]  # after the plain image and a 5 px gap (a colour bar follows on the right)
     hot = right[25 * 4, 45 * 4].astype(int)
     cold = right[5 * 4, 5 * 4].astype(int)
     assert hot[0] > hot[1] + 40 and hot[0] > hot[2] + 40  # red where the heat is, as stored in the PNG ...

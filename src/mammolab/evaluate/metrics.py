@@ -37,6 +37,7 @@ __all__ = [
     "delong_test",
     "delong_variance",
     "evaluate_predictions",
+    "fixed_rate_operating_points",
     "json_safe",
     "multiclass_metrics",
     "pr_curve_points",
@@ -314,6 +315,95 @@ def bootstrap_auc_ci(y: Any, p: Any, groups: Any = None, n: int = 2000, alpha: f
     lo, hi = res["auc"]
     return {"auc": auc_score(y, p), "ci_low": lo, "ci_high": hi, "n_boot": res["n_boot"],
             "n_valid": res["n_valid"], "alpha": alpha, "n_groups": res["n_groups"]}
+
+
+class _WeightedRoc:
+    """Weighted ROC points of fixed scores for many weight vectors at once (same sort as ``_WeightedAuc``).
+
+    Column ``g`` of the returned matrices is the threshold "score >= the g-th distinct score from the
+    top"; column 0 is the empty threshold (nothing called positive), so every row has a point at (0, 0).
+    """
+
+    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
+        self.order = np.argsort(-p, kind="mergesort")
+        sorted_p = p[self.order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
+        self.thresholds = np.r_[np.inf, sorted_p[self.starts]]
+        self.pos = (y[self.order] == 1).astype(np.float64)
+
+    def __call__(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ws = w[:, self.order]
+        tp = np.cumsum(np.add.reduceat(ws * self.pos, self.starts, axis=1), axis=1)
+        fp = np.cumsum(np.add.reduceat(ws * (1.0 - self.pos), self.starts, axis=1), axis=1)
+        zero = np.zeros((w.shape[0], 1))
+        tp, fp = np.hstack([zero, tp]), np.hstack([zero, fp])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr = tp / tp[:, -1:]
+            fpr = fp / fp[:, -1:]
+        return tpr, fpr
+
+
+def _rate_at(tpr: np.ndarray, fpr: np.ndarray, kind: str, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the best sensitivity with specificity >= target (or the reverse) and the column it is at.
+
+    ``kind`` is ``sensitivity`` (read at a specificity) or ``specificity`` (read at a sensitivity).
+    Rows whose resample lacks a class give NaN.
+    """
+    eps = 1e-12
+    if kind == "sensitivity":
+        ok = (1.0 - fpr) >= target - eps
+        vals = np.where(ok, tpr, -np.inf)
+    else:
+        ok = tpr >= target - eps
+        vals = np.where(ok, 1.0 - fpr, -np.inf)
+    # Highest value; among equal values the strictest threshold (lowest column), as a reader would choose.
+    col = np.argmax(vals, axis=1)
+    best = vals[np.arange(len(vals)), col]
+    valid = np.isfinite(tpr[:, -1]) & np.isfinite(fpr[:, -1]) & np.isfinite(best)
+    return np.where(valid, best, np.nan), col
+
+
+def fixed_rate_operating_points(y: Any, p: Any, groups: Any = None, *,
+                                specificities: Sequence[float] = (0.90, 0.95),
+                                sensitivities: Sequence[float] = (0.90, 0.95), n_boot: int = 2000,
+                                alpha: float = 0.05, seed: int = 0, chunk: int = 256) -> list[dict[str, Any]]:
+    """Sensitivity at fixed specificities and specificity at fixed sensitivities, with patient-bootstrap CIs.
+
+    A radiologist reads a classifier at a working point, not by its AUC: "sensitivity at 90%
+    specificity" is the highest sensitivity among the thresholds (``p >= t`` positive) whose
+    specificity is at least 90% on these images; "specificity at 90% sensitivity" the reverse. The
+    interval re-reads the same quantity on each patient resample of :func:`cluster_bootstrap`'s
+    kind (same seed, same draws), so it includes the uncertainty of where the threshold falls.
+    Each entry: ``{"metric", "at", "target", "value", "threshold", "other", "ci_low", "ci_high"}``
+    where ``other`` is the rate actually reached on the fixed side.
+    """
+    y_arr, p_arr = _binary_inputs(y, p)
+    if not _both_classes(y_arr):
+        raise MammoLabError("operating points need both classes among the labels")
+    for t in (*specificities, *sensitivities):
+        if not 0 < t < 1:
+            raise MammoLabError(f"target rate: expected a number between 0 and 1, got {t}")
+    roc = _WeightedRoc(y_arr, p_arr)
+    specs = [("sensitivity", "specificity", float(t)) for t in specificities]
+    specs += [("specificity", "sensitivity", float(t)) for t in sensitivities]
+    tpr, fpr = roc(np.ones((1, len(y_arr))))
+    out: list[dict[str, Any]] = []
+    for kind, at, target in specs:
+        val, col = _rate_at(tpr, fpr, kind, target)
+        c = int(col[0])
+        other = float(1.0 - fpr[0, c]) if kind == "sensitivity" else float(tpr[0, c])
+        thr = float(roc.thresholds[c])
+        out.append({"metric": kind, "at": at, "target": target, "value": float(val[0]),
+                    "threshold": thr if math.isfinite(thr) else None, "other": other})
+    samples: list[list[np.ndarray]] = [[] for _ in specs]
+    for w in _bootstrap_weights(_group_index(groups, len(y_arr)), n_boot, seed, chunk):
+        btpr, bfpr = roc(w)
+        for k, (kind, _, target) in enumerate(specs):
+            samples[k].append(_rate_at(btpr, bfpr, kind, target)[0])
+    for entry, vals in zip(out, samples, strict=True):
+        entry["ci_low"], entry["ci_high"] = _percentile_ci(np.concatenate(vals), alpha)
+        entry["n_boot"] = int(n_boot)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ import pandas as pd
 from mammolab.io.atomic import atomic_write_bytes
 
 __all__ = [
+    "best_epoch",
     "plot_calibration",
     "plot_confusion",
     "plot_multiclass_roc",
     "plot_pr",
+    "plot_pr_overlay",
+    "plot_reliability_overlay",
     "plot_roc",
     "plot_roc_overlay",
     "plot_training_curves",
@@ -202,6 +205,57 @@ def plot_roc_overlay(curves: Sequence[dict[str, Any]], *, split: str, n: int | s
     return _maybe_save(fig, path)
 
 
+def plot_pr_overlay(curves: Sequence[dict[str, Any]], *, split: str, n: int | str,
+                    path: str | Path | None = None) -> Any:
+    """Precision-recall curves of several runs (``label``, ``precision``, ``recall``, ``ap``, ``prevalence``)."""
+    fig = _new_figure((6.0, 5.4))
+    ax = fig.add_subplot()
+    prevalences = {round(float(c["prevalence"]), 3) for c in curves if c.get("prevalence") is not None}
+    if len(prevalences) == 1:
+        prev = prevalences.pop()
+        ax.axhline(prev, ls="--", color="0.6", lw=1, label=f"no skill (prevalence {prev:.2f})")
+    for k, c in enumerate(curves):
+        ap = c.get("ap")
+        ax.step(c["recall"], c["precision"], where="post", lw=2, color=f"C{k % 10}", ls="-" if k < 10 else ":",
+                label=f"{c['label']}: AP {'n/a' if ap is None else f'{ap:.3f}'}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision",
+           title=_title("Precision-recall of all runs", split, n))  # type: ignore[arg-type]
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
+    return _maybe_save(fig, path)
+
+
+def plot_reliability_overlay(curves: Sequence[dict[str, Any]], *, split: str, n: int | str,
+                             path: str | Path | None = None) -> Any:
+    """Reliability diagrams of several runs on one axis; entries have ``label``, ``bins``, ``brier``, ``ece``.
+
+    Marker area follows each bin's share of the images, so a point resting on two images does not
+    look as solid as one resting on fifty.
+    """
+    fig = _new_figure((6.0, 5.4))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
+    for k, c in enumerate(curves):
+        bins = c.get("bins") or []
+        if not bins:
+            continue
+        x = [b["mean_predicted"] for b in bins]
+        y = [b["fraction_positive"] for b in bins]
+        counts = np.array([b["count"] for b in bins], dtype=float)
+        colour = f"C{k % 10}"
+        brier, ece = c.get("brier"), c.get("ece")
+        stats = ", ".join(t for t in (None if brier is None else f"Brier {brier:.3f}",
+                                      None if ece is None else f"ECE {ece:.3f}") if t)
+        ax.plot(x, y, color=colour, lw=1.5, ls="-" if k < 10 else ":", label=f"{c['label']}: {stats}")
+        ax.scatter(x, y, s=15 + 150 * counts / counts.sum(), color=colour, zorder=3)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="predicted probability (bin mean)",
+           ylabel="observed fraction positive", title=_title("Calibration of all runs", split, n))  # type: ignore[arg-type]
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+    return _maybe_save(fig, path)
+
+
 _CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
     ("loss", "train_loss", "val_loss"),
     ("accuracy", "train_acc", "val_acc"),
@@ -209,22 +263,50 @@ _CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def best_epoch(history: pd.DataFrame, column: str = "val_auc") -> int | None:
+    """The epoch with the highest ``column`` (the one ``best.ckpt`` holds); first of equals; None when unknown."""
+    if column not in history or not history[column].notna().any():
+        return None
+    x = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1), index=history.index)
+    return int(x.loc[history[column].idxmax()])
+
+
 def plot_training_curves(history: pd.DataFrame, *, title: str = "", path: str | Path | None = None,
                          axes: Sequence[Any] | None = None,
                          label_fn: Callable[[str], str] | None = None) -> Any:
-    """Loss, accuracy and AUC per epoch (train and validation) from a run's ``metrics.csv``."""
+    """Loss, accuracy, AUC and learning rate per epoch from a run's ``metrics.csv``.
+
+    Epochs are whole numbers on the axis; the epoch with the best validation AUC (the one
+    ``best.ckpt`` holds) is marked on every panel; the learning rate is on a log axis, so a
+    cosine or step schedule reads at a glance. ``axes`` (three or four) draws into existing axes.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    has_lr = "lr" in history and (pd.to_numeric(history["lr"], errors="coerce") > 0).any()
     fig = None
     if axes is None:
-        fig = _new_figure((11.0, 3.4))
-        axes = fig.subplots(1, 3)
-    x = history["epoch"] if "epoch" in history else np.arange(len(history))
-    for ax, (name, tr, va) in zip(axes, _CURVE_PANELS, strict=True):
+        panels = 4 if has_lr else 3
+        fig = _new_figure((3.7 * panels, 3.4))
+        axes = fig.subplots(1, panels)
+    x = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1))
+    best = best_epoch(history)
+    for ax, (name, tr, va) in zip(axes, _CURVE_PANELS, strict=False):
         for col, style in ((tr, "-"), (va, "--")):
             if col in history and history[col].notna().any():
                 lab = col.split("_")[0]
                 ax.plot(x, history[col], ls=style, marker="o", ms=3, label=label_fn(lab) if label_fn else lab)
         ax.set(xlabel="epoch", title=name)
+    if has_lr and len(axes) > 3:
+        lr = pd.to_numeric(history["lr"], errors="coerce")
+        ax = axes[3]
+        ax.plot(x[lr > 0], lr[lr > 0], color="C2", marker="o", ms=3, label="lr")
+        ax.set_yscale("log")
+        ax.set(xlabel="epoch", title="learning rate (log)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        if best is not None:
+            ax.axvline(best, color="0.35", ls=":", lw=1.2, label=f"best epoch ({best})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     if fig is not None:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from mammolab.errors import MammoLabError
 from mammolab.evaluate import plots
+from mammolab.evaluate import report_sections as sections
 from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
@@ -176,8 +177,9 @@ def _loc_summary(s: RunSummary) -> tuple[str | None, dict[str, Any] | None]:
     return method, s.localisation[method]
 
 
-def _table(summaries: list[RunSummary]) -> pd.DataFrame:
+def _table(summaries: list[RunSummary], points: dict[str, list[dict[str, Any]] | None] | None = None) -> pd.DataFrame:
     rows = []
+    points = points or {}
     best = next((s for s in summaries if s.metrics.get("task") == "binary"
                  and s.metrics.get("auc", {}).get("value") is not None), None)
     for rank, s in enumerate(summaries, start=1):
@@ -187,6 +189,11 @@ def _table(summaries: list[RunSummary]) -> pd.DataFrame:
                                "throughput_img_s": s.info["throughput"]}
         row.update(summary_row(s.metrics))
         row["tta"] = bool(s.metrics.get("tta", False))
+        for op in points.get(s.label) or []:
+            col = sections.op_column(op["metric"], op["at"], op["target"])
+            row[col], row[f"{col}_ci_low"], row[f"{col}_ci_high"] = op["value"], op["ci_low"], op["ci_high"]
+            row[f"{col}_threshold"] = op["threshold"]
+        row["warnings"] = "; ".join(sections.run_warnings(s))
         row["delong_p_vs_best"] = row["delong_diff_vs_best"] = None
         if best is not None and s is not best and s.metrics.get("task") == "binary":
             d = _delong_vs(best, s)
@@ -299,11 +306,13 @@ def _markdown(table: pd.DataFrame, split: str, with_roc: bool, resamples: str) -
     head = ["#", "run", "model", "regime", "params", "epochs", "train time", "img/s", "n",
             "AUC [95% CI]", "accuracy", "sensitivity", "specificity", "precision", "F1", "Brier",
             "DeLong p vs best", "localisation (energy / pointing)"]
-    lines = [f"Runs compared on the {split} split, best AUC first. Threshold metrics at the Youden threshold "
+    lines = [f"Runs compared on the {split} split. {RANKING_RULE}. Threshold metrics at the Youden threshold "
              f"chosen on the validation split; 95% CIs by patient-level bootstrap ({resamples}).", "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for _, r in table.iterrows():
-        cells = [str(r["rank"]), str(r["run"]), str(r["model"]), str(r["regime"] or "-"), _fmt_params(r["params"]),
+        warn = f" (warning: {r['warnings']})" if isinstance(r.get("warnings"), str) and r["warnings"] else ""
+        cells = [str(r["rank"]), str(r["run"]) + warn, str(r["model"]), str(r["regime"] or "-"),
+                 _fmt_params(r["params"]),
                  _fmt(r["epochs"], 0), _fmt_time(r["train_time_s"]), _fmt(r["throughput_img_s"], 1), str(r["n"])]
         cells += [_fmt_ci(r, m) for m in _DISPLAY_METRICS]
         cells += [_fmt_p(r["delong_p_vs_best"], _is_best(r)), _fmt_loc(r)]
@@ -337,6 +346,14 @@ def _metric_cell(r: pd.Series, m: str) -> str:
     return _cell(f"{v:.3f}{ci}", v)
 
 
+def _warn_marks(r: pd.Series) -> str:
+    text = r.get("warnings")
+    if not isinstance(text, str) or not text:
+        return ""
+    return "".join(f'<br><span class="warn" title="{html.escape(w)}">&#9888; {html.escape(w.split(":")[0])}</span>'
+                   for w in text.split("; "))
+
+
 def _html_table(table: pd.DataFrame) -> str:
     heads = ["#", "run", "model", "regime", "params", "epochs", "train time", "img/s", "n", "AUC [95% CI]",
              "accuracy", "sensitivity", "specificity", "precision", "F1", "Brier", "DeLong p", "localisation"]
@@ -346,7 +363,7 @@ def _html_table(table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
         best = _is_best(r)
         cells = [_cell(str(r["rank"]), r["rank"]),
-                 _cell(html.escape(str(r["run"])), cls="text"),
+                 _cell(html.escape(str(r["run"])) + _warn_marks(r), cls="text"),
                  _cell(html.escape(str(r["model"])), cls="text"),
                  _cell(html.escape(str(r["regime"] or "-")), cls="text"),
                  _cell(_fmt_params(r["params"]), r["params"]),
@@ -426,10 +443,18 @@ def _sizes(s: RunSummary) -> str:
     return " - " + ", ".join(parts) if parts else ""
 
 
-def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, overlay: bytes | None) -> str:
+def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, overlay: bytes | None,
+                points: dict[str, list[dict[str, Any]] | None] | None = None) -> str:
     n_runs = len(summaries)
+    warned = [(r["run"], r["warnings"]) for _, r in table.iterrows() if isinstance(r.get("warnings"), str)
+              and r["warnings"]]
+    warn_html = ""
+    if warned:
+        items = "".join(f"<li><b>{html.escape(str(run))}</b>: {html.escape(w)}</li>" for run, w in warned)
+        warn_html = f'<ul class="notes warnings">{items}</ul>'
     parts = ['<h2 id="table">Runs</h2>',
-             '<p class="note">Sorted by AUC, best first (click a header to re-sort). Accuracy, sensitivity, '
+             f'<p class="note">{html.escape(RANKING_RULE)}; the first is marked best (click a header to re-sort; '
+             "the table scrolls sideways inside its box). Accuracy, sensitivity, "
              "specificity, precision and F1 at the Youden threshold chosen on the validation split. 95% confidence "
              f"intervals: percentile bootstrap, {_resamples(summaries)} of patients. DeLong: paired test of each "
              "run's AUC "
@@ -437,20 +462,24 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
              "energy inside the lesion box / pointing-game hit rate, from <code>mammolab explain</code>; below them "
              "the box's share of the image (what a map that ignores the image would score), the method and the "
              "number of images scored.</p>",
-             _html_table(table)]
+             _html_table(table), warn_html,
+             sections.settings_html(summaries), sections.data_html(summaries),
+             sections.operating_points_html(summaries, points or {})]
     if overlay is not None:
         parts += ['<h2 id="roc">ROC curves</h2>', '<div class="grid">',
                   _img(overlay, "ROC curves of all runs", f"{split} split", width=620), "</div>"]
+    parts.append(sections.calibration_html(summaries, split))
     curves = [s for s in summaries if s.history is not None]
     if curves:
         parts += ['<h2 id="curves">Training curves</h2>', '<div class="grid">']
         for s in curves:
             fig = plots.plot_training_curves(s.history, title=f"{s.label} ({s.info['model']}){_sizes(s)}")
-            parts.append(_img(plots.render_png(fig), f"training curves of {s.label}", s.label, width=600))
+            parts.append(_img(plots.render_png(fig), f"training curves of {s.label}", s.label, width=900))
         parts.append("</div>")
     parts += ['<h2 id="confusion">Confusion matrices</h2>', '<div class="grid">']
     parts += [_img(_confusion_png(s), f"confusion matrix of {s.label}", s.label, width=330) for s in summaries]
     parts.append("</div>")
+    parts.append(sections.heatmaps_html(summaries))
     parts.append(_subgroup_html(summaries))
     tuned = [s for s in summaries if s.tune_figures]
     if tuned:
@@ -459,11 +488,27 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
             parts += [f"<h3>{html.escape(s.label)}</h3>", '<div class="grid">']
             parts += [_img(p.read_bytes(), f"{s.label} {p.stem}", p.stem.replace("_", " ")) for p in s.tune_figures]
             parts.append("</div>")
+    parts.append(sections.external_html(summaries))
     template = string.Template(resources.files("mammolab").joinpath("resources/report.html").read_text("utf-8"))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = (f"{n_runs} run{'s' if n_runs != 1 else ''} compared on the <b>{html.escape(split)}</b> split; "
                 f"generated {stamp} by MammoLab.")
     return template.substitute(title="MammoLab run comparison", subtitle=subtitle, body="\n".join(parts))
+
+
+#: The ranking rule, stated in the report and applied by ``_sort_key``.
+RANKING_RULE = ("Sorted by AUC, best first; ties broken by the lower bound of the AUC's 95% interval (higher "
+                "first), then by the Brier score (lower first), then by name")
+
+
+def _sort_key(s: RunSummary) -> tuple[int, float, float, float, str]:
+    """Best AUC first; ties (common at 1.000 on easy data) by the interval's lower bound, then the Brier
+    score, then the name, so the order never depends on the order the runs were given in."""
+    auc = s.metrics.get("auc", {})
+    value, low = _num(auc.get("value")), _num(auc.get("ci_low"))
+    brier = _num((s.metrics.get("brier") or {}).get("value"))
+    return (0 if s.metrics.get("task") == "binary" else 1, -(value if value is not None else -np.inf),
+            -(low if low is not None else -np.inf), brier if brier is not None else np.inf, s.label)
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str = "test",
@@ -483,16 +528,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str 
     summaries = [load_run_summary(d, split, evaluate_missing=evaluate_missing, label=lab)
                  for d, lab in zip(dirs, labels, strict=True)]
 
-    def sort_key(s: RunSummary) -> tuple[int, float, float, str]:
-        # Best AUC first; ties (common at 1.000 on easy data) by the interval's lower bound, then by
-        # name, so the order never depends on the order the runs were given in.
-        auc = s.metrics.get("auc", {})
-        value, low = _num(auc.get("value")), _num(auc.get("ci_low"))
-        return (0 if s.metrics.get("task") == "binary" else 1, -(value if value is not None else -np.inf),
-                -(low if low is not None else -np.inf), s.label)
-
-    summaries.sort(key=sort_key)
-    table = _table(summaries)
+    summaries.sort(key=_sort_key)
+    points = {s.label: sections.operating_points(s) for s in summaries}
+    table = _table(summaries, points)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay = _overlay_png(summaries, split)
@@ -504,5 +542,5 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str 
     if overlay is not None:
         paths["roc"] = out_dir / "roc_overlay.png"
         atomic_write_bytes(paths["roc"], overlay)
-    atomic_write_text(paths["html"], _build_html(summaries, table, split, overlay))
+    atomic_write_text(paths["html"], _build_html(summaries, table, split, overlay, points))
     return paths

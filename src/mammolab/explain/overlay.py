@@ -16,7 +16,7 @@ from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
 from mammolab.io.images import to_uint8
 
-__all__ = ["colorize", "overlay_panel", "write_rgb_png"]
+__all__ = ["caption_strip", "colorize", "colour_bar", "overlay_panel", "wrap_caption", "write_rgb_png"]
 
 BOX_RGB = (0, 255, 0)
 _MIN_SIDE = 256
@@ -54,7 +54,9 @@ def _draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]], scale: float,
 
 def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[float]] = (), *,
                   caption: str = "", alpha: float = 0.45) -> np.ndarray:
-    """RGB panel: ``[plain image | image + heatmap]``, boxes drawn on both, optional caption strip.
+    """RGB panel: ``[plain image | image + heatmap | colour bar]``, boxes drawn on both, optional caption.
+
+    The caption is wrapped over as many lines as it needs, never cut.
 
     ``heat`` must have the image's shape. Small images are enlarged (nearest neighbour for the
     image, so pixels stay honest) to 256 px high so the panel is readable; full mammograms are
@@ -78,14 +80,71 @@ def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[
     _draw_boxes(left, boxes, scale, thickness)
     _draw_boxes(right, boxes, scale, thickness)
     gap = np.full((size[1], max(4, size[0] // 50), 3), 255, dtype=np.uint8)
-    panel = np.concatenate([left, gap, right], axis=1)
+    panel = np.concatenate([left, gap, right, colour_bar(size[1])], axis=1)
     if caption:
-        font_scale = max(0.4, panel.shape[1] / 1400)
-        (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        strip = np.full((th + base + 12, panel.shape[1], 3), 255, dtype=np.uint8)
-        cv2.putText(strip, caption, (6, th + 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (20, 20, 20), 1, cv2.LINE_AA)
-        panel = np.concatenate([strip, panel], axis=0)
+        panel = np.concatenate([caption_strip(caption, panel.shape[1]), panel], axis=0)
     return panel
+
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def colour_bar(height: int) -> np.ndarray:
+    """A white column with the jet scale from 0 (bottom) to 1 (top) and its ticks, ``height`` pixels high.
+
+    Grad-CAM and occlusion maps are normalised to [0, 1] per image, so the bar reads as "share of
+    this image's strongest response", which the ticks say.
+    """
+    font_scale = max(0.35, height / 700)
+    (tw, th), base = cv2.getTextSize("1.0", _FONT, font_scale, 1)
+    bar_w = max(10, height // 24)
+    pad = th + base
+    width = 6 + bar_w + 4 + tw + 8
+    col = np.full((height, width, 3), 255, dtype=np.uint8)
+    top, bottom = pad, max(pad + 2, height - pad)
+    ramp = np.linspace(1.0, 0.0, bottom - top, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    col[top:bottom, 6:6 + bar_w] = colorize(ramp)
+    for value, y in ((1.0, top), (0.5, (top + bottom) // 2), (0.0, bottom - 1)):
+        cv2.line(col, (6 + bar_w, y), (6 + bar_w + 3, y), (20, 20, 20), 1)
+        cv2.putText(col, f"{value:.1f}", (6 + bar_w + 4, min(height - base, y + th // 2)), _FONT, font_scale,
+                    (20, 20, 20), 1, cv2.LINE_AA)
+    return col
+
+
+def wrap_caption(text: str, width: int, font_scale: float) -> list[str]:
+    """Split ``text`` into lines that fit ``width`` pixels; words stay whole unless one alone is too wide."""
+    def fits(t: str) -> bool:
+        return cv2.getTextSize(t, _FONT, font_scale, 1)[0][0] <= width
+
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        trial = f"{line} {word}" if line else word
+        if fits(trial):
+            line = trial
+            continue
+        if line:
+            lines.append(line)
+        while not fits(word) and len(word) > 1:
+            cut = max([1] + [k for k in range(1, len(word)) if fits(word[:k])])
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def caption_strip(caption: str, width: int) -> np.ndarray:
+    """A white strip ``width`` pixels wide holding the whole caption, wrapped over as many lines as it needs."""
+    font_scale = max(0.4, width / 1400)
+    (_, th), base = cv2.getTextSize("Ag", _FONT, font_scale, 1)
+    lines = wrap_caption(caption, width - 12, font_scale)
+    step = th + base + 4
+    strip = np.full((step * len(lines) + 8, width, 3), 255, dtype=np.uint8)
+    for k, text in enumerate(lines):
+        cv2.putText(strip, text, (6, 4 + th + k * step), _FONT, font_scale, (20, 20, 20), 1, cv2.LINE_AA)
+    return strip
 
 
 def write_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:

@@ -43,11 +43,14 @@ from mammolab.data.manifest import manifest_hash, read_info
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.models.registry import MammoNet, create_model
+from mammolab.models.transfer import init_from_run
 from mammolab.models.weights import check_checkpoint_model
 from mammolab.progress import quiet
 from mammolab.train.config import RUNTIME_FIELDS, TrainConfig, resolve_train_config, result_hash
 from mammolab.train.datamodule import MammoDataModule
 from mammolab.train.module import MammoModule
+from mammolab.train.scaling import accumulation, apply_model_options
+from mammolab.train.views import TwoViewDataModule
 
 __all__ = [
     "METRICS_COLUMNS",
@@ -143,10 +146,13 @@ def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "") -> Non
 
 def build_model(cfg: TrainConfig, num_outputs: int, *, weights: str | None = None) -> MammoNet:
     """The model a config describes (weights default to the config's)."""
-    return create_model(cfg.model, regime=cfg.regime, weights=cfg.weights if weights is None else weights,
+    weights = cfg.weights if weights is None else weights
+    return create_model(cfg.model, regime=cfg.regime, weights=weights,
                         in_chans=1, num_outputs=num_outputs, head_hidden=cfg.head_hidden,
                         head_dropout=cfg.head_dropout, head_activation=cfg.head_activation,
-                        freeze_proportion=cfg.freeze_proportion, trainable_stages=cfg.trainable_stages)
+                        freeze_proportion=cfg.freeze_proportion, trainable_stages=cfg.trainable_stages,
+                        weights_prefix=cfg.weights_prefix if weights not in ("none", "imagenet") else None,
+                        head_type=cfg.head_type, views=1 if cfg.views == "single" else 2, fusion=cfg.fusion)
 
 
 def prepare_config(out: str | Path, *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -319,10 +325,18 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
     atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = MammoDataModule(dataset, cfg, mean=0.5, std=0.5)
+    dm = (MammoDataModule if cfg.views == "single" else TwoViewDataModule)(dataset, cfg, mean=0.5, std=0.5)
     classes = list(dm.classes)
     binary = len(classes) == 2
     model = build_model(cfg, 1 if binary else len(classes), weights="none" if ckpt_path else None)
+    whole_image: dict[str, Any] = {"accumulate_grad_batches": accumulation(cfg),
+                                   "weights_report": model.backbone.weights_report}
+    if cfg.init_from and not ckpt_path:
+        whole_image["init_from"] = init_from_run(model, cfg.init_from)
+    if isinstance(dm, TwoViewDataModule):
+        whole_image["n_breasts"] = {k: int(len(v)) for k, v in dm.breasts.items()}
+        whole_image["pairing"] = dm.pairing
+    apply_model_options(model, cfg)
     dm.mean, dm.std = model.mean, model.std
     pos_weight: float | None = None
     if cfg.pos_weight != "none":
@@ -360,7 +374,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         "regime": cfg.regime, "name": cfg.display_name, "classes": classes,
         "labels": "binary" if binary else f"{len(classes)}class", "config_hash": result_hash(cfg),
         "epochs_planned": cfg.epochs, "parameters": model.parameter_counts(),
-        "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, "resumed": ckpt_path is not None,
+        "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, **whole_image, "resumed": ckpt_path is not None,
         "versions": _versions(), "pos_weight": pos_weight, "seed": cfg.seed, "fold": cfg.fold, "subset": cfg.subset,
     }
     write_json(out / RUN_JSON, info)
@@ -378,6 +392,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+            accumulate_grad_batches=whole_image["accumulate_grad_batches"],
             strategy=cfg.strategy,
             precision=cfg.precision, callbacks=cbs, logger=tb_logger, default_root_dir=str(out),
             num_sanity_val_steps=0, enable_progress_bar=not quiet(), enable_model_summary=False,
