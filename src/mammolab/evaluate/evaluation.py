@@ -1,9 +1,12 @@
 """Evaluate a trained run on a split: predictions CSV, metrics JSON and figures inside the run.
 
 ``evaluate_run`` predicts the split (and the validation split, whose predictions choose the
-Youden operating point) through the training stage's inference API, then ``write_evaluation``
-does everything that needs no model: metrics, figures, files. Tests and notebooks call
-``write_evaluation`` directly on any predictions table.
+Youden operating point) through the run's recipe, the one inference path ``predict`` and ``serve``
+take (:class:`mammolab.evaluate.predict.Predictor`), then ``write_evaluation`` does everything
+that needs no model: metrics, figures, files. Tests and notebooks call ``write_evaluation``
+directly on any predictions table. With ``dataset=OTHER`` (external validation) the recipe is
+applied to another organized dataset's images; the result goes to ``RUN/eval/<OTHER>-<split>/``
+and its ``metrics.json`` says ``external: true`` with the dataset's name, path and hashes.
 
 Output: ``RUN/eval/<split>/`` (``<split>-tta`` with flip test-time augmentation) holding
 ``predictions.csv``, ``val_predictions.csv``, ``metrics.json``, ``roc.png``, ``pr.png``,
@@ -140,9 +143,10 @@ def write_evaluation(pred_df: pd.DataFrame, out_dir: str | Path, *, classes: Seq
     return metrics
 
 
-def load_evaluation(run_dir: str | Path, split: str = "test", tta: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Read a finished evaluation (metrics dict and predictions table) of a run."""
-    folder = eval_dir(run_dir, split, tta)
+def load_evaluation(run_dir: str | Path, split: str = "test", tta: bool = False, *,
+                    dataset: str | Path | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Read a finished evaluation (metrics dict and predictions table) of a run; ``dataset``: an external one."""
+    folder = eval_dir(run_dir, split, tta) if dataset is None else external_dir(run_dir, dataset, split, tta)
     mpath, ppath = folder / METRICS_NAME, folder / PREDICTIONS_NAME
     if not mpath.is_file() or not ppath.is_file():
         raise MammoLabError(f"{folder}: no evaluation found (run 'mammolab evaluate {run_dir} --split {split}' first)")
@@ -161,39 +165,191 @@ def _is_current(folder: Path, key: dict[str, Any]) -> bool:
             and all((folder / f).is_file() for f in old.get("figures", [])))
 
 
+def _table(frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], split: str | None) -> pd.DataFrame:
+    """The predictions table of manifest rows: ids, label, target, P(malignant), per-class probabilities
+    (multi-class) and the manifest's subgroup columns."""
+    from mammolab.train.inference import SUBGROUP_COLUMNS, positive_probability
+
+    index = {c: i for i, c in enumerate(classes)}
+    out = pd.DataFrame({
+        "path": frame["path"].astype(str).to_numpy(),
+        "image_id": frame["image_id"].astype(str).to_numpy() if "image_id" in frame else "",
+        "patient_id": frame["patient_id"].astype(str).to_numpy(),
+        "split": frame["split"].astype(str).to_numpy() if split is None else split,
+        "label": frame["label"].astype(str).to_numpy(),
+        "target": frame["label"].astype(str).map(index).to_numpy(dtype=np.int64),
+        "prob": positive_probability(probs, classes).astype(np.float64),
+    })
+    if probs.ndim == 2:
+        for i, c in enumerate(classes):
+            out[f"prob_{c}"] = probs[:, i].astype(np.float64)
+    for col in SUBGROUP_COLUMNS:
+        if col in frame:
+            out[col] = frame[col].to_numpy()
+    return out
+
+
+def _record_threshold(run_dir: Path, metrics: dict[str, Any], n_val: int) -> None:
+    """Put the Youden threshold chosen on validation into the run's recipe (predict's default operating point)."""
+    from mammolab.recipe import RECIPE_NAME, load_recipe, write_recipe
+
+    op = (metrics.get("operating_points") or {}).get("youden") or {}
+    if metrics.get("task") != "binary" or op.get("source") != "val" or not (run_dir / RECIPE_NAME).is_file():
+        return
+    recipe = load_recipe(run_dir)
+    value = float(op["threshold"])
+    if not np.isfinite(value):
+        return
+    value = min(1.0, max(0.0, value))
+    source = f"Youden on the validation split ({n_val} images), chosen by 'mammolab evaluate'"
+    if recipe.threshold != value or recipe.threshold_source != source:
+        write_recipe(run_dir, recipe.model_copy(update={"threshold": value, "threshold_source": source}))
+
+
+def external_dir(run_dir: str | Path, dataset: str | Path, split: str = "test", tta: bool = False) -> Path:
+    """Where a run's evaluation on another dataset lives: ``RUN/eval/<dataset name>-<split>[-tta]/``."""
+    name = f"{Path(dataset).resolve().name}-{split}"
+    return Path(run_dir) / EVAL_DIRNAME / (f"{name}-tta" if tta else name)
+
+
+def _external_source(predictor: Any, dataset: Path) -> tuple[Path, str, list[str]]:
+    """Which folder of OTHER's chain to read and where its images enter the recipe.
+
+    An organized dataset enters at ``source`` (the run's conversion and preprocessing are applied).
+    A preprocessed dataset whose preprocessing is exactly the run's enters at ``preprocessed``;
+    one preprocessed otherwise is traced back to the organized dataset it came from, whose images
+    get the run's own preprocessing.
+    """
+    from mammolab.recipe import dataset_chain
+
+    chain = dataset_chain(dataset)
+    stages = [info.get("stage") for _, info in chain]
+    notes: list[str] = []
+    if "preprocess" not in stages:
+        return dataset, "source", notes
+    steps = [s for _, info in reversed(chain) if info.get("stage") == "preprocess"
+             for s in (info.get("config") or {}).get("steps", [])]
+    first_dir, first = chain[-1]
+    if steps == predictor.recipe.steps() and first.get("stage") not in ("preprocess", "augment"):
+        return dataset, "preprocessed", notes
+    if first.get("stage") in ("preprocess", "augment"):
+        raise MammoLabError(f"--dataset: {dataset} was preprocessed differently from the run, and its source "
+                            f"dataset {(first.get('source') or {}).get('dataset')} is not there to apply the run's "
+                            "recipe to; pass the organized dataset instead")
+    notes.append(f"{dataset} was preprocessed differently from the run: its organized source {first_dir} was "
+                 "used, with the run's own preprocessing")
+    return first_dir, "source", notes
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *, n_boot: int = 2000, seed: int = 0,
-                 batch_size: int | None = None, checkpoint: str = "best", force: bool = False) -> Path:
+                 batch_size: int | None = None, checkpoint: str = "best", force: bool = False,
+                 dataset: str | Path | None = None) -> Path:
     """Predict ``split`` with a run's checkpoint and write the evaluation into the run; return its folder.
 
-    The validation split is predicted too (unless ``split`` is ``val`` itself) so the second
-    operating point is chosen on data the test metrics never saw. Skipped when the folder already
-    holds an evaluation of the same checkpoint with the same settings (``force`` redoes it).
+    Every image goes through the run's recipe (:class:`mammolab.evaluate.predict.Predictor`), the
+    path ``predict`` and ``serve`` take. Internally the validation split is predicted too (unless
+    ``split`` is ``val`` itself) so the second operating point is chosen on data the test metrics
+    never saw; that threshold is recorded in the run's recipe. With ``dataset`` (another organized
+    dataset: external validation) the run's recipe is applied to its images, ``split`` may also be
+    ``all``, the operating point is still the run's own validation one, and the result goes to
+    ``RUN/eval/<dataset>-<split>/``. Skipped when the folder already holds an evaluation of the same
+    checkpoint with the same settings (``force`` redoes it).
     """
-    from mammolab.train.inference import load_run, predict_split
-
     run_dir = Path(run_dir)
-    if split not in ("train", "val", "test"):
-        raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
     if not run_dir.is_dir():
         raise MammoLabError(f"{run_dir}: run folder not found")
+    if dataset is not None:
+        return _evaluate_external(run_dir, Path(dataset), split, tta, n_boot=n_boot, seed=seed,
+                                  batch_size=batch_size, checkpoint=checkpoint, force=force)
+    if split not in ("train", "val", "test"):
+        raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
+    from mammolab.evaluate.predict import Predictor, predict_frame
+    from mammolab.train.datamodule import MammoDataModule
+
     folder = eval_dir(run_dir, split, tta)
     key = {"checkpoint": checkpoint_stamp(run_dir, checkpoint), "split": split, "tta": bool(tta),
            "n_boot": int(n_boot), "seed": int(seed)}
     if not force and _is_current(folder, key):
         return folder
-    run = load_run(run_dir, checkpoint=checkpoint)
-    kwargs: dict[str, Any] = {"tta": tta}
+    predictor = Predictor.load(run_dir, checkpoint=checkpoint)
+    run = predictor.run
+    if not (run.dataset_dir / "manifest.csv").is_file():
+        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more",
+                            hint="evaluate it on a dataset that is with --dataset")
+    dm = MammoDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std)
+    if tuple(dm.classes) != tuple(run.classes):
+        raise MammoLabError(f"{run.dataset_dir}: dataset classes {list(dm.classes)} differ from the run's "
+                            f"{list(run.classes)}")
+    kwargs: dict[str, Any] = {"tta": tta, "start": "preprocessed"}
     if batch_size:
         kwargs["batch_size"] = batch_size
-    pred_df = predict_split(run, split=split, **kwargs)
+
+    def predict(part: str) -> pd.DataFrame:
+        frame = dm.frames[part]
+        probs, _ = predict_frame(predictor, run.dataset_dir, frame, **kwargs)
+        return _table(frame, probs, run.classes, part)
+
+    pred_df = predict(split)
     if len(pred_df) == 0:
         raise MammoLabError(f"{run_dir}: the {split} split of the run's dataset has no images")
+    val_df = pred_df if split == "val" else predict("val")
+    val_df = val_df if len(val_df) else None
+    metrics = write_evaluation(pred_df, folder, classes=list(run.classes), split=split, val_df=val_df, n_boot=n_boot,
+                               seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name,
+                                                 "external": False, "recipe_hash": predictor.recipe.hash()})
+    if not tta and checkpoint == "best" and val_df is not None:
+        _record_threshold(run_dir, metrics, len(val_df))
+    return folder
+
+
+def _evaluate_external(run_dir: Path, dataset: Path, split: str, tta: bool, *, n_boot: int, seed: int,
+                       batch_size: int | None, checkpoint: str, force: bool) -> Path:
+    from mammolab.data.manifest import load_manifest, manifest_hash, read_info
+    from mammolab.evaluate.predict import Predictor, predict_frame
+
+    if split not in ("train", "val", "test", "all"):
+        raise MammoLabError(f"--split: expected test, val, train or all, got {split!r}")
+    if not (dataset / "manifest.csv").is_file():
+        raise MammoLabError(f"--dataset: {dataset} is not a dataset folder (no manifest.csv; make one with "
+                            "'mammolab organize')")
+    folder = external_dir(run_dir, dataset, split, tta)
+    key = {"checkpoint": checkpoint_stamp(run_dir, checkpoint), "split": split, "tta": bool(tta),
+           "n_boot": int(n_boot), "seed": int(seed), "dataset": str(dataset.resolve()),
+           "manifest_hash": manifest_hash(dataset)}
+    if not force and _is_current(folder, key):
+        return folder
+    predictor = Predictor.load(run_dir, checkpoint=checkpoint)
+    classes = list(predictor.classes)
+    read_from, start, notes = _external_source(predictor, dataset)
+    frame = load_manifest(read_from)
+    if split != "all":
+        frame = frame[frame["split"].astype(str) == split]
+    if frame.empty:
+        raise MammoLabError(f"--dataset: {read_from} has no images in split {split!r} (try --split all)")
+    unknown = sorted(set(frame["label"].astype(str)) - set(classes))
+    if unknown:
+        raise MammoLabError(f"--dataset: {read_from} has label(s) {unknown} that the run does not know "
+                            f"(its classes: {classes})")
+    kwargs: dict[str, Any] = {"tta": tta, "start": start}
+    if batch_size:
+        kwargs["batch_size"] = batch_size
+    probs, warnings = predict_frame(predictor, read_from, frame, **kwargs)
+    pred_df = _table(frame, probs, classes, None)
+    # The operating point stays the run's own: chosen on its validation split, never on the external data.
     val_df = None
-    if split != "val":
-        val_df = predict_split(run, split="val", **kwargs)
-        val_df = val_df if len(val_df) else None
+    val_path = eval_dir(run_dir, "test", tta) / VAL_PREDICTIONS_NAME
+    if val_path.is_file():
+        val_df = pd.read_csv(val_path, dtype={"patient_id": str, "image_id": str, "path": str})
     else:
-        val_df = pred_df
-    write_evaluation(pred_df, folder, classes=list(run.classes), split=split, val_df=val_df, n_boot=n_boot,
-                     seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name})
+        notes.append(f"{val_path} not found (run 'mammolab evaluate {run_dir}' first): the Youden threshold is "
+                     "chosen on the external data itself, which is optimistic")
+    info = read_info(dataset)
+    extra = {"key": key, "tta": bool(tta), "run": run_dir.name, "external": True, "eval_split": split,
+             "dataset": {"name": dataset.resolve().name, "path": str(dataset.resolve()),
+                         "manifest_hash": manifest_hash(dataset), "config_hash": info.get("config_hash"),
+                         "stage": info.get("stage"), "read_from": str(read_from.resolve()), "start": start},
+             "recipe_hash": predictor.recipe.hash(), "notes": notes,
+             "warnings": {"n": len(warnings), "first": sorted(set(warnings))[:5]}}
+    write_evaluation(pred_df, folder, classes=classes, split=f"{dataset.resolve().name} {split}", val_df=val_df,
+                     n_boot=n_boot, seed=seed, extra=extra)
     return folder

@@ -16,10 +16,11 @@ from mammolab.models.weights import load_backbone_weights
 __all__ = ["timm_backbone"]
 
 
-def _offline_error(arch: str, hub_id: str, exc: Exception) -> MammoLabError:
+def _offline_error(arch: str, hub_id: str, exc: Exception, offline: str | None = None) -> MammoLabError:
+    why = f"offline: {offline}" if offline else "offline or no network?"
     return MammoLabError(
         f"--weights imagenet: could not fetch the {arch} weights from the Hugging Face hub "
-        f"({exc.__class__.__name__}; offline or no network?)",
+        f"({exc.__class__.__name__}; {why})",
         hint=f"on a connected machine download https://huggingface.co/{hub_id} (file model.safetensors), "
              f"copy it here and pass --weights /path/to/model.safetensors; or train from scratch with --weights none")
 
@@ -30,11 +31,14 @@ def timm_backbone(arch: str, *, name: str | None = None, weights: str | None = N
 
     name = name or arch
     if weights == "imagenet":
-        try:
-            body = timm.create_model(arch, pretrained=True, in_chans=in_chans, num_classes=0)
-        except OSError as exc:  # huggingface_hub's offline / not-found / connection errors are OSErrors
-            hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id or arch
-            raise _offline_error(arch, hub_id, exc) from None
+        from mammolab.models.hub import offline_if_unreachable
+
+        with offline_if_unreachable() as offline:  # offline: the hub's cache only, no ~50 s of retries
+            try:
+                body = timm.create_model(arch, pretrained=True, in_chans=in_chans, num_classes=0)
+            except OSError as exc:  # huggingface_hub's offline / not-found / connection errors are OSErrors
+                hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id or arch
+                raise _offline_error(arch, hub_id, exc, offline) from None
     else:
         body = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=0)
     cfg = body.pretrained_cfg
@@ -46,7 +50,11 @@ def timm_backbone(arch: str, *, name: str | None = None, weights: str | None = N
                               classifier_keys=classifier_keys)
     mean = sum(cfg.get("mean", (0.5,))) / len(cfg.get("mean", (0.5,)))
     std = sum(cfg.get("std", (0.5,))) / len(cfg.get("std", (0.5,)))
-    return Backbone(body, body.num_features, stage_ends=[f["module"] for f in body.feature_info],
+    # Stages for the regimes: timm's feature_info (every CNN and most transformers have one); a model
+    # without it is one stage, so pft's stage count is 1 and freeze_proportion still works.
+    info = getattr(body, "feature_info", None) or []
+    ends = [f["module"] for f in info if isinstance(f, dict) and f.get("module")]
+    return Backbone(body, body.num_features, stage_ends=ends,
                     first_conv=first_conv, mean=mean, std=std, classifier_keys=classifier_keys)
 
 

@@ -10,6 +10,8 @@ come from the same model. A 3-channel stem is adapted to the 1-channel grayscale
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from mammolab.errors import MammoLabError
 
-__all__ = ["CKPT_META_KEY", "check_checkpoint_model", "load_backbone_weights", "read_state_file"]
+__all__ = ["CKPT_META_KEY", "check_checkpoint_model", "detect_prefix", "load_backbone_weights", "read_state_file"]
 
 #: The key under which MammoLab checkpoints record which model and classes they hold.
 CKPT_META_KEY = "mammolab"
@@ -74,18 +76,67 @@ def _unwrap(obj: dict[str, Any], model_name: str, source: Path) -> dict[str, tor
     return sd
 
 
+def detect_prefix(keys: Iterable[str], own: Iterable[str]) -> str | None:
+    """The key prefix (ending in ``.``) whose removal makes the most file keys name a model key.
+
+    An encoder saved inside a bigger model (a CLIP-style image tower, a detector's backbone) has
+    keys like ``visual.trunk.conv_stem.weight``; the prefix is found by counting, for every
+    dotted prefix of every key, how many keys then match the model. ``None`` when nothing matches.
+    """
+    own_keys = set(own)
+    counts: Counter[str] = Counter()
+    for k in keys:
+        for i, ch in enumerate(k):
+            if ch == "." and k[i + 1:] in own_keys:
+                counts[k[: i + 1]] += 1
+    if not counts:
+        return None
+    best = max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+    return best[0]
+
+
+def _apply_prefix(sd: dict[str, torch.Tensor], prefix: str, own: dict[str, Any], path: Path,
+                  report: dict[str, Any]) -> dict[str, torch.Tensor]:
+    if prefix == "auto":
+        found = detect_prefix(sd, own)
+        if found is None:
+            raise MammoLabError(f"--weights-prefix auto: no key prefix of {path} makes its keys match the model "
+                                f"(first key: {next(iter(sd))})", hint="pass the prefix to strip, e.g. "
+                                "--weights-prefix visual.trunk.")
+        prefix = found
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not inside:
+        raise MammoLabError(f"--weights-prefix: no key of {path} starts with {prefix!r} "
+                            f"(first key: {next(iter(sd))})")
+    report.update(prefix=prefix, outside_prefix=len(sd) - len(inside))
+    return inside
+
+
 def load_backbone_weights(body: nn.Module, path: str | Path, *, model_name: str, first_conv: str,
-                          classifier_keys: tuple[str, ...] = ()) -> None:
-    """Load a weights file into a backbone body strictly, adapting the stem's input channels."""
+                          classifier_keys: tuple[str, ...] = (), prefix: str | None = None) -> dict[str, Any]:
+    """Load a weights file into a backbone body, adapting the stem's input channels; return a report.
+
+    Without ``prefix`` the file must hold exactly the backbone (strict), unless none of its keys
+    names a model key: then the prefix is detected (an encoder inside a bigger model). With a
+    prefix (given, ``"auto"`` or detected) only the keys under it are used; keys under it that the
+    model lacks are reported as unexpected, keys of the model the file lacks are still an error.
+    The report: ``prefix``, ``outside_prefix`` (keys left aside), ``loaded``, ``unexpected``.
+    """
     from timm.models import adapt_input_conv
 
     path = Path(path)
     sd = _unwrap(read_state_file(path), model_name, path)
+    own = body.state_dict()
+    report: dict[str, Any] = {"file": str(path), "prefix": None, "outside_prefix": 0, "unexpected": []}
+    if prefix is None and not set(sd) & set(own):
+        prefix = detect_prefix(sd, own)
+    if prefix:
+        sd = _apply_prefix(sd, prefix, own, path, report)
     for key in classifier_keys:
         sd.pop(key + ".weight", None)
         sd.pop(key + ".bias", None)
     stem_key = first_conv + ".weight"
-    own = body.state_dict()
     if stem_key in sd and stem_key in own and sd[stem_key].ndim == 4:
         want, have = own[stem_key].shape[1], sd[stem_key].shape[1]
         if want != have:
@@ -96,6 +147,10 @@ def load_backbone_weights(body: nn.Module, path: str | Path, *, model_name: str,
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if report["prefix"] and not missing and not shape:
+        report.update(loaded=len(own), unexpected=unexpected)
+        body.load_state_dict({k: sd[k] for k in own}, strict=True)
+        return report
     if missing or unexpected or shape:
         parts = []
         if missing:
@@ -105,5 +160,8 @@ def load_backbone_weights(body: nn.Module, path: str | Path, *, model_name: str,
         if shape:
             k = shape[0]
             parts.append(f"shape mismatch at {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise MammoLabError(f"--weights: {path} does not hold {model_name} weights ({'; '.join(parts)})")
+        where = f" under prefix {report['prefix']!r}" if report["prefix"] else ""
+        raise MammoLabError(f"--weights: {path} does not hold {model_name} weights{where} ({'; '.join(parts)})")
     body.load_state_dict(sd, strict=True)
+    report["loaded"] = len(own)
+    return report

@@ -21,7 +21,11 @@ __all__ = ["RUNTIME_FIELDS", "AugmentConfig", "TrainConfig", "resolve_train_conf
 #: Options that change where or how fast a run executes, not what it learns; they may differ on
 #: ``--resume`` and do not make a finished run stale.
 RUNTIME_FIELDS = frozenset({"accelerator", "devices", "num_nodes", "strategy", "num_workers", "cache", "cache_dir",
-                            "tensorboard"})
+                            "tensorboard", "channels_last", "grad_checkpointing"})
+#: Options added after runs were made: left out of the result hash while at their default, so a
+#: finished run of an older version is still recognised as up to date.
+LATER_OPTIONS = {"weights_prefix": None, "init_from": None, "head_type": "mlp", "views": "single",
+                 "fusion": "concat", "accumulate_grad_batches": 1, "effective_batch": None}
 
 _PRECISION_ALIASES = {
     "32": "32-true", "fp32": "32-true", "32-true": "32-true",
@@ -61,11 +65,33 @@ class TrainConfig(StrictModel):
     head_hidden: list[int] | None = None
     head_dropout: float | list[float] | None = None
     head_activation: Literal["relu", "elu", "gelu", "leaky_relu", "silu"] | None = None
+    weights_prefix: str | None = Field(
+        None, description="key prefix to strip from a --weights checkpoint that holds the encoder inside a bigger "
+        "model (e.g. 'visual.trunk.'), or 'auto' to detect it; keys outside it are ignored, unexpected keys "
+        "under it are reported in run.json")
+    init_from: str | None = Field(
+        None, description="run folder whose trained backbone starts this model (patch-to-whole-image transfer); "
+        "the runs' architectures must match; the head starts afresh")
+    head_type: Literal["mlp", "allconv"] = Field(
+        "mlp", description="mlp: linear/MLP head on pooled features; allconv: Shen et al.'s all-convolutional top "
+        "(two 3x3 conv blocks on the backbone's feature map, global average pooling, linear; timm backbones)")
+    views: Literal["single", "cc+mlo"] = Field(
+        "single", description="single: one prediction per image; cc+mlo: one per breast from its CC and MLO "
+        "images (pairs by patient_id and side), a shared backbone and a fusion head")
+    fusion: Literal["concat", "attention"] = Field(
+        "concat", description="cc+mlo fusion of the two views' pooled features: concatenation, or attention "
+        "pooling (a learnt weight per view; a missing view gets none)")
 
     image_size: int = Field(224, ge=8)
     resize: Literal["stretch", "pad"] = "stretch"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
+    accumulate_grad_batches: int = Field(
+        1, ge=1, description="batches whose gradients are summed (each loss divided by this) before one "
+        "optimiser step: a larger effective batch in the memory of a small one")
+    effective_batch: int | None = Field(
+        None, ge=1, description="target images per optimiser step; sets accumulate_grad_batches to "
+        "effective_batch / (batch_size x devices), which must be a whole number")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -94,6 +120,10 @@ class TrainConfig(StrictModel):
     cache: Literal["auto", "ram", "disk"] = "auto"
     cache_dir: str | None = None
     tensorboard: bool = False
+    channels_last: bool = Field(False, description="channels-last memory format for the model and its inputs "
+                                "(faster convolutions with AMP on recent GPUs)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass (timm's "
+                                     "set_grad_checkpointing): less memory for high-resolution images, ~30% slower")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -121,17 +151,26 @@ class TrainConfig(StrictModel):
             raise ValueError(f"freeze_proportion / trainable_stages apply to regime pft, not {self.regime}")
         if self.freeze_proportion is not None and self.trainable_stages is not None:
             raise ValueError("give either freeze_proportion or trainable_stages, not both")
+        if self.effective_batch is not None and self.accumulate_grad_batches != 1:
+            raise ValueError("give either effective_batch or accumulate_grad_batches, not both")
+        if self.effective_batch is not None and self.effective_batch % self.batch_size:
+            raise ValueError(f"effective_batch {self.effective_batch} is not a multiple of batch_size "
+                             f"{self.batch_size}")
         return self
 
     @property
     def display_name(self) -> str:
         """The name a person would use: the preset, or model_regime."""
-        return self.preset or f"{self.model}_{self.regime}"
+        # timm/<name> models: a slash would make a folder of a run name
+        name = self.preset or f"{self.model}_{self.regime}"
+        name = name.replace("/", "-")
+        return name if self.views == "single" else f"{name}_{self.views.replace('+', '')}"
 
 
 def result_hash(cfg: TrainConfig) -> str:
     """Hash of the options that decide what a run learns (runtime options left out)."""
-    return config_hash(cfg.model_dump(mode="json", exclude=set(RUNTIME_FIELDS)))
+    data = cfg.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+    return config_hash({k: v for k, v in data.items() if not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])})
 
 
 def resolve_train_config(config_file: str | Path | dict[str, Any] | None = None, *,
@@ -163,7 +202,8 @@ def resolve_train_config(config_file: str | Path | dict[str, Any] | None = None,
     merged["model"] = backbone
     entry = get_model_entry(backbone)
     merged.setdefault("image_size", entry.default_size)
-    merged.setdefault("weights", "imagenet" if entry.pretrained else "none")
+    # --init-from replaces the backbone's weights: no ImageNet download for weights it overwrites.
+    merged.setdefault("weights", "imagenet" if entry.pretrained and not merged.get("init_from") else "none")
     cfg = load_config(TrainConfig, merged, source=source)
     if cfg.image_size < entry.min_size:
         raise MammoLabError(f"--image-size: {backbone} needs at least {entry.min_size} px, got {cfg.image_size}")

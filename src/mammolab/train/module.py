@@ -53,16 +53,18 @@ class MammoModule(L.LightningModule):
         self.train_metrics = _metrics(len(classes), "train_")
         self.val_metrics = _metrics(len(classes), "val_")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x) if present is None else self.model(x, present)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """P(positive) ``[N]`` for binary, class probabilities ``[N, C]`` otherwise."""
         return torch.sigmoid(logits[:, 0].float()) if self.binary else torch.softmax(logits.float(), dim=1)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
+    def _step(self, batch: tuple[torch.Tensor, ...], metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y, *present = batch  # two-view batches also carry which views are there
+        logits = self(x, *present)
         if self.binary:
             target = y.float()
             if self.cfg.label_smoothing:
@@ -82,14 +84,14 @@ class MammoModule(L.LightningModule):
         # every step's draws independent of that history.
         torch.manual_seed(seed_mix(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank, 3))
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         return self._step(batch, self.train_metrics, "train")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self._step(batch, self.val_metrics, "val")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.probabilities(self(batch[0]))
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self.probabilities(self(batch[0], *batch[2:3]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_META_KEY] = {
