@@ -41,6 +41,8 @@ def models() -> None:
         presets.add_row(name, p.model, p.regime, "yes" if name in CLASSIC_TEN else "", p.description)
     console.print(presets)
     console.print("regimes: " + "; ".join(f"{r} = {REGIME_HELP[r]}" for r in REGIMES), highlight=False)
+    console.print("any other timm model: --model timm/<name> (e.g. timm/convnext_tiny, timm/efficientnet_b0)",
+                  highlight=False)
 
 
 @app.command()
@@ -95,6 +97,28 @@ def train(
                                      "in RAM when it fits), disk (always memory-mapped) or ram (no file)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs the "
                                      "tensorboard package)."),
+    views: str | None = typer.Option(None, "--views", help="single (one prediction per image, default) or "
+                                     "cc+mlo (one per breast from its CC and MLO images, paired by patient_id "
+                                     "and side; shared backbone, fusion head)."),
+    fusion: str | None = typer.Option(None, "--fusion", help="cc+mlo: concat (pooled features side by side, "
+                                      "default) or attention (attention pooling over the views)."),
+    init_from: str | None = typer.Option(None, "--init-from", help="Run folder whose trained backbone starts "
+                                         "this model (e.g. a patch classifier trained on --kind roi data); same "
+                                         "architecture required, the head starts afresh."),
+    head_type: str | None = typer.Option(None, "--head-type", help="mlp (default) or allconv (Shen et al.'s "
+                                         "all-convolutional top on the feature map)."),
+    weights_prefix: str | None = typer.Option(None, "--weights-prefix", help="Key prefix to strip from a "
+                                              "--weights checkpoint holding the encoder of a bigger model "
+                                              "(e.g. visual.trunk.), or auto."),
+    effective_batch: int | None = typer.Option(None, "--effective-batch", help="Images per optimiser step: "
+                                               "gradients of effective/(batch-size x devices) batches are "
+                                               "accumulated."),
+    accumulate: int | None = typer.Option(None, "--accumulate", help="Batches per optimiser step (gradient "
+                                          "accumulation; default 1)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format (faster "
+                                       "AMP convolutions on recent GPUs)."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in "
+                                            "the backward pass (timm models): less memory, more time."),
     resume: bool = typer.Option(False, "--resume", help="Continue the killed run in --out from its last "
                                 "checkpoint (same config; --epochs may grow)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
@@ -114,6 +138,9 @@ def train(
         "freeze_proportion": freeze_proportion, "trainable_stages": trainable_stages, "seed": seed, "fold": fold,
         "subset": subset, "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator,
         "precision": precision, "num_workers": num_workers, "cache": cache, "tensorboard": tensorboard or None,
+        "views": views, "fusion": fusion, "init_from": init_from, "head_type": head_type,
+        "weights_prefix": weights_prefix, "effective_batch": effective_batch, "accumulate_grad_batches": accumulate,
+        "channels_last": channels_last or None, "grad_checkpointing": grad_checkpointing or None,
     }
     cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume)
     result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
@@ -125,6 +152,12 @@ def train(
     auc = "n/a" if result.best_val_auc is None else f"{result.best_val_auc:.4f}"
     console.print(f"train: {cfg.display_name}, {result.epochs_run} epoch(s), best val AUC {auc} "
                   f"(epoch {result.best_epoch})", **say)
+    rep = result.info.get("weights_report") or {}
+    if rep.get("prefix"):
+        unexpected = rep.get("unexpected") or []
+        console.print(f"weights: {rep.get('loaded')} tensors from {rep.get('file')} under prefix {rep['prefix']!r}; "
+                      f"{rep.get('outside_prefix', 0)} key(s) outside it ignored, {len(unexpected)} unexpected under "
+                      f"it{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}", **say)
     console.print(f"run: {out}  (metrics.csv, curves.png, run.json)", **say)
     console.print(f"best checkpoint: {result.best_checkpoint}", **say)
     console.print(f"next: mammolab evaluate {out}", **say)

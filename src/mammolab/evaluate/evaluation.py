@@ -273,6 +273,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
         return folder
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
     run = predictor.run
+    if run.config.views != "single":  # two-view runs: one prediction per breast (mammolab.train.views)
+        from mammolab.train.views import predict_breasts
+
+        breasts = predict_breasts(run, split, tta, batch_size or 16)
+        val_b = breasts if split == "val" else predict_breasts(run, "val", tta, batch_size or 16)
+        write_evaluation(breasts, folder, classes=list(run.classes), split=split, val_df=val_b if len(val_b) else None,
+                         n_boot=n_boot, seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name,
+                                                          "external": False, "unit": "breast"})
+        return folder
     if not (run.dataset_dir / "manifest.csv").is_file():
         raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more",
                             hint="evaluate it on a dataset that is with --dataset")
