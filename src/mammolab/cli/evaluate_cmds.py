@@ -1,4 +1,4 @@
-"""CLI commands of the evaluation stage: ``evaluate``, ``compare``, ``explain`` and ``predict``."""
+"""CLI commands of the evaluation stage: ``evaluate``, ``compare``, ``explain``, ``predict`` and ``export``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ _SAY = {"soft_wrap": True, "highlight": False}  # paths stay on one copyable lin
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (config.yaml, checkpoints/)."),
-    split: str = typer.Option("test", "--split", help="Split of the run's dataset to evaluate: test, val or train."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate: test, val or train (with --dataset "
+                              "also all)."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="External validation: another organized dataset "
+                                        "(CBIS-DDSM or organize --manifest); the run's recipe is applied to its "
+                                        "images and the result goes to RUN/eval/<dataset>-<split>/."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Flip test-time augmentation: average the "
                              "probabilities of the image and its horizontal and vertical flips "
                              "(written to eval/<split>-tta/)."),
@@ -36,14 +40,22 @@ def evaluate(
     from mammolab.evaluate.evaluation import evaluate_run, load_evaluation
     from mammolab.progress import console
 
-    folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=force)
-    metrics, _ = load_evaluation(run, split, tta)
+    folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=force,
+                          dataset=dataset)
+    metrics, _ = load_evaluation(run, split, tta, dataset=dataset)
     auc = metrics["auc"]
     ci = "" if auc.get("ci_low") is None else f" [95% CI {auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
     what = "AUC" if metrics["task"] == "binary" else "macro AUC"
     value = "n/a" if auc.get("value") is None else f"{auc['value']:.3f}"
-    console.print(f"evaluate: {split} split, n={metrics['n']} images of {metrics['n_patients']} patients: "
+    where = f"external dataset {metrics['dataset']['name']}, {split}" if metrics.get("external") else f"{split} split"
+    console.print(f"evaluate: {where}, n={metrics['n']} images of {metrics['n_patients']} patients: "
                   f"{what} {value}{ci}", **_SAY)
+    for note in metrics.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", **_SAY)
+    warned = (metrics.get("warnings") or {}).get("n")
+    if warned:
+        console.print(f"[yellow]warning:[/] {warned} image(s) outside the run's recipe, e.g. "
+                      f"{metrics['warnings']['first'][0]}", **_SAY)
     if metrics["task"] == "binary":
         op = metrics["operating_points"]["youden"]
         console.print(f"at Youden threshold {op['threshold']:.3f} (chosen on {op['source']}): sensitivity "
@@ -121,32 +133,46 @@ def explain(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train'."),
+    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train', or a folder from 'mammolab export'."),
     files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of a table."),
     heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method for --heatmap: gradcam, gradcam++ or "
                                "occlusion."),
-    threshold: str = typer.Option("0.5", "--threshold", help="Binary runs: P(malignant) at or above which a file "
-                                  "is called malignant; a number or 'youden' (the run's evaluated threshold)."),
+    threshold: str = typer.Option("recipe", "--threshold", help="Binary runs: P(malignant) at or above which a "
+                                  "file is called malignant: 'recipe' (the run's operating point: Youden on "
+                                  "validation once evaluated, else 0.5), 'youden' or a number."),
+    box: str | None = typer.Option(None, "--box", help="ROI-patch models: x0,y0,x1,y1 of the lesion in a whole "
+                                   "film (pixels, right/bottom exclusive); the patch is cut as organize cut it."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over horizontal and vertical flips."),
 ) -> None:
-    """Probability of malignancy and predicted class for each file, with the run's own preprocessing.
+    """Probability of malignancy and predicted class for each file, through the run's recipe.
 
-    Unreadable or unsupported files get one clear line each and the rest are still predicted; the
-    exit code is 1 when any file failed.
+    RUN is a run folder or a folder made by 'mammolab export'. Each file (a source DICOM or an
+    organized image) gets organize's conversion, the dataset's preprocessing and the training
+    transform, so it gets the probability evaluation gave it. Unreadable or unsupported files get
+    one clear line each and the rest are still predicted; the exit code is 1 when any file failed.
+    An input that looks outside the recipe (a whole film given to a patch model) is predicted
+    with a warning.
     """
     from rich.table import Table
 
     from mammolab.evaluate.predict import predict_files
     from mammolab.progress import console
+    from mammolab.recipe import parse_box
 
-    results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta)
+    results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta,
+                            box=parse_box(box))
     failed = [r for r in results if "error" in r]
     for r in failed:
         console.print(f"[bold red]error:[/] {r['error']}", **_SAY)
+    for r in results:
+        for w in r.get("warnings", []):
+            console.print(f"[yellow]warning:[/] {r['path']}: {w}", **_SAY)
     if as_json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        payload = [{**r, "warning": "; ".join(r["warnings"]) if r.get("warnings") else None}
+                   if "error" not in r else r for r in results]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         table = Table(title=f"predictions of {run}", title_justify="left")
         for col in ("file", "P(malignant)", "class") + (("heatmap",) if heatmap else ()):
@@ -161,3 +187,28 @@ def predict(
         Console(soft_wrap=True).print(table)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (evaluate it first: the card "
+                               "quotes its metrics and the recipe carries its validation threshold)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (needs the [export] extra: onnx, onnxscript, "
+                            "onnxruntime) or torchscript."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for model.onnx or model.pt, recipe.json, "
+                             "model_card.md and model_card.json."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+) -> None:
+    """A self-contained model folder: the network, its recipe and a model card.
+
+    'mammolab predict OUT FILES' runs it with the same recipe as the run (the same probabilities);
+    the exported network is checked against the run's PyTorch model before the command succeeds.
+    """
+    from mammolab.evaluate.export import export_run
+    from mammolab.progress import console
+
+    res = export_run(run, out, fmt, checkpoint=checkpoint, overwrite=overwrite)
+    console.print(f"export ({res.format}): {res.model_file}; max |logit difference| vs PyTorch "
+                  f"{res.max_abs_diff:.1e}", **_SAY)
+    console.print(f"model card: {res.out / 'model_card.md'}", **_SAY)

@@ -167,8 +167,10 @@ class Predictor:
     """A model with its recipe: ``Predictor.load(RUN or EXPORTED_DIR)`` then ``predict_file(...)``."""
 
     def __init__(self, recipe: Recipe, backend: _Backend, *, path: Path, checkpoint: str | None = None,
-                 torch_model: Any = None, device: Any = None) -> None:
+                 torch_model: Any = None, device: Any = None, run: Any = None) -> None:
         self.recipe = recipe
+        #: the :class:`~mammolab.train.inference.TrainedRun` of a run folder (None for an exported model)
+        self.run = run
         self.backend = backend
         self.path = path
         self.checkpoint = checkpoint
@@ -188,7 +190,7 @@ class Predictor:
             run = load_run(path, checkpoint=checkpoint, device=device)
             recipe = run_recipe(path, run)
             return cls(recipe, _TorchBackend(run.model, run.device), path=path, checkpoint=str(run.checkpoint),
-                       torch_model=run.model, device=run.device)
+                       torch_model=run.model, device=run.device, run=run)
         found = [(fmt, path / name) for fmt, name in EXPORT_FILES.items() if (path / name).is_file()]
         if not (path / RECIPE_NAME).is_file() or not found:
             raise MammoLabError(f"{path}: neither a training run (config.yaml) nor an exported model "
@@ -211,8 +213,12 @@ class Predictor:
         import torch
 
         dev = torch.device(device) if device else torch.device("cpu")
+        import warnings
+
         try:
-            module = torch.jit.load(str(file), map_location=dev).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": still loads
+                module = torch.jit.load(str(file), map_location=dev).eval()
         except Exception as exc:  # a truncated or foreign file
             raise MammoLabError(f"{file}: unreadable TorchScript model ({exc.__class__.__name__})") from None
         return cls(recipe, _ScriptBackend(module, dev), path=path, device=dev)

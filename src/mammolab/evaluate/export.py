@@ -1,0 +1,236 @@
+"""``mammolab export``: a run as a self-contained model folder (ONNX or TorchScript, recipe, model card).
+
+The folder holds everything a prediction needs and nothing of the training setup::
+
+    DIR/model.onnx | model.pt   the network: a [N, 1, H, W] float image batch in, logits out
+    DIR/recipe.json              the run's recipe (conversion, preprocessing, transform, classes, threshold)
+    DIR/model_card.md / .json    data source and split sizes, metrics with CIs, threshold, recipe,
+                                 intended use and the research-only notice
+
+``mammolab predict DIR FILES`` (and :meth:`mammolab.evaluate.predict.Predictor.load`) runs it with
+the same recipe code as the run, so the probabilities match the run's (checked at export time on
+a test input, and in the tests to 1e-4).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammolab.errors import MammoLabError
+from mammolab.io.atomic import atomic_write_text, read_json, write_json
+
+__all__ = ["FORMATS", "ExportResult", "export_run", "model_card"]
+
+FORMATS = ("onnx", "torchscript")
+NOTICE = ("Research software, not a medical device: not for diagnosis, screening or any clinical decision. "
+          "Trained and evaluated on the data named below only.")
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and how closely the exported model matches the run's PyTorch model."""
+
+    out: Path
+    model_file: Path
+    format: str
+    max_abs_diff: float
+    card: dict[str, Any]
+
+
+def _atomic_file(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
+    import torch
+
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; say so before it fails deep inside)
+        import onnxscript  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise MammoLabError(f"--format onnx needs the {exc.name} package",
+                            hint="pip install 'mammolab[export]'") from None
+
+    def write(tmp: Path) -> None:
+        import logging
+        import warnings
+
+        levels = {n: logging.getLogger(n).level for n in ("torch.onnx", "onnxscript")}
+        for n in levels:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                                  opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        finally:
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)
+
+    _atomic_file(path, write)
+
+
+def _export_torchscript(model: Any, example: Any, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what C++ loads
+        traced = torch.jit.trace(model, example, check_trace=False)
+    _atomic_file(path, lambda tmp: traced.save(str(tmp)))
+
+
+def _metrics_summary(run_dir: Path) -> dict[str, Any]:
+    """The internal test evaluation and every external one, as the card states them."""
+    out: dict[str, Any] = {}
+    eval_root = run_dir / "eval"
+    if not eval_root.is_dir():
+        return out
+    for folder in sorted(p for p in eval_root.iterdir() if p.is_dir()):
+        m = read_json(folder / "metrics.json")
+        if not isinstance(m, dict) or "auc" not in m:
+            continue
+        entry: dict[str, Any] = {"split": m.get("split"), "n": m.get("n"), "n_patients": m.get("n_patients"),
+                                 "external": bool(m.get("external", False)), "auc": m.get("auc")}
+        if isinstance(m.get("dataset"), dict):
+            entry["dataset"] = m["dataset"].get("name")
+        ops = m.get("operating_points") or {}
+        if "youden" in ops:
+            op = ops["youden"]
+            entry["at_threshold"] = {k: op.get(k) for k in ("threshold", "source", "sensitivity", "specificity",
+                                                            "f1", "accuracy") if k in op}
+        out[folder.name] = entry
+    return out
+
+
+def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dict[str, Any]:
+    """What a reader of the exported model needs to know, as data (the Markdown card is made from it)."""
+    info = read_json(run_dir / "run.json") or {}
+    return {
+        "name": recipe.name, "model": recipe.model, "format": fmt, "classes": recipe.classes,
+        "output": ("one logit: P(" + recipe.classes[1] + ") = sigmoid(logit)") if recipe.num_outputs == 1
+        else "one logit per class: probabilities = softmax(logits)",
+        "input": f"[N, 1, {recipe.transform.image_size}, {recipe.transform.image_size}] float32, made by the recipe",
+        "threshold": recipe.threshold, "threshold_source": recipe.threshold_source,
+        "mammolab_version": recipe.mammolab_version,
+        "data": {"dataset": recipe.dataset.get("name"), "manifest_hash": recipe.dataset.get("manifest_hash"),
+                 "kind": recipe.source.kind, "split_sizes": info.get("n_images"),
+                 "source_stage": recipe.source.stage},
+        "training": {k: info.get(k) for k in ("epochs_run", "best_epoch", "best_val_auc", "seed", "regime",
+                                               "parameters") if k in info},
+        "metrics": _metrics_summary(run_dir),
+        "recipe": recipe.model_dump(mode="json"),
+        "export_check": {"max_abs_diff_vs_pytorch": max_abs_diff},
+        "intended_use": ("Research on breast-lesion classification: reproducing and comparing models on "
+                         f"{recipe.source.kind} images prepared by the recipe in this folder."),
+        "notice": NOTICE,
+    }
+
+
+def _fmt_ci(d: dict[str, Any] | None) -> str:
+    if not d or d.get("value") is None:
+        return "n/a"
+    ci = "" if d.get("ci_low") is None else f" (95% CI {d['ci_low']:.3f}-{d['ci_high']:.3f})"
+    return f"{d['value']:.3f}{ci}"
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as a page."""
+    r = card["recipe"]
+    steps = [f"{name} {json.dumps(params, sort_keys=True)}" for st in r["preprocess"] for s in st["steps"]
+             for name, params in s.items()]
+    lines = [f"# Model card: {card['name']} ({card['model']})", "", f"> {card['notice']}", "",
+             "## Model", "", f"- format: {card['format']}; input {card['input']}", f"- output: {card['output']}",
+             f"- classes: {', '.join(card['classes'])}",
+             f"- operating threshold: {card['threshold']:.4f} ({card['threshold_source']})",
+             f"- trained with MammoLab {card['mammolab_version']}; exported model vs PyTorch: max |difference| "
+             f"{card['export_check']['max_abs_diff_vs_pytorch']:.2e} in the logits", "",
+             "## Data", "", f"- dataset: {card['data']['dataset']} (manifest {card['data']['manifest_hash']}), "
+             f"images: {card['data']['kind']}", f"- split sizes: {card['data']['split_sizes']}", "",
+             "## Metrics", ""]
+    if card["metrics"]:
+        lines += ["| evaluation | images (patients) | AUC | sensitivity / specificity at the threshold |",
+                  "|---|---|---|---|"]
+        for name, m in card["metrics"].items():
+            op = m.get("at_threshold") or {}
+            ss = (f"{_fmt_ci(op.get('sensitivity'))} / {_fmt_ci(op.get('specificity'))}"
+                  if isinstance(op.get("sensitivity"), dict) else "")
+            where = f"{name} (external: {m.get('dataset')})" if m.get("external") else name
+            lines.append(f"| {where} | {m.get('n')} ({m.get('n_patients')}) | {_fmt_ci(m.get('auc'))} | {ss} |")
+    else:
+        lines.append("No evaluation yet (run 'mammolab evaluate RUN' before exporting).")
+    lines += ["", "## Recipe (applied by `mammolab predict` to every input)", "",
+              f"1. source: {r['source']['kind']} images, bit depth {r['source']['bit_depth'] or 'as read'}; "
+              f"DICOM: {r['source']['dicom']}",
+              "2. preprocessing: " + ("; ".join(steps) if steps else "none"),
+              f"3. transform: resize to {r['transform']['image_size']} px ({r['transform']['resize']}), scale by "
+              f"the bit depth's range, normalise (mean {r['transform']['mean']}, std {r['transform']['std']})", "",
+              "## Intended use", "", card["intended_use"], "", card["notice"], ""]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, checkpoint: str = "best",
+               opset: int = 18, overwrite: bool = False) -> ExportResult:
+    """Export a run to ``out`` (see the module docstring); ``overwrite`` replaces an earlier export there."""
+    import torch
+
+    from mammolab.evaluate.predict import EXPORT_FILES, Predictor
+    from mammolab.recipe import write_recipe
+
+    if fmt not in FORMATS:
+        raise MammoLabError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "config.yaml").is_file():
+        raise MammoLabError(f"{run_dir}: not a training run (no config.yaml)")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise MammoLabError(f"--out: {out} is inside the run {run_dir}; choose a folder outside it")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "recipe.json").is_file() or not overwrite:
+            raise MammoLabError(f"--out: {out} is not empty" + ("; pass --overwrite to replace the export there"
+                                                                if (out / "recipe.json").is_file() else ""))
+        for name in (*EXPORT_FILES.values(), "recipe.json", "model_card.md", "model_card.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor.load(run_dir, checkpoint=checkpoint, device="cpu")
+    recipe = predictor.recipe
+    model = predictor.run.model.cpu().eval()
+    size = recipe.transform.image_size
+    example = torch.zeros(2, 1, size, size)
+    model_file = out / EXPORT_FILES[fmt]
+    try:
+        if fmt == "onnx":
+            _export_onnx(model, example, model_file, opset)
+        else:
+            _export_torchscript(model, example, model_file)
+    except MammoLabError:
+        raise
+    except Exception as exc:  # an exporter failure on some model: say which, keep the traceback's gist
+        raise MammoLabError(f"export of {recipe.model} to {fmt} failed ({exc.__class__.__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:200]})") from None
+    write_recipe(out, recipe)
+    # Check the exported model against PyTorch on a varied input before declaring success.
+    check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, size, size)).astype(np.float32))
+    with torch.no_grad():
+        ref = model(check).float().reshape(3, -1).numpy()
+    exported = Predictor.load(out)
+    got = exported.backend.logits(check)
+    diff = float(np.abs(got - ref).max())
+    if not diff <= 1e-3:
+        raise MammoLabError(f"{model_file}: the exported model differs from the run's by {diff:.2e} in the logits; "
+                            "try the other --format")
+    card = model_card(run_dir, recipe, fmt, diff)
+    write_json(out / "model_card.json", card)
+    atomic_write_text(out / "model_card.md", card_markdown(card))
+    return ExportResult(out, model_file, fmt, diff, card)
