@@ -38,6 +38,7 @@ __all__ = [
     "RemoveAnnotations",
     "Resize",
     "Sample",
+    "artifact_mask",
     "breast_mask",
     "clahe",
     "crop_border",
@@ -48,6 +49,8 @@ __all__ = [
     "remove_annotations",
     "resize",
     "rotate",
+    "segmentation_residue",
+    "straight_edge_mask",
     "thumbnail",
 ]
 
@@ -283,39 +286,51 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
 
 
 def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fill_holes: bool = True,
-                thumb: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int]:
+                rim: float = 0.2, thumb: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int]:
     """The breast as a thumbnail mask (``uint8`` 0/255) and the thumbnail factor ``k``.
 
-    Otsu's threshold separates tissue from background; a closing then an opening (elliptic kernel,
-    ``kernel`` times the thumbnail's long side) joins the breast and cuts thin bridges to labels and
-    markers; the largest connected component is the breast. Otsu alone misses the faint fatty rim
-    near the skin line, so the breast then grows into the connected pixels above the background level
-    plus ``grow`` times the way from it to the Otsu level (``grow=1`` keeps plain Otsu); labels and
-    markers stay out because they are not connected to it. Holes (dark fat, lesion cores) are filled.
+    1. Otsu's threshold separates tissue from background (the film base, often well above black).
+    2. Burnt-in labels, markers and film-edge pieces are found first (:func:`artifact_mask`: bright,
+       with a sharp edge to the background on a good part of their outline, small) and taken out, so a
+       label that touches the breast or the pectoral muscle cannot ride along with it.
+    3. A closing then an opening (elliptic kernel, ``kernel`` times the thumbnail's long side) joins
+       the breast and cuts thin bridges to what is left; the largest connected component is the breast.
+    4. Otsu alone misses the faint fatty rim near the skin line, so the breast then grows into the
+       connected pixels above the background level plus ``grow`` times the way from it to the Otsu
+       level (``grow=1`` keeps plain Otsu), but only within ``rim`` times the long side of it and never
+       into an artifact: film fog cannot carry it to a label across the film.
+    5. Holes (dark fat, lesion cores, a dense island ringed by fat) are filled.
+
     ``thumb`` is ``thumbnail(img)`` when the caller already has it.
     """
     t, k = thumbnail(img) if thumb is None else thumb
-    t8 = (t.astype(np.float32) * (255.0 / max(1, int(t.max())))).astype(np.uint8) if t.max() else t.astype(np.uint8)
+    t8 = _to_u8(t)
     if int(t8.max()) == 0:
         raise MammoLabError("image is all black: no breast to keep")
     level, binary = cv2.threshold(t8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    ks = max(3, int(round(kernel * max(t8.shape))) | 1)
+    below = t8[t8 <= level]
+    bg = float(np.median(below)) if below.size else 0.0
+    art = artifact_mask(t8, level=level, background=bg) | straight_edge_mask(t8)
+    side = max(t8.shape)
+    ks = max(3, int(round(kernel * side)) | 1)
     ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ks, ks))
+    binary[art > 0] = 0
     binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, ker)
+    binary[art > 0] = 0  # the closing must not bridge over a removed label
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, ker)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:  # the opening removed everything (tiny or nearly empty image): fall back to the threshold
-        binary = (t8 > level).astype(np.uint8) * 255
+        binary = ((t8 > level) & (art == 0)).astype(np.uint8) * 255
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
         if n <= 1:
             raise MammoLabError("no breast found (the image has no region above the Otsu threshold)")
     seed = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if grow < 1.0:
-        # Grow towards the background level, not towards 0: film base is often well above black.
-        below = t8[t8 <= level]
-        bg = float(np.median(below)) if below.size else 0.0
-        low = (t8 > bg + grow * max(0.0, level - bg)).astype(np.uint8)
+        rs = max(3, int(round(rim * side)) | 1)
+        near = cv2.dilate(seed.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (rs, rs)))
+        low = ((t8 > bg + grow * max(0.0, level - bg)) & (near > 0) & (art == 0)).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+        low[art > 0] = 0
         _, low_labels = cv2.connectedComponents(low, connectivity=8)
         keep = np.unique(low_labels[seed & (low_labels > 0)])
         mask = np.isin(low_labels, keep) | seed
@@ -324,7 +339,180 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
     mask = mask.astype(np.uint8) * 255
     if fill_holes:
         mask = _fill_holes(mask)
+        mask[art > 0] = 0  # a label the breast encloses on three sides is no hole of it
+    if art.any():
+        # Slivers of a removed label's edge (its anti-aliased rim, a few pixels wide) go as well:
+        # what an opening at that scale drops, near an artifact only (a nipple elsewhere stays).
+        zone = cv2.dilate(art, ker)
+        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+        mask[(zone > 0) & (opened == 0)] = 0
     return mask, k
+
+
+def dark_level_of(t8: np.ndarray, level: float, background: float) -> float:
+    """The grey level (of 255) at or below which a thumbnail pixel counts as film background."""
+    return background + 0.25 * max(0.0, level - background)
+
+
+def _to_u8(t: np.ndarray) -> np.ndarray:
+    """A thumbnail stretched to 0-255 by its maximum (8- and 16-bit films get the same thresholds)."""
+    top = int(t.max())
+    if top == 0:
+        return t.astype(np.uint8)
+    return (t.astype(np.float32) * (255.0 / top)).astype(np.uint8)
+
+
+def artifact_mask(t8: np.ndarray, *, level: float, background: float, bright: float = 0.5,
+                  sharp: float = 0.3, max_area: float = 0.04) -> np.ndarray:
+    """Burnt-in labels, markers and film-edge pieces on an 8-bit thumbnail, as a 0/255 mask.
+
+    What tells them from tissue, which can be as bright: tissue fades into the background over the
+    skin line (the fatty rim), while a label, a marker or a piece of film edge is a bright patch
+    that drops to background within two thumbnail pixels on a good part of its outline. A candidate is a
+    connected patch at least ``bright`` of the way from the Otsu ``level`` to white; it is an
+    artifact when at least ``sharp`` of the two-pixel ring around it (its text holes included) is
+    at or below the background level plus a quarter of the way to Otsu, and it covers at most
+    ``max_area`` of the thumbnail (a dense breast or the pectoral muscle is larger, and is tissue on
+    most of its outline anyway). The found patches are filled and widened by two pixels so their
+    anti-aliased edges go too.
+    """
+    hi = level + bright * (255.0 - level)
+    bright_px = (t8 >= hi).astype(np.uint8)
+    # One pixel off first: a label laid against the pectoral muscle is joined to it only across the
+    # thin seam between them, and must be judged on its own outline.
+    core = cv2.erode(bright_px, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
+    out = np.zeros_like(t8)
+    if n <= 1:
+        return out
+    dark = t8 <= dark_level_of(t8, level, background)
+    # The black matrix a digitised film is centred in (whole dark rows/columns) is no evidence: tissue
+    # at the chest wall meets it with a sharp edge too.
+    matrix = (t8.max(axis=0) <= dark_level_of(t8, level, background))[None, :] | \
+        (t8.max(axis=1) <= dark_level_of(t8, level, background))[:, None]
+    h, w = t8.shape
+    limit = max_area * h * w
+    ring_ker = np.ones((7, 7), np.uint8)
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        if area > limit:
+            continue
+        x0, y0, x1, y1 = max(0, x - 4), max(0, y - 4), min(w, x + bw + 4), min(h, y + bh + 4)
+        comp = cv2.dilate((labels[y0:y1, x0:x1] == i).astype(np.uint8), np.ones((3, 3), np.uint8))
+        comp &= bright_px[y0:y1, x0:x1]
+        # The ring is 2-3 pixels out from the filled patch: the pixel next to it is a mix of both
+        # sides at thumbnail scale, and the dark strokes of a label's text are inside, not around.
+        filled = _fill_holes(comp * 255)
+        ring = (cv2.dilate(filled, ring_ker) > cv2.dilate(filled, np.ones((3, 3), np.uint8))) & ~matrix[y0:y1, x0:x1]
+        if not ring.any():
+            continue
+        if float(dark[y0:y1, x0:x1][ring].mean()) >= sharp:
+            out[y0:y1, x0:x1] |= cv2.dilate(filled, ring_ker)
+    return out
+    dark = t8 <= background + 0.25 * max(0.0, level - background)
+    h, w = t8.shape
+    limit = max_area * h * w
+    ring_ker = np.ones((5, 5), np.uint8)
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        if area > limit or area < 2:
+            continue
+        x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
+        comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+        ring = cv2.dilate(comp, ring_ker) > comp
+        if not ring.any():
+            continue
+        if float(dark[y0:y1, x0:x1][ring].mean()) >= sharp:
+            filled = _fill_holes(comp * 255)
+            out[y0:y1, x0:x1] |= cv2.dilate(filled, ring_ker)
+    return out
+
+
+def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float = 30.0, share: float = 0.4,
+                       flat_std: float = 3.0) -> np.ndarray:
+    """What lies outside a straight edge along the film's sides: tape, film-edge strips, frames (0/255).
+
+    Anatomy has no straight lines: the skin line is curved, the pectoral muscle's edge slanted. A row
+    (or column) where at least ``share`` of the film steps by more than ``step`` grey levels (of 255)
+    between its two neighbours is the edge of something put on or around the film, so from the
+    innermost such line within ``max_fraction`` of a film side, everything towards that side goes.
+    The film is where the lines are not flat (standard deviation at least ``flat_std``), so the
+    black matrix that centres a digitised film is skipped, not taken for its side.
+    """
+    t = t8.astype(np.int16)
+    out = np.zeros_like(t8)
+
+    def extent(a: np.ndarray) -> tuple[int, int]:
+        idx = np.nonzero(a.std(axis=1) >= flat_std)[0]
+        return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, len(a))
+
+    r0, r1 = extent(t)
+    c0, c1 = extent(t.T)
+    if r1 - r0 < 8 or c1 - c0 < 8:
+        return out
+    film = t[r0:r1, c0:c1]
+    for axis, flip_ in ((0, False), (0, True), (1, False), (1, True)):
+        lines = film if axis == 0 else film.T
+        if flip_:
+            lines = lines[::-1]
+        frac = (np.abs(lines[2:] - lines[:-2]) > step).mean(axis=1)  # frac[j]: the step across line j+1
+        limit = max(2, int(max_fraction * len(lines)))
+        hits = np.nonzero(frac[1:limit] >= share)[0]
+        if not len(hits):
+            continue
+        depth = int(hits[-1]) + 3  # lines 0 .. j+1 (the edge line itself) go
+        if axis == 0:
+            ys = slice(r0, r0 + depth) if not flip_ else slice(r1 - depth, r1)
+            out[ys, c0:c1] = 255
+        else:
+            xs = slice(c0, c0 + depth) if not flip_ else slice(c1 - depth, c1)
+            out[r0:r1, xs] = 255
+    return out
+
+
+def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | None = None,
+                         min_island: float = 0.001) -> dict[str, Any]:
+    """What is left besides the breast in a segmented image (black outside the breast), for reports.
+
+    On a thumbnail: ``islands``, the share of the kept area not connected to its largest piece
+    (pieces of at least ``min_island`` of the thumbnail); ``label_like``, the share of the thumbnail
+    in bright patches (at least 85% of the maximum, at most 1% of the thumbnail) that drop to black
+    or near-black within two pixels on at least 30% of their outline, as burnt-in labels and markers
+    do and tissue does not; ``edge``, whether a straight edge along a side is still there
+    (:func:`straight_edge_mask`). ``suspect`` is true when any of them is found, so a user can look at
+    those films first instead of at thousands.
+    """
+    t, _ = thumbnail(image) if thumb is None else thumb
+    t8 = _to_u8(t)
+    nz = (t8 > 0).astype(np.uint8)
+    area = float(nz.sum())
+    out: dict[str, Any] = {"islands": 0.0, "label_like": 0.0, "edge": False, "suspect": False}
+    if area == 0:
+        return out
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(nz, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    big = sizes.max()
+    islands = sizes[(sizes < big) & (sizes >= min_island * t8.size)].sum() if n > 2 else 0
+    out["islands"] = round(float(islands) / area, 5)
+    cand = (t8 >= 217).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+    dark = t8 <= 38
+    h, w = t8.shape
+    ker = np.ones((5, 5), np.uint8)
+    label_area = 0
+    for i in range(1, n):
+        x, y, bw, bh, a = stats[i]
+        if a < 4 or a > 0.01 * h * w:
+            continue
+        x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
+        comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+        ring = cv2.dilate(comp, ker) > comp
+        if ring.any() and float(dark[y0:y1, x0:x1][ring].mean()) >= 0.3:
+            label_area += int(a)
+    out["label_like"] = round(label_area / float(t8.size), 5)
+    out["edge"] = bool(straight_edge_mask(t8).any())
+    out["suspect"] = bool(out["islands"] > 0 or label_area > 0 or out["edge"])
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
