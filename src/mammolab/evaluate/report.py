@@ -453,8 +453,8 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
         items = "".join(f"<li><b>{html.escape(str(run))}</b>: {html.escape(w)}</li>" for run, w in warned)
         warn_html = f'<ul class="notes warnings">{items}</ul>'
     parts = ['<h2 id="table">Runs</h2>',
-             f'<p class="note">{html.escape(RANKING_RULE)}; the first is marked best (click a header to re-sort; '
-             "the table scrolls sideways inside its box). Accuracy, sensitivity, "
+             f'<p class="note">{html.escape(RANKING_RULE, quote=False)}; the first is marked best (click a header to '
+             "re-sort; the table scrolls sideways inside its box). Accuracy, sensitivity, "
              "specificity, precision and F1 at the Youden threshold chosen on the validation split. 95% confidence "
              f"intervals: percentile bootstrap, {_resamples(summaries)} of patients. DeLong: paired test of each "
              "run's AUC "
