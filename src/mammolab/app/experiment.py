@@ -43,6 +43,15 @@ class SynthSection(StrictModel):
     image_size: int = Field(1024, ge=64, le=8192)
     layout: Literal["legacy", "nbia"] = "legacy"
     seed: int = Field(0, ge=0)
+    difficulty: Literal["easy", "medium", "hard"] = Field(
+        "easy", description="lesion difficulty (mammolab synth --difficulty): easy, medium or hard")
+
+    def args(self) -> dict[str, Any]:
+        """The arguments as ``synth.json`` records them (difficulty only when not easy: older outputs stay current)."""
+        data = self.model_dump()
+        if data["difficulty"] == "easy":
+            data.pop("difficulty")
+        return data
 
 
 class DataConfig(StrictModel):

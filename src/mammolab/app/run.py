@@ -136,7 +136,7 @@ class _Runner:
         if info_path.is_file():
             try:
                 info = json.loads(info_path.read_text(encoding="utf-8"))
-                up = bool(info.get("complete")) and all(info["args"].get(k) == v for k, v in s.model_dump().items())
+                up = bool(info.get("complete")) and all(info["args"].get(k) == v for k, v in s.args().items())
             except (json.JSONDecodeError, KeyError, AttributeError):
                 up = False
 
@@ -148,7 +148,7 @@ class _Runner:
             if root.exists() and not up:
                 shutil.rmtree(root)  # the runner's own folder, made with other settings
             r = synthesize(root, patients=s.patients, image_size=s.image_size, layout=s.layout, seed=s.seed,
-                           workers=self.cfg.workers)
+                           workers=self.cfg.workers, difficulty=s.difficulty)
             return f"{r.images} images, {r.rois} lesions -> {root}"
 
         self.step("synth", "synth", up, work, missing_hint=str(root))
@@ -160,7 +160,7 @@ class _Runner:
         out = self.out / "dataset"
         data = self.cfg.data
         inputs = {"download": download, "csv_dir": csv_dir, "metadata": metadata, "manifest": data.manifest,
-                  "synth": data.synth.model_dump() if data.synth else None}
+                  "synth": data.synth.args() if data.synth else None}
         key = experiment_hash({"organize": self.cfg.organize,
                                "inputs": {k: str(Path(v).resolve()) if isinstance(v, Path) else v
                                           for k, v in inputs.items()}})

@@ -26,6 +26,9 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments always give the same bytes."),
     workers: int | None = typer.Option(None, "--workers", help="Processes rendering images in parallel "
                                        "(default: all cores); does not change the output."),
+    difficulty: str = typer.Option("easy", "--difficulty", help="easy (default: clearly distinct classes), "
+                                   "medium or hard: smaller, fainter lesions whose benign and malignant looks "
+                                   "overlap, with partly independent evidence in the CC and MLO views."),
 ) -> None:
     """Write a synthetic CBIS-DDSM-shaped download (DICOMs + official-style CSVs) to try the pipeline on.
 
@@ -37,7 +40,8 @@ def synth(
     from mammolab.data.synth import synthesize
     from mammolab.progress import console
 
-    result = synthesize(out, patients=patients, image_size=image_size, layout=layout, seed=seed, workers=workers)
+    result = synthesize(out, patients=patients, image_size=image_size, layout=layout, seed=seed, workers=workers,
+                        difficulty=difficulty)
     verb = "already complete, skipped" if result.skipped else "wrote"
     say = {"soft_wrap": True, "highlight": False}  # keep paths and the command on one copyable line
     console.print(f"synth: {verb} {result.images} full mammograms and {result.rois} ROI series "

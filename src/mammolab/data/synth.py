@@ -102,6 +102,72 @@ def _extent(radius: float, malignant: bool, kind: str) -> float:
     return radius * 1.2
 
 
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard the lesions are to classify (``mammolab synth --difficulty``).
+
+    ``easy`` is the original generator: every malignant lesion looks fully malignant, every benign
+    one fully benign (same bytes as before the option existed). Harder levels give each lesion a
+    *look* in [0, 1] (0 = the benign rendering, 1 = the malignant one, in between a blend: outline
+    irregularity, number of spicules or specks, density profile): a per-lesion base drawn from
+    overlapping ranges for the two classes, plus independent noise per view, so the CC and MLO
+    images of one lesion carry partly independent evidence and two views tell more than one.
+    Lesions are also smaller (``radius``) and fainter (``contrast``).
+    """
+
+    radius: float
+    contrast: float
+    malignant_look: tuple[float, float]
+    benign_look: tuple[float, float]
+    view_noise: float
+
+
+#: The levels. For an ideal reader of the look (Monte Carlo, 200k lesions per class) the single-view
+#: AUC is 1.0 (easy), 0.96 (medium) and 0.80 (hard); averaging the two views' looks gives 0.98 and
+#: 0.86. Small CNNs on the rendered pixels score lower (README: the calibration of ``hard``).
+DIFFICULTIES: dict[str, Difficulty | None] = {
+    "easy": None,
+    "medium": Difficulty(0.8, 0.75, (0.5, 1.0), (0.0, 0.5), 0.15),
+    "hard": Difficulty(0.65, 0.55, (0.45, 0.95), (0.05, 0.55), 0.3),
+}
+
+
+def _graded_mass(xs: np.ndarray, ys: np.ndarray, radius: float, look: float, contrast: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A mass between benign (``look`` 0: round, smooth, soft dome) and malignant (1: irregular,
+    spiculated, flat dense core); intensities scaled by ``contrast``."""
+    theta = np.arctan2(ys, xs)
+    q = rng.uniform(0.7, 1.0) * (1 - look) + look
+    rot = rng.uniform(0, np.pi)
+    u = xs * np.cos(rot) + ys * np.sin(rot)
+    v = -xs * np.sin(rot) + ys * np.cos(rot)
+    ell = np.hypot(u, v / q)
+    boundary = np.full_like(ell, radius)
+    for k in rng.choice(np.arange(3, 12), size=4, replace=False):
+        boundary += radius * look * rng.uniform(0.03, 0.075) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    rho = ell / boundary
+    body = rho <= 1.0
+    amp = contrast * ((1 - look) * rng.uniform(0.08, 0.13) + look * rng.uniform(0.18, 0.26))
+    dome = np.clip(1.0 - rho**2, 0.0, 1.0)
+    body_delta = amp * ((1 - look) * dome**0.4 + look * (0.8 + 0.2 * np.sqrt(dome)))
+    canvas = np.zeros(ell.shape, dtype=np.uint8)
+    n = int(round(look * rng.uniform(9, 16)))
+    cx, cy = -float(xs[0, 0]), -float(ys[0, 0])
+    thickness = max(1, int(round(radius * 0.07)))
+    dist = np.hypot(xs, ys)
+    for angle in (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / max(n, 1)):
+        length = radius * rng.uniform(1.2, 2.0)
+        p0 = (cx + 0.5 * radius * math.cos(angle), cy + 0.5 * radius * math.sin(angle))
+        p1 = (cx + length * math.cos(angle), cy + length * math.sin(angle))
+        cv2.line(canvas, (int(round(p0[0] * 16)), int(round(p0[1] * 16))),
+                 (int(round(p1[0] * 16)), int(round(p1[1] * 16))), 255, thickness, cv2.LINE_8, 4)
+    spic = canvas > 0
+    taper = np.clip(1.0 - (dist - radius) / (1.5 * radius), 0.3, 1.0)
+    delta = np.where(body, body_delta, np.where(spic, 0.75 * amp * taper, 0.0))
+    mask = body | spic
+    return np.where(mask, delta, 0.0).astype(np.float32), mask
+
+
 def _mass(xs: np.ndarray, ys: np.ndarray, radius: float, malignant: bool,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A mass on a local grid centred on (0, 0): (intensity delta, mask)."""
@@ -148,10 +214,15 @@ def _mass(xs: np.ndarray, ys: np.ndarray, radius: float, malignant: bool,
 
 
 def _calc(shape: tuple[int, int], center: tuple[float, float], radius: float, malignant: bool,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+          rng: np.random.Generator, look: float | None = None, contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A calcification cluster on a local canvas: (intensity delta, mask = the cluster's hull)."""
     canvas = np.zeros(shape, dtype=np.float32)
-    if malignant:
+    if look is not None:  # graded (--difficulty medium/hard): counts, spread and brightness blended
+        n = int(round((1 - look) * rng.integers(4, 8) + look * rng.integers(16, 30)))
+        spread = (0.9 - 0.15 * look) * radius
+        amp = contrast * ((1 - look) * rng.uniform(0.26, 0.32) + look * rng.uniform(0.36, 0.46))
+        malignant = bool(rng.uniform() < look)  # speck shape: pleomorphic with probability look
+    elif malignant:
         n, spread, amp = int(rng.integers(16, 30)), 0.75 * radius, rng.uniform(0.36, 0.46)
     else:
         n, spread, amp = int(rng.integers(4, 8)), 0.9 * radius, rng.uniform(0.26, 0.32)
@@ -180,7 +251,8 @@ def _calc(shape: tuple[int, int], center: tuple[float, float], radius: float, ma
 
 
 def draw_lesion(shape_hw: tuple[int, int], center: tuple[float, float], radius: float, malignant: bool,
-                kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                kind: str, rng: np.random.Generator, look: float | None = None,
+                contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw one lesion into an image of ``shape_hw``; return (intensity delta float32, mask bool).
 
     ``center`` is ``(x, y)`` in pixels (OpenCV order). ``radius`` is the mass radius or the
@@ -188,7 +260,9 @@ def draw_lesion(shape_hw: tuple[int, int], center: tuple[float, float], radius: 
     the set of pixels the lesion touches (``delta > 0`` only inside it), so it can serve as ground
     truth for boxes and segmentation. Masses: benign round/oval with smooth margins, malignant
     irregular, spiculated and denser; calcifications (``kind='calc'``): benign a few large round
-    specks, malignant many small pleomorphic brighter ones, more tightly clustered.
+    specks, malignant many small pleomorphic brighter ones, more tightly clustered. With ``look``
+    (0..1, see :class:`Difficulty`) the lesion is a blend of the two renderings whatever its class,
+    its intensity scaled by ``contrast``.
     """
     if kind not in ("mass", "calc"):
         raise MammoLabError(f"draw_lesion: kind must be 'mass' or 'calc', got {kind!r}")
@@ -196,7 +270,7 @@ def draw_lesion(shape_hw: tuple[int, int], center: tuple[float, float], radius: 
     delta = np.zeros((h, w), dtype=np.float32)
     mask = np.zeros((h, w), dtype=bool)
     cx, cy = float(center[0]), float(center[1])
-    ext = _extent(radius, malignant, kind) + 2.0
+    ext = _extent(radius, malignant or look is not None, kind) + 2.0
     x0, x1 = max(0, int(math.floor(cx - ext))), min(w, int(math.ceil(cx + ext)) + 1)
     y0, y1 = max(0, int(math.floor(cy - ext))), min(h, int(math.ceil(cy + ext)) + 1)
     if x1 <= x0 or y1 <= y0 or radius <= 0:
@@ -204,9 +278,12 @@ def draw_lesion(shape_hw: tuple[int, int], center: tuple[float, float], radius: 
     if kind == "mass":
         xs = (np.arange(x0, x1, dtype=np.float64) - cx)[None, :].repeat(y1 - y0, 0)
         ys = (np.arange(y0, y1, dtype=np.float64) - cy)[:, None].repeat(x1 - x0, 1)
-        d, m = _mass(xs, ys, radius, malignant, rng)
+        if look is None:
+            d, m = _mass(xs, ys, radius, malignant, rng)
+        else:
+            d, m = _graded_mass(xs, ys, radius, look, contrast, rng)
     else:
-        d, m = _calc((y1 - y0, x1 - x0), (cx - x0, cy - y0), radius, malignant, rng)
+        d, m = _calc((y1 - y0, x1 - x0), (cx - x0, cy - y0), radius, malignant, rng, look, contrast)
     delta[y0:y1, x0:x1] = d
     mask[y0:y1, x0:x1] = m
     return delta, mask
@@ -268,6 +345,8 @@ class RoiSpec:
     description: str  # series folder description ("ROI mask images" or "cropped images")
     study_date: str
     seed: int
+    look: float | None = None  # --difficulty medium/hard: how malignant this view of the lesion looks
+    contrast: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -465,9 +544,26 @@ class _Plan:
     metadata_rows: list[dict[str, str]]
 
 
-def _plan(out: Path, patients: int, image_size: int, layout: str, seed: int) -> _Plan:
+def _looks(breasts: list[_Breast], level: Difficulty, seed: int,
+           patients: int) -> dict[tuple[str, str, int, str], float]:
+    """Each lesion's look per view: a base from its class's range plus independent noise per view."""
+    rng = np.random.default_rng([seed, patients, 0xD1FF])  # its own stream: easy's draws stay untouched
+    looks = {}
+    for b in breasts:
+        for abn in b.abns:
+            lo, hi = level.malignant_look if abn.pathology == "MALIGNANT" else level.benign_look
+            base = rng.uniform(lo, hi)
+            for view in ("CC", "MLO"):
+                looks[(b.patient, b.side, abn.abn_id, view)] = float(np.clip(base + level.view_noise * rng.normal(),
+                                                                             0.0, 1.0))
+    return looks
+
+
+def _plan(out: Path, patients: int, image_size: int, layout: str, seed: int, difficulty: str = "easy") -> _Plan:
     """Turn the breasts into image jobs, CSV rows and (nbia) metadata rows; all deterministic."""
     breasts = _plan_breasts(patients, seed)
+    level = DIFFICULTIES[difficulty]
+    looks = _looks(breasts, level, seed, patients) if level is not None else {}
     rng = np.random.default_rng([seed, patients, 0x0DE5])
     root = str(out / "download")
     jobs: list[ImageJob] = []
@@ -521,10 +617,13 @@ def _plan(out: Path, patients: int, image_size: int, layout: str, seed: int) -> 
             r_folder = _series_folder(layout, roi_case, roi_date, r_study, r_series, description)
             malignant = abn.pathology == "MALIGNANT"
             jitter = rng.uniform(-0.06, 0.06, size=3)
+            graded = {} if level is None else {"look": looks[(b.patient, b.side, abn.abn_id, view)],
+                                               "contrast": level.contrast}
             rois.append(RoiSpec(
-                abn.abn_id, b.kind, malignant, abn.radius_frac * (1 + jitter[0]), abn.pos_u + jitter[1],
-                abn.pos_v + 2 * jitter[2], roi_case, r_study, r_series, mask_sop, crop_sop, actual_mask, r_folder,
-                description, roi_date, _sub_seed(seed, f"{roi_case}/pixels"),
+                abn.abn_id, b.kind, malignant,
+                abn.radius_frac * (1 + jitter[0]) * (1.0 if level is None else level.radius),
+                abn.pos_u + jitter[1], abn.pos_v + 2 * jitter[2], roi_case, r_study, r_series, mask_sop, crop_sop,
+                actual_mask, r_folder, description, roi_date, _sub_seed(seed, f"{roi_case}/pixels"), **graded,
             ))
             meta.append(_meta_row(r_series, roi_case, r_study, roi_date, description, 2, r_folder))
             crop_path = f"{roi_case}/{r_study}/{r_series}/{csv_crop:06d}.dcm"
@@ -608,7 +707,7 @@ def _render_full(job: ImageJob) -> tuple[np.ndarray, list[tuple[RoiSpec, np.ndar
         for attempt in range(600):
             if attempt and attempt % 100 == 0:
                 radius *= 0.8  # crowded breast: make the lesion smaller rather than overlap
-            ext = _extent(radius, roi.malignant, roi.kind)
+            ext = _extent(radius, roi.malignant or roi.look is not None, roi.kind)
             clear = ext + 4 + 0.5 * ext  # the lesion plus its crop margin stays inside the breast
             if attempt == 0:
                 u, v = roi.pos_u, roi.pos_v
@@ -626,7 +725,7 @@ def _render_full(job: ImageJob) -> tuple[np.ndarray, list[tuple[RoiSpec, np.ndar
         if center is None:  # pragma: no cover - 600 tries down to a third of the radius always fit so far
             raise RuntimeError(f"{job.case}: no room for abnormality {roi.abn_id}")
         placed.append((center[0], center[1], ext))
-        delta, mask = draw_lesion((h, w), center, radius, roi.malignant, roi.kind, lrng)
+        delta, mask = draw_lesion((h, w), center, radius, roi.malignant, roi.kind, lrng, roi.look, roi.contrast)
         img += delta
         lesions.append((roi, mask))
 
@@ -838,13 +937,14 @@ def _check_out(out: Path, args: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def synthesize(out: str | Path, patients: int = 40, image_size: int = 1024, layout: str = "legacy",
-               seed: int = 0, workers: int | None = None) -> SynthResult:
+               seed: int = 0, workers: int | None = None, difficulty: str = "easy") -> SynthResult:
     """Write a synthetic CBIS-DDSM download (DICOM tree + the four CSVs) under ``out``.
 
     ``patients`` (at least 6) sets the size; ``image_size`` is the full mammograms' height in
     pixels (width is 0.6x); ``layout`` is ``legacy`` or ``nbia``; ``workers`` renders images in
-    parallel and does not change the output. Returns where everything is; see the module docstring
-    for the structure and the quirks reproduced.
+    parallel and does not change the output; ``difficulty`` (``easy``, ``medium``, ``hard``; see
+    :class:`Difficulty`) makes the lesions smaller, fainter and more alike between classes. Returns
+    where everything is; see the module docstring for the structure and the quirks reproduced.
     """
     from mammolab.progress import parallel_map
 
@@ -858,11 +958,15 @@ def synthesize(out: str | Path, patients: int = 40, image_size: int = 1024, layo
                             f"pixels, got {image_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise MammoLabError(f"--seed: expected a non-negative integer, got {seed!r}")
+    if difficulty not in DIFFICULTIES:
+        raise MammoLabError(f"--difficulty: expected one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     out = Path(out)
-    args = {"patients": patients, "image_size": image_size, "layout": layout, "seed": seed,
-            "generator_version": GENERATOR_VERSION}
+    args: dict[str, Any] = {"patients": patients, "image_size": image_size, "layout": layout, "seed": seed,
+                            "generator_version": GENERATOR_VERSION}
+    if difficulty != "easy":  # easy outputs keep the synth.json they always had
+        args["difficulty"] = difficulty
     info = _check_out(out, args)
-    plan = _plan(out, patients, image_size, layout, seed)
+    plan = _plan(out, patients, image_size, layout, seed, difficulty)
     download = out / "download"
     csv_dir = out / "csv"
     metadata = download / "metadata.csv" if layout == "nbia" else None
