@@ -234,15 +234,17 @@ def test_external_results_have_their_own_section(fake_runs: list[Path], tmp_path
     ext = {}
     for k, run in enumerate(runs[:2]):  # a hand-made 'mammolab evaluate RUN --dataset inbreast' folder
         preds = synthetic_predictions(50, 0.3 + k, 40 + k)
-        m = write_evaluation(preds, run / "eval" / "inbreast-test", classes=CLASSES, n_boot=100,
-                             extra={"external": True, "dataset_name": "inbreast", "run": run.name})
+        m = write_evaluation(preds, run / "eval" / "inbreast-test", classes=CLASSES, split="inbreast test",
+                             n_boot=100, extra={"external": True, "eval_split": "test", "run": run.name,
+                                                "dataset": {"name": "inbreast", "path": "/data/inbreast",
+                                                            "manifest_hash": "feed1234"}})
         ext[run.name] = m["auc"]["value"]
     paths = compare_runs(runs, tmp_path / "rep")
     table = pd.read_csv(paths["csv"]).set_index("run")
     assert table["auc"].to_dict() == pytest.approx(internal)  # the runs table holds the internal split only
     text = paths["html"].read_text()
     section = _section(text, "external")
-    assert "inbreast (test split)" in section
+    assert "inbreast (test split)" in section and "/data/inbreast" in section and "feed1234" in section
     rows = re.findall(r'<tr><td class="text">([^<]+)</td><td>(\d+)</td><td>\d+</td><td>([0-9.]+)', section)
     assert {name: float(auc) for name, _, auc in rows} == pytest.approx(ext, abs=5e-4)
     assert {n for _, n, _ in rows} == {"50"}

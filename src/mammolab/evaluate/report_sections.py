@@ -537,10 +537,12 @@ def external_evaluations(run_dir: Path) -> list[dict[str, Any]]:
             continue
         if not isinstance(m, dict) or m.get("external") is not True:
             continue
-        dataset = m.get("dataset_name") or m.get("dataset") or path.parent.name
-        out.append({"name": path.parent.name, "dataset": str(Path(str(dataset)).name or dataset),
-                    "dataset_path": str(m.get("dataset_path") or m.get("dataset") or ""),
-                    "split": str(m.get("split", "")), "folder": path.parent, "metrics": m})
+        ds = m.get("dataset")
+        info = ds if isinstance(ds, dict) else {"name": m.get("dataset_name") or (Path(str(ds)).name if ds else None),
+                                               "path": ds}
+        out.append({"name": path.parent.name, "dataset": str(info.get("name") or path.parent.name),
+                    "dataset_path": str(info.get("path") or ""), "manifest_hash": info.get("manifest_hash"),
+                    "split": str(m.get("eval_split") or m.get("split", "")), "folder": path.parent, "metrics": m})
     return out
 
 
@@ -579,6 +581,12 @@ def external_html(summaries: Sequence[RunSummary]) -> str:
             cells.append("<br>".join(f'<span class="warn">&#9888; {_esc(w)}</span>' for w in warn) or "-")
             rows.append(cells)
         parts.append(f"<h3>{_esc(dataset)} ({_esc(split)} split)</h3>")
+        first = items[0][1]
+        where = [f"<code>{_esc(first['dataset_path'])}</code>"] if first["dataset_path"] else []
+        if first.get("manifest_hash"):
+            where.append(f"manifest hash <code>{_esc(first['manifest_hash'])}</code>")
+        if where:
+            parts.append(f'<p class="note">{"; ".join(where)}</p>')
         parts.append(_table(["run", "n", "patients", "AUC [95% CI]", "threshold", "sensitivity", "specificity",
                              "Brier", "warnings"], rows, table_id=f"external-{_esc(dataset)}-{_esc(split)}"))
         if curves:
