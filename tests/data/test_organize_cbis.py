@@ -91,11 +91,11 @@ def test_bwc_switch_and_4class(synth_legacy, tmp_path: Path) -> None:
     n_bwc = int((rows["pathology"] == "BENIGN_WITHOUT_CALLBACK").sum())
     assert n_bwc > 0
     keep = _run(synth_legacy, tmp_path / "keep", bwc="benign")
-    drop = _run(synth_legacy, tmp_path / "drop", bwc="drop")
+    drop = _run(synth_legacy, tmp_path / "drop", bwc="drop", allow_degenerate=True)  # test: no benign left
     assert keep.quality["bwc_relabelled_benign"] == n_bwc and drop.quality["bwc_dropped"] == n_bwc
     assert "BENIGN_WITHOUT_CALLBACK" not in set(drop.manifest["pathology"])
     assert len(keep.manifest) - len(drop.manifest) == n_bwc
-    four = _run(synth_legacy, tmp_path / "four", labels="4class", abnormality="all")
+    four = _run(synth_legacy, tmp_path / "four", labels="4class", abnormality="all", allow_degenerate=True)
     labels = set(four.manifest["label"])
     assert labels == {"benign_calc", "benign_mass", "malignant_calc", "malignant_mass"}
     assert read_info(tmp_path / "four")["classes"] == ["benign_calc", "benign_mass", "malignant_calc",
@@ -158,7 +158,8 @@ def test_corrupt_dicom_is_reported_and_skipped(synth_legacy, tmp_path: Path) -> 
     shutil.copytree(synth_legacy.download_dir, dl)
     victim = sorted(p for p in dl.rglob("*full mammogram*/*.dcm") if "Mass-Training" in str(p))[0]
     victim.write_bytes(victim.read_bytes()[:400])
-    res = organize_cbis(dl, synth_legacy.csv_dir, tmp_path / "ds", OrganizeConfig(kind="full"), workers=1)
+    res = organize_cbis(dl, synth_legacy.csv_dir, tmp_path / "ds", OrganizeConfig(kind="full", allow_degenerate=True),
+                       workers=1)
     assert len(res.quality["unreadable"]) == 1 and victim.parts[-4] in res.quality["unreadable"][0]
     assert victim.parts[-4] not in set(res.manifest["image_id"])
     assert len(res.manifest) >= 5
@@ -218,8 +219,8 @@ def test_cli_end_to_end_and_error_exit_code(synth_nbia, tmp_path: Path) -> None:
 
 
 def test_png_encoding_option(synth_legacy, tmp_path: Path) -> None:
-    stored = _run(synth_legacy, tmp_path / "stored", kind="full")
-    _run(synth_legacy, tmp_path / "fast", kind="full", png="fast")
+    stored = _run(synth_legacy, tmp_path / "stored", kind="full", allow_degenerate=True)  # 12 patients
+    _run(synth_legacy, tmp_path / "fast", kind="full", png="fast", allow_degenerate=True)
     row = stored.manifest.iloc[0]
     a, b = tmp_path / "stored" / row["path"], tmp_path / "fast" / row["path"]
     img = read_image(a)
@@ -231,5 +232,5 @@ def test_png_encoding_option(synth_legacy, tmp_path: Path) -> None:
     # The encoding changes bytes, not pixels: it is not part of the config hash, so either output is reused.
     assert read_info(tmp_path / "stored")["config_hash"] == read_info(tmp_path / "fast")["config_hash"]
     before = a.stat().st_mtime_ns
-    again = _run(synth_legacy, tmp_path / "stored", kind="full", png="fast")
+    again = _run(synth_legacy, tmp_path / "stored", kind="full", png="fast", allow_degenerate=True)
     assert again.processed_units == 0 and again.skipped_units > 0 and a.stat().st_mtime_ns == before

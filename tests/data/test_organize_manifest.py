@@ -126,8 +126,8 @@ def test_cli_manifest_and_one_line_errors(lab: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "manifest.csv").is_file() and (tmp_path / "c" / "quality_report.md").is_file()
     res = runner.invoke(app, ["organize", "--manifest", str(lab / "list.csv"), "--out", str(tmp_path / "d"),
-                              "--kind", "roi"])
-    assert res.exit_code != 0
+                              "--abnormality", "calc"])
+    assert res.exit_code == 2 and "applies to CBIS-DDSM" in " ".join(res.output.split())
     help_text = runner.invoke(app, ["organize", "--help"], terminal_width=200).output
     for opt in ("--csv-dir", "--out", "--metadata", "--abnormality", "--labels", "--bwc", "--kind", "--roi-size",
                 "--val-fraction", "--folds", "--bit-depth", "--seed", "--workers", "--overwrite", "--manifest"):

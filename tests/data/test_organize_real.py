@@ -27,7 +27,8 @@ def test_real_roi_dicoms_are_crops_not_masks(shared_dir: Path, tmp_path: Path) -
     csv.mkdir()
     shutil.copy(shared_dir / "matching_rows_mass_case_description_test_set.csv",
                 csv / "mass_case_description_test_set.csv")
-    res = organize_cbis(shared_dir / "dicom", csv, tmp_path / "ds", OrganizeConfig(kind="crop"), workers=1)
+    res = organize_cbis(shared_dir / "dicom", csv, tmp_path / "ds", OrganizeConfig(kind="crop", allow_degenerate=True),
+                        workers=1)  # two patients, both malignant
     df = load_manifest(tmp_path / "ds")
     assert sorted(df["image_id"]) == ["Mass-Test_P_00016_LEFT_CC_1", "Mass-Test_P_00116_RIGHT_MLO_1",
                                       "Mass-Test_P_00116_RIGHT_MLO_2"]

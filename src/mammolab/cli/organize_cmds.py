@@ -11,7 +11,7 @@ from mammolab.cli._app import app
 
 @app.command(
     epilog="Example: mammolab organize ~/CBIS-DDSM --csv-dir ~/cbis-csv --out data/mass-crop --kind crop\n\n"
-           "Other datasets: mammolab organize --manifest images.csv --out data/mine",
+           "Other datasets: mammolab organize --manifest images.csv --out data/mine --kind roi --roi-size 256",
 )
 def organize(
     download: Path | None = typer.Argument(
@@ -22,9 +22,11 @@ def organize(
         None, "--csv-dir", help="Folder with the official case-description CSVs "
                                 "({mass,calc}_case_description_{train,test}_set.csv)."),
     manifest: Path | None = typer.Option(
-        None, "--manifest", help="Instead of CBIS-DDSM: a CSV with columns path, label, patient_id and optional "
-                                 "split, mask, bbox_x0, bbox_y0, bbox_x1, bbox_y1 (DICOM/PNG/JPEG/TIFF/PGM, 8 or 16 "
-                                 "bit; relative paths are relative to the CSV)."),
+        None, "--manifest", help="Instead of CBIS-DDSM: a UTF-8 CSV with columns path, label, patient_id and "
+                                 "optional split, mask, bbox_x0, bbox_y0, bbox_x1, bbox_y1 (pixels, right/bottom "
+                                 "exclusive), one row per image or per lesion (DICOM/PNG/JPEG/TIFF/PGM, 8 or 16 bit; "
+                                 "relative paths are relative to the CSV). --kind, --roi-size and --roi-margin apply; "
+                                 "the default kind is full."),
     metadata: Path | None = typer.Option(
         None, "--metadata", help="NBIA Data Retriever metadata.csv (optional; used to map folders to series UIDs)."),
     abnormality: str | None = typer.Option(
@@ -36,8 +38,9 @@ def organize(
         None, "--bwc", help="BENIGN_WITHOUT_CALLBACK rows: 'benign' (count as benign) or 'drop'. [default: benign]"),
     kind: str | None = typer.Option(
         None, "--kind", help="full: whole mammogram, malignant if any abnormality on it is; crop: the CBIS "
-                             "cropped lesion; roi: a square patch cut around the lesion mask's box with context "
-                             "(--roi-size, --roi-margin). [default: crop]"),
+                             "cropped lesion (with --manifest: the lesion box cut from the image); roi: a square "
+                             "patch cut around the lesion mask's box with context (--roi-size, --roi-margin). "
+                             "[default: crop; full with --manifest]"),
     roi_size: int | None = typer.Option(
         None, "--roi-size", help="Side in pixels of the saved ROI patch (--kind roi). [default: 512]"),
     roi_margin: float | None = typer.Option(
@@ -56,10 +59,13 @@ def organize(
         None, "--png", help="PNG encoding of the images: 'stored' (uncompressed, as large as the DICOM pixels, "
                             "about 5x faster to read in every later pass) or 'fast' (compressed, ~20% smaller on "
                             "16-bit films). Same pixels either way. [default: stored]"),
+    allow_degenerate: bool = typer.Option(
+        False, "--allow-degenerate", help="Go on when the validation or test split has no image of a class "
+                                          "(refused by default: its AUC and Youden threshold are undefined)."),
     config: Path | None = typer.Option(
         None, "--config", help="YAML file with any of the options above (command-line options win)."),
     workers: int | None = typer.Option(
-        None, "--workers", "-j", help="Parallel worker processes. [default: all cores]"),
+        None, "--workers", "-j", help="Parallel worker processes: 1 or more, capped at the cores. [default: all cores]"),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo an output folder made with other options (only its own files are "
                                    "replaced)."),
@@ -77,9 +83,9 @@ def organize(
 
     options = {"abnormality": abnormality, "labels": labels, "bwc": bwc, "kind": kind, "roi_size": roi_size,
                "roi_margin": roi_margin, "val_fraction": val_fraction, "folds": folds, "bit_depth": bit_depth,
-               "seed": seed, "png": png}
+               "seed": seed, "png": png, "allow_degenerate": True if allow_degenerate else None}
     if manifest is not None:
-        for name in ("abnormality", "bwc", "kind", "roi_size", "roi_margin"):
+        for name in ("abnormality", "bwc"):
             if options[name] is not None:
                 raise typer.BadParameter(f"--{name.replace('_', '-')} applies to CBIS-DDSM, not to --manifest")
             options.pop(name)

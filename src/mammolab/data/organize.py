@@ -16,6 +16,9 @@ The work is split so that the expensive part is embarrassingly parallel and resu
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import os
 import re
 import shutil
 from collections import Counter
@@ -32,12 +35,18 @@ from pydantic import Field
 from mammolab.config import StrictModel, config_hash, load_config
 from mammolab.data import manifest as mf
 from mammolab.data.cbis import DownloadIndex, read_case_csvs
-from mammolab.data.splits import assign_splits, drop_test_patients, patient_overlap
+from mammolab.data.splits import (
+    assign_splits,
+    check_split_classes,
+    drop_test_patients,
+    patient_overlap,
+    split_class_check,
+)
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, read_json, write_json
-from mammolab.io.images import read_dicom_pixels, read_image, to_uint8, write_png
+from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
+from mammolab.io.images import is_dicom_file, read_dicom_pixels, read_image, to_uint8, write_png
 from mammolab.io.memory import retain_freed_memory
-from mammolab.progress import parallel_map
+from mammolab.progress import parallel_map, resolve_workers
 from mammolab.reporting import markdown_list_sections
 
 WORK_DIR = ".mammolab"
@@ -55,10 +64,13 @@ class _DatasetOptions(StrictModel):
         "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
         "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
         "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
+    allow_degenerate: bool = Field(
+        False, description="Go on when the validation or test split lacks a class (its AUC and Youden threshold "
+        "are then undefined). Decides nothing about the data, so it is not part of the config hash.")
 
     def content_hash(self, stage: str) -> str:
         """The hash that decides what a re-run may reuse: every option that changes pixels, labels or splits."""
-        return config_hash({"stage": stage, **self.model_dump(exclude={"png"})})
+        return config_hash({"stage": stage, **self.model_dump(exclude={"png", "allow_degenerate"})})
 
 
 class OrganizeConfig(_DatasetOptions):
@@ -172,7 +184,8 @@ def _find_roi(index: DownloadIndex, row: pd.Series) -> list[str]:
 def plan_cbis(rows: pd.DataFrame, index: DownloadIndex, cfg: OrganizeConfig) -> tuple[list[Unit], dict[str, Any]]:
     """Group CSV rows into units, label them, split them by patient; report what was found."""
     events: dict[str, Any] = {"files_missing": [], "bwc_relabelled": 0, "bwc_dropped": 0,
-                              "dropped_for_patient_overlap": {"patients": [], "rows": 0}}
+                              "dropped_for_patient_overlap": {"patients": [], "rows": 0},
+                              "duplicate_rows": list(rows.attrs.get("duplicate_rows", []))}
     rows = rows.copy()
     rows["binary"] = [_binary_label(p, cfg.bwc) for p in rows["pathology"]]
     bwc = rows["pathology"] == "BENIGN_WITHOUT_CALLBACK"
@@ -272,6 +285,16 @@ def _classify_roi(root: Path, files: list[str], full_shape: tuple[int, int] | No
     if mask is None and files:
         events.append({"type": "mask_missing", "item": abn.roi_case_id, "detail": "no binary mask in the ROI series"})
     return mask, crop, mask_idx
+
+
+def _crop_missing_detail(abn: Abnormality, events: list[dict[str, str]]) -> str:
+    """Why a lesion has no crop: an unreadable file of its series is named (with why), since "no
+    cropped image" alone sends the user looking for a file that is there but empty or damaged."""
+    bad = [e["detail"] for e in events if e["type"] == "unreadable" and e["item"] in abn.roi_files]
+    if bad:
+        return (f"no readable cropped image in the ROI series: {bad[0]}; expected a DICOM cropped-lesion image "
+                "(copy the file again from the download)")
+    return "no cropped image in the ROI series (every file in it is a binary mask)"
 
 
 def _as_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -421,7 +444,7 @@ def process_unit(job: _Job) -> UnitResult:
                 if crop is None:
                     if a.roi_files:
                         res.events.append({"type": "crop_missing", "item": a.roi_case_id,
-                                           "detail": "no cropped image in the ROI series"})
+                                           "detail": _crop_missing_detail(a, res.events)})
                     continue
                 cmask = _crop_mask(mask, crop.shape) if mask is not None else None
                 box = _bbox(cmask) if cmask is not None else None
@@ -446,10 +469,12 @@ def _prepare_out(out: Path, cfg_hash: str, overwrite: bool, inputs: Sequence[Pat
         if out == src or src in out.parents or out in src.parents:
             raise MammoLabError(f"--out: {out} overlaps the input {src}; choose a folder outside the input")
     if not out.exists():
-        out.mkdir(parents=True)
+        ensure_writable_dir(out)
         return
     if not out.is_dir():
         raise MammoLabError(f"--out: {out} exists and is not a folder")
+    ensure_writable_dir(out)  # one line naming the folder now, not a traceback from the first image
+    remove_stale_temps(out)  # what a killed run was writing when it died
     info = mf.read_info(out)
     if not any(out.iterdir()):
         return
@@ -498,6 +523,11 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
     if not any(u.image_file for u in units) and not any(a.roi_files for u in units for a in u.abnormalities):
         raise MammoLabError(f"DOWNLOAD: none of the {len(units)} images listed in the CSVs was found under "
                             f"{download} (is it the right root, and the right --csv-dir?)")
+    # Checked on the planned images (one per unit for full, one per lesion otherwise), before any pixel.
+    planned = [(u.split, u.label, u.patient_id) for u in units] if cfg.kind == "full" else \
+        [(u.split, a.label, u.patient_id) for u in units for a in u.abnormalities]
+    check_split_classes(pd.DataFrame(planned, columns=["split", "label", "patient_id"]),
+                        mf.classes_for(cfg.labels), allow=cfg.allow_degenerate)
     jobs = [_Job(u, str(download.resolve()), str(out.resolve()), cfg.model_dump(), cfg_hash) for u in units]
     return _collect(out, jobs, plan_events, cfg.model_dump(), cfg_hash, cfg.labels, workers,
                     inputs={"download": str(download.resolve()), "csv_dir": str(csv_dir.resolve()),
@@ -506,10 +536,10 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
 
 def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[str, Any], cfg_hash: str,
              labels: str, workers: int | None, inputs: dict[str, Any],
-             process: Any = None) -> OrganizeResult:
+             process: Any = None, source: str = "cbis") -> OrganizeResult:
     process = process or process_unit
     results, errors = parallel_map(process, jobs, workers=workers, description="organizing images")
-    events: list[dict[str, str]] = []
+    events: list[dict[str, str]] = list(plan_events.get("events", []))
     rows: list[dict[str, Any]] = []
     for res in results:
         if res is not None:
@@ -529,7 +559,7 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
     if any(overlap.values()):
         raise MammoLabError(f"organize: patient overlap between splits {overlap}; this is a bug, please report it")
     mf.write_manifest(df, out)
-    quality = _quality(df, events, plan_events, overlap, classes)
+    quality = _quality(df, events, plan_events, overlap, classes, source=source)
     write_json(out / mf.QUALITY_JSON, quality)
     atomic_write_text(out / mf.QUALITY_MD, quality_markdown(quality))
     mf.write_info(out, {"stage": "organize", "config": cfg, "config_hash": cfg_hash, "classes": list(classes),
@@ -543,20 +573,35 @@ def _job_id(job: Any) -> str:
 
 
 def _quality(df: pd.DataFrame, events: list[dict[str, str]], plan: dict[str, Any], overlap: dict[str, list[str]],
-             classes: Sequence[str]) -> dict[str, Any]:
+             classes: Sequence[str], source: str = "cbis") -> dict[str, Any]:
+    """What was found, fixed and skipped; only the sections that apply to ``source`` (cbis or manifest)."""
     by_type: dict[str, list[str]] = {}
     for e in sorted(events, key=lambda e: (e["type"], e["item"])):
         by_type.setdefault(e["type"], []).append(f"{e['item']}: {e['detail']}")
     counts = {s: {c: int(((df["split"] == s) & (df["label"] == c)).sum()) for c in classes} for s in mf.SPLITS}
     patients = {s: int(df.loc[df["split"] == s, "patient_id"].nunique()) for s in mf.SPLITS}
     conflicting = sorted(df.loc[df["conflict"].astype(bool), "image_id"].astype(str)) if "conflict" in df else []
-    return {
+    split_warnings = split_class_check(df, classes)
+    common = {
         "images": int(len(df)),
         "counts": counts,
         "patients": patients,
         "patient_overlap": {k: len(v) for k, v in overlap.items()},
         "patient_overlap_total": int(sum(len(v) for v in overlap.values())),
+        "split_warnings": split_warnings[1] + split_warnings[0],
         "files_missing": plan.get("files_missing", []),
+    }
+    if source == "manifest":
+        return {**common,
+                "rows_skipped": by_type.get("row_skipped", []),
+                "boxes_clipped": by_type.get("box_clipped", []),
+                "mask_size_mismatch": by_type.get("mask_size_mismatch", []),
+                "masks_missing": by_type.get("mask_missing", []),
+                "unreadable": by_type.get("unreadable", []),
+                "conflicting_labels": by_type.get("conflict", [])}
+    return {
+        **common,
+        "duplicate_rows_dropped": plan.get("duplicate_rows", []),
         "masks_swapped": by_type.get("mask_swapped", []),
         "mask_size_mismatch": by_type.get("mask_size_mismatch", []),
         "masks_missing": by_type.get("mask_missing", []),
@@ -580,14 +625,19 @@ def quality_markdown(q: dict[str, Any]) -> str:
         lines.append(f"| {s} | {q['patients'][s]} | " + " | ".join(str(v) for v in row.values())
                      + f" | {sum(row.values())} |")
     lines.append("")
-    sections = [("Files missing", "files_missing"), ("Masks found swapped (told apart by content)", "masks_swapped"),
+    sections = [("Splits with too few patients of a class", "split_warnings"),
+                ("Files missing", "files_missing"), ("Repeated CSV rows (dropped)", "duplicate_rows_dropped"),
+                ("Masks found swapped (told apart by content)", "masks_swapped"),
+                ("Manifest rows skipped", "rows_skipped"), ("Boxes crossing the image edge (clipped)", "boxes_clipped"),
                 ("Mask/image size mismatches (mask resized)", "mask_size_mismatch"),
                 ("Masks missing", "masks_missing"), ("Crops missing", "crops_missing"),
                 ("Unreadable files (skipped)", "unreadable"),
                 ("Images with conflicting labels (labelled malignant)", "conflicting_labels")]
-    lines.extend(markdown_list_sections(q, sections))
-    lines.append(f"BENIGN_WITHOUT_CALLBACK rows labelled benign: {q.get('bwc_relabelled_benign', 0)}; "
-                 f"dropped: {q.get('bwc_dropped', 0)}.")
+    # Only the sections this source has: a manifest import has no swapped masks or BWC rows to speak of.
+    lines.extend(markdown_list_sections(q, [(title, key) for title, key in sections if key in q]))
+    if "bwc_relabelled_benign" in q:
+        lines.append(f"BENIGN_WITHOUT_CALLBACK rows labelled benign: {q.get('bwc_relabelled_benign', 0)}; "
+                     f"dropped: {q.get('bwc_dropped', 0)}.")
     d = q.get("dropped_for_patient_overlap", {})
     if d.get("rows"):
         lines.append(f"Training rows dropped because their patient is in the official test split: {d['rows']} "
@@ -598,27 +648,299 @@ def quality_markdown(q: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------- generic manifest import
 
 class ImportConfig(_DatasetOptions):
-    """Options of ``mammolab organize --manifest``."""
+    """Options of ``mammolab organize --manifest``: the CBIS-DDSM options that make sense for any collection.
+
+    ``kind`` means what it means for CBIS-DDSM, except that a manifest has no separate crop files:
+    ``crop`` is the lesion box itself, cut from the image.
+    """
+
+    kind: Literal["full", "crop", "roi"] = Field(
+        "full", description="full: one image per file with all its lesion boxes, malignant if any lesion is; "
+        "roi: a square patch around each lesion's box or mask; crop: each lesion's box itself")
+    roi_size: int = Field(512, ge=16, le=8192)
+    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
                   "malignant": "malignant", "normal": "benign", "benign_without_callback": "benign",
                   "negative": "benign", "positive": "malignant"}
+#: Columns the import computes itself; a manifest's own values for them are not carried over.
+_RESERVED = {"path", "mask", "label", "patient_id", "split", "fold", "image_id", "width", "height", "boxes",
+             "target", "n_abnormalities", "conflict", *mf.BBOX_COLUMNS}
+_MANIFEST_HELP = "expected at least path, label, patient_id; optional split, mask, bbox_x0..bbox_y1"
+
+
+@dataclass
+class _Lesion:
+    """One manifest row: a lesion (or a whole-image label) of one file."""
+
+    line: int
+    label: str
+    box: tuple[float, float, float, float] | None
+    mask_src: str
+    values: dict[str, str]
 
 
 @dataclass
 class _ImportJob:
+    """One file of the manifest and every output made from it (one image, or one patch per lesion)."""
+
     image_id: str
     src: str
-    mask_src: str
-    row: dict[str, Any]
+    lesions: list[_Lesion]
+    base: dict[str, Any]
+    kind: str
+    roi_size: int
+    roi_margin: float
     out: str
     bit_depth: int
     cfg_hash: str
     png: str = "stored"
+    source: str = ""
+
+
+def _read_manifest_csv(path: Path) -> pd.DataFrame:
+    """The manifest as strings, with each row's CSV line in ``_line``; any malformed file is one clear error.
+
+    Python's csv module in strict mode, not pandas: pandas silently shifts a row with one field too many
+    into an index and reports quoting errors as a tokenizer traceback.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MammoLabError(f"--manifest: cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise MammoLabError(f"--manifest: {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                            "expected a UTF-8 CSV: save it as 'CSV UTF-8' or convert it, e.g. "
+                            "iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise MammoLabError(f"--manifest: {path} is empty ({_MANIFEST_HELP})")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[list[str]] = []
+    lines: list[int] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+            elif len(fields) != len(header):
+                raise MammoLabError(f"--manifest: {path} line {start} has {len(fields)} fields, the header has "
+                                    f"{len(header)} (a comma inside a value needs quotes: \"a, b\")")
+            else:
+                records.append([f.strip() for f in fields])
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise MammoLabError(f"--manifest: {path} is not a well-formed CSV: {exc} near line {reader.line_num} "
+                            "(check its quotes: a value with a comma or quote is written \"like \"\"this\"\"\")"
+                            ) from None
+    assert header is not None
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise MammoLabError(f"--manifest: {path} repeats column(s) {dup} in its header")
+    df = pd.DataFrame(records, columns=header, dtype=str)
+    df["_line"] = lines
+    return df
+
+
+def _parse_box(r: pd.Series) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """A row's box as numbers, or why it is unusable (``None, None``: the row gives no box)."""
+    raw = [str(r.get(c, "")).strip() for c in mf.BBOX_COLUMNS]
+    if not any(raw):
+        return None, None
+    if not all(raw):
+        empty = [c for c, v in zip(mf.BBOX_COLUMNS, raw, strict=True) if not v]
+        return None, f"incomplete box ({', '.join(empty)} empty)"
+    vals: list[float] = []
+    for c, v in zip(mf.BBOX_COLUMNS, raw, strict=True):
+        try:
+            x = float(v)
+        except ValueError:
+            return None, f"{c} {v!r} is not a number"
+        if not np.isfinite(x):
+            return None, f"{c} {v!r} is not a finite number"
+        vals.append(x)
+    x0, y0, x1, y1 = vals
+    if x1 <= x0 or y1 <= y0:
+        return None, f"inverted or empty box ({x0:g},{y0:g},{x1:g},{y1:g}: needs x0 < x1 and y0 < y1)"
+    return (x0, y0, x1, y1), None
+
+
+def _fit_box(box: tuple[float, float, float, float], width: int,
+             height: int) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """``box`` clipped to the image, and a note when it crossed the edge; ``None`` when wholly outside."""
+    x0, y0, x1, y1 = box
+    c = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+    if c[2] <= c[0] or c[3] <= c[1]:
+        return None, f"box {x0:g},{y0:g},{x1:g},{y1:g} lies wholly outside the {width}x{height} image"
+    if c != (x0, y0, x1, y1):
+        return c, f"box {x0:g},{y0:g},{x1:g},{y1:g} crosses the edge of the {width}x{height} image; " \
+                  f"clipped to {c[0]:g},{c[1]:g},{c[2]:g},{c[3]:g}"
+    return c, None
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header only (PIL or the DICOM tags), ``None`` when unknown."""
+    try:
+        if is_dicom_file(path):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            return int(ds.Columns), int(ds.Rows)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # unreadable here: the worker reads it and reports why
+        return None
+
+
+def _resolved(base: Path, p: str) -> str:
+    return os.path.normpath(str(p if Path(p).is_absolute() else base / p))
+
+
+def _conflict_label(labels: Sequence[str]) -> str:
+    """CBIS-DDSM's rule for one image listed with several labels: malignant if any of them is."""
+    uniq = sorted(set(labels))
+    return next((lab for lab in uniq if lab.startswith("malignant")), uniq[0])
+
+
+def _joined(values: Sequence[str]) -> str:
+    return "/".join(sorted({v for v in values if v}))
+
+
+def _plan_manifest(src: pd.DataFrame, csv_path: Path, cfg: ImportConfig,
+                   events: list[dict[str, str]]) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Validate every row and group them by file; returns the files (with their lesions) and the items table.
+
+    The items table has one row per output image (a file under ``full``, a lesion under roi/crop),
+    which is what the split is stratified on.
+    """
+    name = csv_path.name
+    base = csv_path.parent
+    size_cache: dict[str, tuple[int, int] | None] = {}
+    files: dict[str, dict[str, Any]] = {}
+    carried = [c for c in src.columns if c not in _RESERVED and not c.startswith("_")]
+    for _, r in src.iterrows():
+        line = int(r["_line"])
+        path = _resolved(base, r["path"])
+        where = f"{r['path']} (line {line})"
+        box, problem = _parse_box(r)
+        if problem is None and box is not None:
+            if path not in size_cache:
+                size_cache[path] = _image_size(path) if Path(path).is_file() else None
+            if size_cache[path] is not None:
+                box, note = _fit_box(box, *size_cache[path])
+                if box is None:
+                    problem = note
+                elif note:
+                    events.append({"type": "box_clipped", "item": where, "detail": note})
+        if problem is not None:
+            events.append({"type": "row_skipped", "item": where, "detail": f"{problem}; row skipped"})
+            continue
+        mask = str(r.get("mask", "")).strip()
+        if cfg.kind != "full" and box is None and not mask:
+            events.append({"type": "row_skipped", "item": where,
+                           "detail": f"no box and no mask (--kind {cfg.kind} cuts around the lesion); row skipped"})
+            continue
+        f = files.setdefault(path, {"path": r["path"], "patient": {}, "split": {}, "lesions": []})
+        f["patient"].setdefault(r["patient_id"], line)
+        f["split"].setdefault(str(r.get("split", "")).strip().lower(), line)
+        f["lesions"].append(_Lesion(line=line, label=r["label"], box=box,
+                                    mask_src=_resolved(base, mask) if mask else "",
+                                    values={c: str(r[c]) for c in carried}))
+    for f in files.values():
+        if len(f["patient"]) > 1:
+            who = ", ".join(f"{p!r} (line {ln})" for p, ln in f["patient"].items())
+            raise MammoLabError(f"--manifest: {name}: {f['path']} is listed under several patients: {who}")
+        if len(f["split"]) > 1:
+            which = ", ".join(f"{s or 'empty'!r} (line {ln})" for s, ln in f["split"].items())
+            raise MammoLabError(f"--manifest: {name}: {f['path']} is listed in several splits: {which}")
+    missing = sorted(p for p in files if not Path(p).is_file())
+    for p in missing:
+        events.append({"type": "file_missing", "item": files[p]["path"], "detail": "file not found; skipped"})
+    # Stable ids: sorted by path, the file's stem, __2, __3 ... for different files with the same stem.
+    planned: list[dict[str, Any]] = []
+    seen: Counter[str] = Counter()
+    for path in sorted(p for p in files if p not in missing):
+        f = files[path]
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)
+        seen[stem] += 1
+        file_id = stem if seen[stem] == 1 else f"{stem}__{seen[stem]}"
+        lesions: list[_Lesion] = f["lesions"]
+        if cfg.kind == "full":
+            items = [(file_id, lesions)]
+        else:  # one patch per lesion; rows naming the same box and mask are one lesion
+            groups: dict[tuple[Any, str], list[_Lesion]] = {}
+            for les in lesions:
+                groups.setdefault((les.box, les.mask_src), []).append(les)
+            items = [(f"{file_id}_lesion{k}", g) for k, g in enumerate(groups.values(), start=1)]
+        for item_id, group in items:
+            labels = [les.label for les in group]
+            if len(set(labels)) > 1:
+                what = ", ".join(f"{les.label} (line {les.line})" for les in group)
+                events.append({"type": "conflict", "item": item_id,
+                               "detail": f"{f['path']}: {what}; labelled {_conflict_label(labels)} "
+                                         "(the CBIS-DDSM rule: malignant if any lesion is)"})
+        planned.append({"file_id": file_id, "src": path, "patient_id": next(iter(f["patient"])),
+                        "split": next(iter(f["split"])), "items": items})
+    if not planned:
+        raise MammoLabError(f"--manifest: {name}: no usable row (see the reasons above: "
+                            f"{'; '.join(e['item'] + ': ' + e['detail'] for e in events[:3])})")
+    items_table = pd.DataFrame([
+        {"file_id": p["file_id"], "item_id": item_id, "patient_id": p["patient_id"], "official_split": p["split"],
+         "label": _conflict_label([les.label for les in group])}
+        for p in planned for item_id, group in p["items"]])
+    return planned, items_table
+
+
+def _split_items(items: pd.DataFrame, cfg: ImportConfig) -> pd.DataFrame:
+    """Split and fold per item: a complete ``split`` column (with val) is kept as given, else assigned by patient."""
+    given = items["official_split"]
+    if (given != "").all():
+        bad_s = sorted(set(given) - set(mf.SPLITS))
+        if bad_s:
+            raise MammoLabError(f"--manifest: column 'split' has {bad_s}; expected train, val or test")
+        if (given == "val").any():
+            return items.assign(split=given, fold=pd.NA)
+        return assign_splits(items, val_fraction=cfg.val_fraction, folds=cfg.folds, seed=cfg.seed)
+    return assign_splits(items, official_col="_none_", val_fraction=cfg.val_fraction, folds=cfg.folds,
+                         seed=cfg.seed)
+
+
+def _import_row(job: _ImportJob, item_id: str, lesions: Sequence[_Lesion], img: np.ndarray,
+                mask: np.ndarray | None, boxes: list[tuple[float, float, float, float]],
+                out: Path) -> dict[str, Any]:
+    label = _conflict_label([les.label for les in lesions])
+    rel = _rel(job.base["split"], label, item_id)
+    write_png(out / rel, _as_depth(img, job.bit_depth), mode=job.png)
+    mask_rel = ""
+    if mask is not None and mask.any():
+        mask_rel = _rel(job.base["split"], label, item_id, masks=True)
+        write_png(out / mask_rel, mask.astype(np.uint8) * 255, mode="rle")
+    union = mf.union_box(boxes)
+    row: dict[str, Any] = {k: _joined([les.values.get(k, "") for les in lesions])
+                           for k in lesions[0].values}
+    row.update(job.base)
+    row["source"] = row.get("source") or job.source
+    row.update({
+        "path": rel, "label": label, "image_id": item_id, "mask": mask_rel,
+        **dict(zip(mf.BBOX_COLUMNS, union or (None,) * 4, strict=True)),
+        "width": int(img.shape[1]), "height": int(img.shape[0]), "n_abnormalities": len(lesions),
+        "conflict": len({les.label for les in lesions}) > 1, "boxes": mf.format_boxes(boxes),
+    })
+    return row
 
 
 def _import_one(job: _ImportJob) -> UnitResult:
+    """Read one listed file once and write its image (``full``) or one patch per lesion (roi, crop)."""
     retain_freed_memory()
     out = Path(job.out)
     record = _unit_record(out, job.image_id)
@@ -627,103 +949,162 @@ def _import_one(job: _ImportJob) -> UnitResult:
     img = read_image(job.src)
     if img.size == 0 or int(img.max()) == 0:
         raise MammoLabError(f"{job.src}: image is empty or all black")
-    row = dict(job.row)
-    rel = _rel(row["split"], row["label"], job.image_id)
-    write_png(out / rel, _as_depth(img, job.bit_depth), mode=job.png)
-    row.update(path=rel, image_id=job.image_id, width=int(img.shape[1]), height=int(img.shape[0]))
-    boxes: list[tuple[float, float, float, float]] = []
-    if all(pd.notna(row.get(c)) and str(row.get(c)) != "" for c in mf.BBOX_COLUMNS):
-        boxes.append(tuple(float(row[c]) for c in mf.BBOX_COLUMNS))
-    row["mask"] = ""
-    if job.mask_src:
-        mask = read_image(job.mask_src) > 0
-        if mask.shape != img.shape:
-            mask = cv2.resize(mask.astype(np.uint8), (img.shape[1], img.shape[0]),
-                              interpolation=cv2.INTER_NEAREST).astype(bool)
-        mrel = _rel(row["split"], row["label"], job.image_id, masks=True)
-        write_png(out / mrel, mask.astype(np.uint8) * 255, mode="rle")
-        row["mask"] = mrel
-        if not boxes:
-            box = _bbox(mask)
-            boxes = [box] if box else []
-    union = mf.union_box(boxes)
-    for c, v in zip(mf.BBOX_COLUMNS, union or (None,) * 4, strict=True):
-        row[c] = v
-    row["boxes"] = mf.format_boxes(boxes)
-    res = UnitResult(rows=[row])
+    h, w = img.shape
+    res = UnitResult()
+    kept: list[tuple[_Lesion, tuple[float, float, float, float] | None, np.ndarray | None]] = []
+    for les in job.lesions:
+        where = f"{Path(job.src).name} (line {les.line})"
+        box = les.box
+        if box is not None:  # checked in the plan when the header told the size; again here in case it did not
+            box, note = _fit_box(box, w, h)
+            if box is None:
+                res.events.append({"type": "row_skipped", "item": where, "detail": f"{note}; row skipped"})
+                continue
+        mask = None
+        if les.mask_src:
+            try:
+                mask = read_image(les.mask_src) > 0
+            except MammoLabError as exc:
+                res.events.append({"type": "unreadable", "item": where, "detail": f"mask: {exc}"})
+            if mask is not None and mask.shape != img.shape:
+                res.events.append({"type": "mask_size_mismatch", "item": where,
+                                   "detail": f"mask {mask.shape[1]}x{mask.shape[0]} vs image {w}x{h}; resized"})
+                mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+            if mask is not None and not mask.any():
+                res.events.append({"type": "mask_missing", "item": where, "detail": "mask is empty"})
+                mask = None
+            if box is None and mask is not None:
+                box = _bbox(mask)
+        if job.kind != "full" and box is None:
+            res.events.append({"type": "row_skipped", "item": where,
+                               "detail": f"no usable box or mask (--kind {job.kind}); row skipped"})
+            continue
+        kept.append((les, box, mask))
+    if job.kind == "full":
+        if kept:
+            masks = [m for _, _, m in kept if m is not None]
+            union_mask = np.logical_or.reduce(masks) if masks else None
+            boxes = [b for _, b, _ in kept if b is not None]
+            res.rows.append(_import_row(job, job.image_id, [les for les, _, _ in kept], img, union_mask, boxes, out))
+    else:
+        items: dict[tuple[Any, str], list[tuple[_Lesion, Any, Any]]] = {}
+        for k in kept:
+            items.setdefault((k[0].box, k[0].mask_src), []).append(k)
+        ids = {key: f"{job.image_id}_lesion{n}" for n, key in
+               enumerate(dict.fromkeys((les.box, les.mask_src) for les in job.lesions), start=1)}
+        for key, group in items.items():
+            lesions = [g[0] for g in group]
+            _, box, mask = group[0]
+            full_mask = mask if mask is not None else np.zeros(img.shape, dtype=bool)
+            if job.kind == "roi":
+                patch, pmask, pbox = _roi_patch(img, full_mask, box, job.roi_size, job.roi_margin)
+            else:
+                x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+                x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+                patch, pmask = img[y0:y1, x0:x1], full_mask[y0:y1, x0:x1]
+                pbox = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+            res.rows.append(_import_row(job, ids[key], lesions, patch, pmask if mask is not None else None,
+                                        [pbox], out))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
 
 
+def _job_digest(src: str, lesions: Sequence[_Lesion], base: dict[str, Any]) -> str:
+    """What a re-run must redo when it changed: the file (size, time), its rows and its split."""
+    st = Path(src).stat()
+    return config_hash({"src": src, "size": st.st_size, "mtime": st.st_mtime_ns, "base": base,
+                        "lesions": [[les.label, les.box, les.mask_src, les.values] for les in lesions]})
+
+
 def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfig | None = None, *,
                       workers: int | None = None, overwrite: bool = False) -> OrganizeResult:
-    """Import any dataset listed in a CSV (``path, label, patient_id`` [+ split, mask, bbox_*])."""
+    """Import any dataset listed in a CSV (``path, label, patient_id`` [+ split, mask, bbox_*]).
+
+    A file may have several rows (one per lesion). Everything is validated and split before any
+    pixel is written, so a bad manifest never leaves a half-written dataset.
+    """
     cfg = config or ImportConfig()
     csv_path, out = Path(csv_path), Path(out)
+    if csv_path.is_dir():
+        raise MammoLabError(f"--manifest: {csv_path} is a folder; expected a CSV file listing the images "
+                            "(columns path, label, patient_id)")
     if not csv_path.is_file():
-        raise MammoLabError(f"--manifest: {csv_path} not found")
-    src = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    src.columns = [c.strip() for c in src.columns]
+        raise MammoLabError(f"--manifest: {csv_path} not found; expected a CSV file listing the images "
+                            "(columns path, label, patient_id)")
+    src = _read_manifest_csv(csv_path)
     for col in ("path", "label", "patient_id"):
         if col not in src.columns:
-            raise MammoLabError(f"--manifest: {csv_path} has no column {col!r} "
-                                "(expected at least path, label, patient_id; optional split, mask, bbox_x0..bbox_y1)")
+            raise MammoLabError(f"--manifest: {csv_path} has no column {col!r} ({_MANIFEST_HELP})")
     if src.empty:
         raise MammoLabError(f"--manifest: {csv_path} lists no image")
+    for col, why in (("path", "which file"), ("patient_id", "whose image: splits are by patient")):
+        empty = src.loc[src[col] == "", "_line"].tolist()
+        if empty:
+            lines = ", ".join(map(str, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            raise MammoLabError(f"--manifest: {csv_path}: empty {col} on line(s) {lines} (every row needs {why})")
     classes = mf.classes_for(cfg.labels)
-    labels = src["label"].str.strip().str.lower().map(lambda s: _LABEL_ALIASES.get(s, s))
+    labels = src["label"].str.lower().map(lambda s: _LABEL_ALIASES.get(s, s) if cfg.labels == "binary" else s)
     bad = sorted(set(labels) - set(classes))
     if bad:
-        raise MammoLabError(f"--manifest: column 'label' has {bad[:5]}; expected one of {list(classes)} "
-                            "(or 0/1, B/M for binary)")
+        raise MammoLabError(f"--manifest: column 'label' has {bad[:5]}; expected one of {list(classes)}"
+                            + (" (or 0/1, B/M for binary)" if cfg.labels == "binary" else ""))
     src["label"] = labels
-    base = csv_path.parent
-    src["src"] = [str(p if Path(p).is_absolute() else base / p) for p in src["path"]]
-    missing = [p for p in src["src"] if not Path(p).is_file()]
-    if "split" in src.columns and (src["split"].str.strip() != "").all():
-        splits = src["split"].str.strip().str.lower()
-        bad_s = sorted(set(splits) - set(mf.SPLITS))
-        if bad_s:
-            raise MammoLabError(f"--manifest: column 'split' has {bad_s}; expected train, val or test")
-        if (splits == "val").any():
-            src["split"] = splits
-            src["fold"] = pd.NA
-        else:
-            tmp = assign_splits(src.assign(official_split=splits), val_fraction=cfg.val_fraction,
-                                folds=cfg.folds, seed=cfg.seed)
-            src["split"], src["fold"] = tmp["split"], tmp["fold"]
-    else:
-        tmp = assign_splits(src.drop(columns=[c for c in ("split",) if c in src]), official_col="_none_",
-                            val_fraction=cfg.val_fraction, folds=cfg.folds, seed=cfg.seed)
-        src["split"], src["fold"] = tmp["split"], tmp["fold"]
+    events: list[dict[str, str]] = []
+    planned, items = _plan_manifest(src, csv_path, cfg, events)
+    items = _split_items(items, cfg)
+    check_split_classes(items, classes, allow=cfg.allow_degenerate)
+    split_of = dict(zip(items["file_id"], items["split"], strict=True))
+    fold_of = dict(zip(items["file_id"], items["fold"], strict=True))
+    inputs = [csv_path, *(Path(p["src"]) for p in planned),
+              *(Path(les.mask_src) for p in planned for _, g in p["items"] for les in g if les.mask_src)]
     cfg_hash = cfg.content_hash("organize-manifest")
-    _prepare_out(out, cfg_hash, overwrite, [csv_path.parent])
-    ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p).stem) for p in src["path"]]
-    seen: Counter[str] = Counter()
-    uniq = []
-    for i in ids:
-        seen[i] += 1
-        uniq.append(i if seen[i] == 1 else f"{i}__{seen[i]}")
-    keep_cols = [c for c in src.columns if c not in ("path", "src", "mask")]
+    _prepare_out(out, cfg_hash, overwrite, inputs)
     jobs = []
-    for image_id, (_, r) in zip(uniq, src.iterrows(), strict=True):
-        row = {c: r[c] for c in keep_cols}
-        row.setdefault("source", str(csv_path.name))
-        row["target"] = classes.index(r["label"])
-        mask = r.get("mask", "")
-        mask_src = str(mask if not mask or Path(mask).is_absolute() else base / mask) if mask else ""
-        jobs.append(_ImportJob(image_id, r["src"], mask_src, row, str(out.resolve()), cfg.bit_depth, cfg_hash,
-                                   cfg.png))
-    plan = {"files_missing": missing}
+    for p in planned:
+        fold = fold_of[p["file_id"]]
+        base = {"split": split_of[p["file_id"]], "fold": None if pd.isna(fold) else int(fold),
+                "patient_id": p["patient_id"]}
+        lesions = [les for _, g in p["items"] for les in g]
+        jobs.append(_ImportJob(p["file_id"], p["src"], lesions, base, cfg.kind, cfg.roi_size, cfg.roi_margin,
+                               str(out.resolve()), cfg.bit_depth,
+                               f"{cfg_hash}:{_job_digest(p['src'], lesions, base)}", cfg.png, csv_path.name))
+    plan = {"files_missing": [f"{e['item']}: {e['detail']}" for e in events if e["type"] == "file_missing"],
+            "events": [e for e in events if e["type"] != "file_missing"]}
     return _collect(out, jobs, plan, cfg.model_dump(), cfg_hash, cfg.labels, workers,
-                    inputs={"manifest": str(csv_path.resolve())}, process=_import_one)
+                    inputs={"manifest": str(csv_path.resolve())}, process=_import_one, source="manifest")
 
 
 def organize(download: str | Path | None = None, *, out: str | Path, csv_dir: str | Path | None = None,
              manifest: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
              metadata: str | Path | None = None, workers: int | None = None, overwrite: bool = False,
              **options: Any) -> OrganizeResult:
-    """One entry point for both modes, as the CLI exposes them (``options`` override ``config``)."""
+    """One entry point for both modes, as the CLI exposes them (``options`` override ``config``).
+
+    A run that fails before writing any image leaves no output folder behind if it created it (an
+    empty download, a CSV error found while planning): nothing that looks like a dataset.
+    """
+    resolve_workers(workers)
+    out_path = Path(out)
+    created = not out_path.exists()
+    try:
+        return _organize(download, out=out, csv_dir=csv_dir, manifest=manifest, config=config, metadata=metadata,
+                         workers=workers, overwrite=overwrite, **options)
+    except MammoLabError:
+        if created and out_path.is_dir() and not _holds_images(out_path):
+            shutil.rmtree(out_path, ignore_errors=True)
+        raise
+
+
+def _holds_images(out: Path) -> bool:
+    """True when ``out`` holds a finished unit's record: work worth keeping for a re-run."""
+    units = out / WORK_DIR / "units"
+    return units.is_dir() and any(units.iterdir())
+
+
+def _organize(download: str | Path | None = None, *, out: str | Path, csv_dir: str | Path | None = None,
+              manifest: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
+              metadata: str | Path | None = None, workers: int | None = None, overwrite: bool = False,
+              **options: Any) -> OrganizeResult:
     if manifest is not None:
         if download is not None or csv_dir is not None:
             raise MammoLabError("organize: give either DOWNLOAD with --csv-dir, or --manifest, not both")
@@ -744,7 +1125,11 @@ def summary_lines(result: OrganizeResult) -> list[str]:
     for s, row in q["counts"].items():
         lines.append(f"  {s:5s} " + "  ".join(f"{k}={v}" for k, v in row.items()) + f"  patients={q['patients'][s]}")
     lines.append(f"  patient overlap between splits: {q['patient_overlap_total']}")
-    for key, label in (("files_missing", "files missing"), ("unreadable", "unreadable, skipped"),
+    for w in q.get("split_warnings", []):
+        lines.append(f"  warning: {w}")
+    for key, label in (("files_missing", "files missing"), ("duplicate_rows_dropped", "repeated CSV rows dropped"),
+                       ("unreadable", "unreadable, skipped"),
+                       ("rows_skipped", "manifest rows skipped"), ("boxes_clipped", "boxes clipped to the image"),
                        ("masks_swapped", "masks found swapped"), ("mask_size_mismatch", "mask size mismatches"),
                        ("conflicting_labels", "images with conflicting labels")):
         if q.get(key):

@@ -7,6 +7,9 @@ split that is not by patient leaks. These functions wrap scikit-learn's ``Strati
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
@@ -22,7 +25,9 @@ def grouped_holdout(labels: pd.Series, groups: pd.Series, fraction: float, seed:
     """Boolean mask of rows to hold out (about ``fraction`` of them), whole patients at a time.
 
     Implemented as one fold of a ``StratifiedGroupKFold`` with ``round(1/fraction)`` folds, which
-    keeps the label balance of the held-out part close to the whole.
+    keeps the label balance of the held-out part close to the whole. The first fold that leaves
+    every label on both sides is taken: with few patients a fold can miss a class, and a validation
+    split without one has no AUC (when no fold manages it, the first fold is taken as before).
     """
     if not 0.0 < fraction < 1.0:
         raise MammoLabError(f"--val-fraction: expected a number between 0 and 1, got {fraction}")
@@ -32,7 +37,16 @@ def grouped_holdout(labels: pd.Series, groups: pd.Series, fraction: float, seed:
                             "need at least 2 patients in the training split")
     n_splits = _n_splits_for(groups, int(round(1.0 / fraction)))
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(sgkf.split(np.zeros(len(labels)), labels.to_numpy(), groups.to_numpy()))
+    y = labels.to_numpy()
+    folds = [held for _, held in sgkf.split(np.zeros(len(labels)), y, groups.to_numpy())]
+    everywhere = set(y)
+
+    def both_sides(held: np.ndarray) -> bool:
+        inside = np.zeros(len(y), dtype=bool)
+        inside[held] = True
+        return set(y[inside]) == everywhere and set(y[~inside]) == everywhere
+
+    held = next((f for f in folds if both_sides(f)), folds[0])
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
@@ -135,3 +149,39 @@ def stratified_group_subset(df: pd.DataFrame, n: int, *, seed: int = 0, label_co
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, idx = next(sgkf.split(np.zeros(len(df)), df[label_col].astype(str).to_numpy(), groups.to_numpy()))
     return df.iloc[np.sort(idx)]
+
+
+def split_class_check(df: pd.DataFrame, classes: Sequence[str], *, split_col: str = "split",
+                      label_col: str = "label", group_col: str = "patient_id",
+                      min_patients: int = 2) -> tuple[list[str], list[str]]:
+    """``(warnings, problems)`` about how many patients of each class each split holds.
+
+    A warning for a split with fewer than ``min_patients`` patients of a class (its per-class metrics
+    rest on one patient); a problem for a validation or test split without a class at all, where AUC
+    and the Youden threshold are undefined and model selection on val AUC silently degrades.
+    """
+    warnings_: list[str] = []
+    problems: list[str] = []
+    for s in ("train", "val", "test"):
+        part = df[df[split_col].astype(str) == s]
+        counts = {c: int(part.loc[part[label_col].astype(str) == c, group_col].nunique()) for c in classes}
+        desc = ", ".join(f"{c}={n}" for c, n in counts.items())
+        absent = [c for c, n in counts.items() if n == 0]
+        few = [c for c, n in counts.items() if n < min_patients]
+        if absent and s in ("val", "test"):
+            problems.append(f"the {s} split has no {' or '.join(absent)} patient (patients per class: {desc})")
+        elif few:
+            warnings_.append(f"{s} split: fewer than {min_patients} patients of {', '.join(few)} "
+                             f"(patients per class: {desc})")
+    return warnings_, problems
+
+
+def check_split_classes(df: pd.DataFrame, classes: Sequence[str], *, allow: bool = False,
+                        **columns: Any) -> list[str]:
+    """Raise when val or test lacks a class (unless ``allow``); return every warning, problems included."""
+    warnings_, problems = split_class_check(df, classes, **columns)
+    if problems and not allow:
+        raise MammoLabError(f"organize: {problems[0]}: its AUC and Youden threshold would be undefined; add "
+                            "patients (for a carved split: try another --seed or --val-fraction), or pass "
+                            "--allow-degenerate to go on")
+    return problems + warnings_
