@@ -286,7 +286,7 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
 
 
 def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fill_holes: bool = True,
-                rim: float = 0.2, thumb: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int]:
+                rim: float = 0.1, thumb: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, int]:
     """The breast as a thumbnail mask (``uint8`` 0/255) and the thumbnail factor ``k``.
 
     1. Otsu's threshold separates tissue from background (the film base, often well above black).
@@ -326,9 +326,9 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
             raise MammoLabError("no breast found (the image has no region above the Otsu threshold)")
     seed = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if grow < 1.0:
-        rs = max(3, int(round(rim * side)) | 1)
-        near = cv2.dilate(seed.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (rs, rs)))
-        low = ((t8 > bg + grow * max(0.0, level - bg)) & (near > 0) & (art == 0)).astype(np.uint8)
+        # Distance to the seed (a distance transform: a dilation by a disc this size is 50x slower).
+        dist = cv2.distanceTransform(np.where(seed, 0, 255).astype(np.uint8), cv2.DIST_L2, 3)
+        low = ((t8 > bg + grow * max(0.0, level - bg)) & (dist <= rim * side) & (art == 0)).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
         low[art > 0] = 0
         _, low_labels = cv2.connectedComponents(low, connectivity=8)
@@ -387,9 +387,8 @@ def artifact_mask(t8: np.ndarray, *, level: float, background: float, bright: fl
         return out
     dark = t8 <= dark_level_of(t8, level, background)
     # The black matrix a digitised film is centred in (whole dark rows/columns) is no evidence: tissue
-    # at the chest wall meets it with a sharp edge too.
-    matrix = (t8.max(axis=0) <= dark_level_of(t8, level, background))[None, :] | \
-        (t8.max(axis=1) <= dark_level_of(t8, level, background))[:, None]
+    # at the chest wall meets it with a sharp edge too (95% dark: a stray mark there does not count).
+    matrix = ((dark.mean(axis=0) >= 0.95)[None, :] | (dark.mean(axis=1) >= 0.95)[:, None])
     h, w = t8.shape
     limit = max_area * h * w
     ring_ker = np.ones((7, 7), np.uint8)
@@ -428,7 +427,7 @@ def artifact_mask(t8: np.ndarray, *, level: float, background: float, bright: fl
     return out
 
 
-def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float = 30.0, share: float = 0.4,
+def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float = 20.0, share: float = 0.3,
                        flat_std: float = 3.0) -> np.ndarray:
     """What lies outside a straight edge along the film's sides: tape, film-edge strips, frames (0/255).
 
@@ -510,7 +509,7 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
         if ring.any() and float(dark[y0:y1, x0:x1][ring].mean()) >= 0.3:
             label_area += int(a)
     out["label_like"] = round(label_area / float(t8.size), 5)
-    out["edge"] = bool(straight_edge_mask(t8).any())
+    out["edge"] = bool(straight_edge_mask(t8, step=30.0, share=0.4).any())
     out["suspect"] = bool(out["islands"] > 0 or label_area > 0 or out["edge"])
     return out
 
