@@ -22,6 +22,7 @@ __all__ = [
     "StrictModel",
     "config_hash",
     "load_yaml",
+    "yaml_error_line",
     "load_config",
     "dump_yaml",
     "format_validation_error",
@@ -62,12 +63,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise MammoLabError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+        raise MammoLabError(yaml_error_line(path, exc)) from None
+    except UnicodeDecodeError as exc:
+        raise MammoLabError(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML file saved as UTF-8") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise MammoLabError(f"{path}: expected a mapping of option: value at the top level")
     return data
+
+
+def yaml_error_line(path: str | Path, exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line report as one line: ``FILE:LINE:COLUMN: problem (context)``, 1-based."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = " ".join(str(getattr(exc, "context", None) or "").split())
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    detail = f"{problem} ({context})" if context else problem
+    return f"{where}: not valid YAML: {detail}; expected 'option: value' lines (indent nested ones with spaces)"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -15,3 +15,9 @@ class MammoLabError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class OutputError(MammoLabError):
+    """A user-caused error that must stop the whole run, not just skip one item: the output folder
+    cannot be written (permissions, read-only file system, disk full). Loops that skip failing items
+    (:func:`mammolab.progress.parallel_map`) let this one through."""

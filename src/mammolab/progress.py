@@ -3,13 +3,20 @@
 ``parallel_map`` runs a picklable function over items in worker processes (or inline for
 ``workers <= 1``), shows a Rich progress bar, and never lets one bad item stop the run: a
 :class:`MammoLabError` raised for an item is collected as ``(item, message)`` and reported by the
-caller at the end. Any other exception is a bug and propagates.
+caller at the end. An :class:`~mammolab.errors.OutputError` (the output folder cannot be written)
+stops the whole run: skipping every item one by one would only hide it. Any other exception is a
+bug and propagates.
+
+``workers``: ``None`` means every core this process may use; a positive number is capped at that
+(more processes than cores only add memory and switching); 0 or a negative number is an error
+(:func:`resolve_workers`).
 
 Set ``MAMMOLAB_QUIET=1`` (tests, CI) to silence bars.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mammolab.errors import MammoLabError
+from mammolab.errors import MammoLabError, OutputError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +51,27 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None, option: str = "--workers") -> int:
+    """The number of worker processes to use: ``None`` -> all cores, ``N`` -> at most the cores.
+
+    0 and negative numbers are refused (they used to mean "all cores" silently, which hid typos such
+    as ``-j -4``); asking for more than the cores is capped, since extra processes only cost memory.
+    """
+    cores = default_workers()
+    if workers is None:
+        return cores
+    try:
+        if isinstance(workers, bool):
+            raise TypeError
+        workers = operator.index(workers)
+    except TypeError:
+        raise MammoLabError(f"{option}: expected a whole number of worker processes, got {workers!r}") from None
+    if workers < 1:
+        raise MammoLabError(f"{option}: expected 1 or more worker processes (or leave it out for all "
+                            f"{cores} cores), got {workers}")
+    return min(workers, cores)
 
 
 def make_progress() -> Progress:
@@ -67,6 +95,8 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def _call(fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
     try:
         return True, fn(item)
+    except OutputError:
+        raise  # the run cannot go on: pickled back to the parent and raised there
     except MammoLabError as exc:
         return False, str(exc)
 
@@ -78,7 +108,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | Non
     Failed items have ``None`` as their result. Work is submitted in a bounded window so memory
     stays flat on large inputs (full-size mammograms are ~30 MB each in flight).
     """
-    workers = default_workers() if workers is None or workers <= 0 else workers
+    workers = resolve_workers(workers)
     results: list[R | None] = [None] * len(items)
     errors: list[tuple[int, str]] = []
     with make_progress() as progress:
@@ -112,7 +142,11 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | Non
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i = pending.pop(fut)
-                    ok, value = fut.result()
+                    try:
+                        ok, value = fut.result()
+                    except BaseException:
+                        pool.shutdown(wait=True, cancel_futures=True)  # start nothing more
+                        raise
                     if ok:
                         results[i] = value
                     else:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -97,7 +98,10 @@ WORKER = textwrap.dedent("""
     from mammolab.tune.search import create_or_load_study, run_trials
     from mammolab.tune.storage import ClaimLock, open_storage
     url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    study = create_or_load_study(open_storage(url, heartbeat_interval=1), name, settings={"k": 1}, url=url)
+    # grace_period 30 s: this test is about the claim lock; a heartbeat starved for 2 s on a loaded
+    # machine must not fail a 0.05 s trial (stale-trial retries are tested in test_tune.py).
+    study = create_or_load_study(open_storage(url, heartbeat_interval=1, grace_period=30), name,
+                                 settings={"k": 1}, url=url)
     def objective(trial):
         x = trial.suggest_float("x", 0, 1)
         time.sleep(0.05)
@@ -107,8 +111,32 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_three_light_workers_on_postgres_finish_exactly_n(pg_url: str, tmp_path: Path) -> None:
-    """The claim lock, stressed: three processes race for 12 short trials; none is lost or extra."""
+@pytest.fixture
+def fresh_pg_url(pg_url: str) -> Iterator[str]:
+    """``pg_url`` pointed at a new, empty schema (dropped afterwards): every run starts as on a freshly
+    created cluster, where Optuna still has to create its tables, the case that used to fail."""
+    import sqlalchemy
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(resolve_driver(pg_url))
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in pg_url else "?"
+    try:
+        yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+def test_three_light_workers_on_postgres_finish_exactly_n(fresh_pg_url: str, tmp_path: Path) -> None:
+    """The claim lock, stressed: three processes race for 12 short trials; none is lost or extra.
+
+    On an empty database the three also race to create Optuna's tables and the study (they used to
+    fail with a duplicate-key error there, see ``mammolab.tune.storage.init_lock``).
+    """
+    pg_url = fresh_pg_url
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     name = f"test-light-{uuid.uuid4().hex[:8]}"
@@ -120,11 +148,8 @@ def test_three_light_workers_on_postgres_finish_exactly_n(pg_url: str, tmp_path:
         assert p.returncode == 0, err
         ran += json.loads(out.strip().splitlines()[-1])
     study = optuna.load_study(study_name=name, storage=resolve_driver(pg_url))
-    try:
-        assert sorted(ran) == list(range(12))
-        assert study_counts(study) == {"COMPLETE": 12}
-    finally:
-        optuna.delete_study(study_name=name, storage=resolve_driver(pg_url))
+    assert sorted(ran) == list(range(12))
+    assert study_counts(study) == {"COMPLETE": 12}
 
 
 def test_timeout_stops_starting_trials(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def organize(
     config: Path | None = typer.Option(
         None, "--config", help="YAML file with any of the options above (command-line options win)."),
     workers: int | None = typer.Option(
-        None, "--workers", "-j", help="Parallel worker processes: 1 or more, capped at the cores. [default: all cores]"),
+        None, "--workers", "-j",
+        help="Parallel worker processes: 1 or more, capped at the cores. [default: all cores]"),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo an output folder made with other options (only its own files are "
                                    "replaced)."),

@@ -45,7 +45,8 @@ def preprocess(
                                      "median denoise, CLAHE) or 'patch' (lesion crops: resize 512x512, denoise, "
                                      "CLAHE). Default: 'patch' for crop/ROI datasets, else 'full'."),
     workers: int | None = typer.Option(
-        None, "--workers", "-j", help="Parallel worker processes, one image each (default: all cores)."),
+        None, "--workers", "-j",
+        help="Parallel worker processes, one image each: 1 or more, capped at the cores (default: all cores)."),
     preview: int = typer.Option(
         0, "--preview", help="Also write OUT/preview.png: a contact sheet of N images, one column per step "
                              "(input first; lesion boxes red, masks green), to check each step at a glance."),
@@ -83,7 +84,8 @@ def augment(
     splits: str | None = typer.Option(
         None, "--splits", help="Comma-separated splits to augment; others are copied as they are (default: train)."),
     workers: int | None = typer.Option(
-        None, "--workers", "-j", help="Parallel worker processes (default: all cores)."),
+        None, "--workers", "-j",
+        help="Parallel worker processes: 1 or more, capped at the cores (default: all cores)."),
 ) -> None:
     """Offline augmentation as in the classic recipe: original, flips and +-15 degree rotations of each training image.
 

@@ -12,6 +12,7 @@ tree, the current NBIA ``1.000000-full mammogram images-n/1-1.dcm`` one, with or
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from collections.abc import Iterable
@@ -45,6 +46,21 @@ def _uids(path: str) -> tuple[str, str, str, str]:
     return parts[0], parts[-3], parts[-2], parts[-1]
 
 
+def _csv_text(path: Path) -> str:
+    """The CSV as text: UTF-8 (with or without a byte-order mark), as TCIA publishes it. Anything else is
+    one line naming the file, the line and the byte, and saying what is expected; guessing another
+    encoding would silently change patient ids and paths."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise MammoLabError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}; the file looks re-saved in "
+            "another encoding such as Latin-1 or Windows-1252); expected the CSV as TCIA publishes it, "
+            "in UTF-8: download it again or re-save it as UTF-8") from None
+
+
 def read_case_csv(path: str | Path) -> pd.DataFrame:
     """Read one official case-description CSV into a normalised table.
 
@@ -57,9 +73,13 @@ def read_case_csv(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise MammoLabError(f"{path}: case-description CSV not found")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(io.StringIO(_csv_text(path)), dtype=str, keep_default_na=False)
+    except MammoLabError:
+        raise
     except Exception as exc:
-        raise MammoLabError(f"{path}: unreadable CSV ({exc})") from None
+        detail = " ".join(str(exc).split())
+        raise MammoLabError(f"{path}: unreadable CSV ({detail}); expected a comma-separated CBIS-DDSM "
+                            "case-description CSV") from None
     raw.columns = [c.strip() for c in raw.columns]
     raw = raw.rename(columns={"breast_density": "density", "breast density": "density"})
     missing = [c for c in CSV_REQUIRED if c not in raw.columns]
@@ -142,9 +162,54 @@ def find_case_csvs(csv_dir: str | Path, abnormality: str = "mass") -> list[Path]
     return sorted(found, key=order)
 
 
+#: The columns that identify one lesion (one output image for --kind crop/roi): two rows with the
+#: same values describe the same lesion.
+LESION_KEY = ("abnormality", "official_split", "patient_id", "side", "view", "abnormality_id")
+#: Where two rows may differ and still be the same row: where they were read from.
+_ORIGIN = ("csv_file", "csv_row")
+
+
+def drop_duplicate_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop exact repeats of a lesion's row (reported); refuse two *different* rows for one lesion.
+
+    A repeated row (same content, another line) is a copy-paste or a concatenation accident: it is
+    dropped and listed, so the manifest gets one image per lesion. Two rows that name the same lesion
+    but disagree (pathology, paths, ...) cannot be resolved by guessing: one error names the CSV(s),
+    their lines and the first column that differs, before anything is written.
+    """
+    if table.empty:
+        return table, []
+    keys = list(LESION_KEY)
+    content = [c for c in table.columns if c not in _ORIGIN]
+    dup_key = table.duplicated(keys, keep=False)
+    if not dup_key.any():
+        return table, []
+    for _, grp in table[dup_key].groupby(keys, sort=False):
+        first = grp.iloc[0]
+        for _, other in grp.iloc[1:].iterrows():
+            differ = [c for c in content if str(first[c]) != str(other[c])]
+            if differ:
+                c = differ[0]
+                raise MammoLabError(
+                    f"{first['csv_file']} line {first['csv_row']} and {other['csv_file']} line {other['csv_row']} "
+                    f"describe the same lesion ({first['patient_id']} {first['side']} {first['view']} abnormality "
+                    f"{first['abnormality_id']}) differently (column {c!r}: {first[c]!r} vs {other[c]!r}); expected "
+                    "one row per lesion: remove the wrong row from the CSV")
+    repeated = table.duplicated(keys, keep="first")
+    dropped = [f"{r['csv_file']} line {r['csv_row']}: repeats the row of {r['roi_case_id'] or r['case_id']} "
+               f"(dropped)" for _, r in table[repeated].iterrows()]
+    return table[~repeated].reset_index(drop=True), dropped
+
+
 def read_case_csvs(csv_dir: str | Path, abnormality: str = "mass") -> pd.DataFrame:
-    """Concatenate the official CSVs for ``abnormality`` into one normalised table."""
-    return pd.concat([read_case_csv(p) for p in find_case_csvs(csv_dir, abnormality)], ignore_index=True)
+    """Concatenate the official CSVs for ``abnormality`` into one normalised table, each lesion once.
+
+    Repeated rows are dropped and listed in ``table.attrs["duplicate_rows"]`` (for the quality report).
+    """
+    table = pd.concat([read_case_csv(p) for p in find_case_csvs(csv_dir, abnormality)], ignore_index=True)
+    table, dropped = drop_duplicate_rows(table)
+    table.attrs["duplicate_rows"] = dropped
+    return table
 
 
 # --------------------------------------------------------------------------- download index

@@ -21,7 +21,14 @@ from pydantic import Field
 from mammolab.config import StrictModel, config_hash, load_config
 from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_bytes, atomic_write_text, read_json, write_json
+from mammolab.io.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json,
+    remove_stale_temps,
+    write_json,
+)
 from mammolab.io.images import write_png
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import Sample, flip, rotate
@@ -153,7 +160,7 @@ class AugmentResult:
 def augment(dataset: str | Path, out: str | Path, config: AugmentConfig | dict[str, Any] | str | Path | None = None,
             *, workers: int | None = None, **overrides: Any) -> AugmentResult:
     """Write ``dataset`` to ``out`` with every row of the augmented splits expanded into its copies."""
-    from mammolab.progress import parallel_map
+    from mammolab.progress import parallel_map, resolve_workers
 
     src, out = Path(dataset), Path(out)
     if not src.is_dir():
@@ -164,8 +171,10 @@ def augment(dataset: str | Path, out: str | Path, config: AugmentConfig | dict[s
     df = mf.load_manifest(src)
     if df.empty:
         raise MammoLabError(f"{src / mf.MANIFEST_NAME}: lists no image")
+    resolve_workers(workers)
     check_out(src, out, stage="augment", records=RECORDS)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
+    remove_stale_temps(out)
     cfg_dict = cfg.model_dump(mode="json")
     cfg_hash = config_hash({"stage": "augment", **cfg_dict})
     rows = [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in df.to_dict(orient="records")]

@@ -32,11 +32,11 @@ from pydantic_core import PydanticCustomError
 from mammolab.config import StrictModel, config_hash, dump_yaml, format_validation_error, load_config, load_yaml
 from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, read_json, write_json
+from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.io.images import read_image, read_mask, write_png
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import OPS, Op, Sample
-from mammolab.progress import parallel_map
+from mammolab.progress import parallel_map, resolve_workers
 from mammolab.reporting import markdown_list_sections
 
 __all__ = [
@@ -57,6 +57,10 @@ WORK_DIR = ".mammolab"
 RECORDS = "preprocess"
 CONFIG_NAME = "preprocess.yaml"
 PREVIEW_NAME = "preview.png"
+#: Before | after contact sheet of the images whose segmentation check failed (see ``_suspects_sheet``).
+SUSPECTS_NAME = "suspects.png"
+#: At most this many rows in it: the report lists every suspect, the sheet shows the first ones.
+MAX_SUSPECTS_SHOWN = 48
 #: Shipped configs selectable by name with ``--config``.
 PRESETS = {"full": "preprocess_default.yaml", "patch": "preprocess_patch.yaml"}
 
@@ -307,6 +311,9 @@ def _process(job: _Job) -> dict[str, Any]:
         events.append({"type": "lesion_cropped", "item": rel,
                        "detail": f"{n_boxes_in - len(result.boxes)} of {n_boxes_in} lesion box(es) fell outside "
                                  "the image after cropping"})
+    seg = result.meta.pop("segmentation", None)  # remove_annotations' figures go to the report, not the recipe
+    if seg and seg.get("suspect"):
+        events.append({"type": "segmentation_suspect", "item": rel, "detail": _segmentation_detail(seg)})
     if had_lesion:
         m = result.mask > 0 if result.mask is not None else None
         kept = float((result.image[m] > 0).mean()) if m is not None and m.any() else 0.0
@@ -398,6 +405,41 @@ def _preview(src: Path, out: Path, rows: list[dict[str, Any]], pipeline: Pipelin
     return path
 
 
+def _segmentation_detail(seg: dict[str, Any]) -> str:
+    """One line of what :func:`mammolab.preprocess.ops.segmentation_check` found."""
+    parts = []
+    if seg.get("label_like"):
+        parts.append(f"label-like bright patch kept ({seg['label_like']:.2%} of the image)")
+    if seg.get("islands"):
+        parts.append(f"{seg['islands']:.1%} of the kept area not connected to the breast")
+    if seg.get("edge"):
+        parts.append("a straight edge along a side is left (tape, film edge or frame)")
+    if seg.get("tissue_removed", 0) > 0.05:
+        parts.append(f"{seg['tissue_removed']:.0%} of the first-guess breast removed")
+    return "; ".join(parts) or "flagged"
+
+
+def _suspects_sheet(src: Path, out: Path, rows: list[dict[str, Any]], events: list[dict[str, str]]) -> Path | None:
+    """``suspects.png``: input | output of each segmentation suspect, so a user of a new collection sees
+    the failures without opening every file. A stale sheet of an earlier run goes when none is left."""
+    path = out / SUSPECTS_NAME
+    items = sorted({e["item"] for e in events if e["type"] == "segmentation_suspect"})
+    by_path = {str(r["path"]): r for r in rows}
+    traces = []
+    for rel in items[:MAX_SUSPECTS_SHOWN]:
+        try:
+            before = load_sample(src, by_path[rel])
+            after = Sample(read_image(out / rel))
+        except (MammoLabError, KeyError):
+            continue
+        traces.append([(Path(rel).stem[:20], before), ("output", after)])
+    if not traces:
+        path.unlink(missing_ok=True)
+        return None
+    write_png(path, contact_sheet(traces))
+    return path
+
+
 # ------------------------------------------------------------------------------------------- the run
 
 @dataclass
@@ -455,8 +497,10 @@ def preprocess(dataset: str | Path, out: str | Path,
     cfg = load_preprocess_config(config, size=size, bit_depth=bit_depth, default_preset=_default_preset(info))
     if preview < 0:
         raise MammoLabError(f"--preview: expected 0 or more images, got {preview}")
+    resolve_workers(workers)
     check_out(src, out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
+    remove_stale_temps(out)  # what a killed run was writing when it died
     cfg_hash = cfg.hash()
     steps = cfg.model_dump(mode="json")["steps"]
     rows = [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in df.to_dict(orient="records")]
@@ -495,6 +539,7 @@ def preprocess(dataset: str | Path, out: str | Path,
         "classes": list(classes), "labels": labels, "manifest_hash": mf.manifest_hash(out),
     })
     preview_path = _preview(src, out, rows, Pipeline.from_config(cfg), preview)
+    _suspects_sheet(src, out, rows, events)
     return PreprocessResult(out=out, manifest=mf.load_manifest(out), config=cfg, config_hash=cfg_hash,
                             processed=len(out_rows) - reused, reused=reused, skipped=skipped, events=events,
                             preview=preview_path)
@@ -517,6 +562,7 @@ def _quality(df: pd.DataFrame, skipped: list[tuple[str, str]], events: list[dict
         "lesion_blanked": by_type.get("lesion_blanked", []),
         "mask_resized": by_type.get("mask_resized", []),
         "mask_unreadable": by_type.get("mask_unreadable", []),
+        "segmentation_suspect": by_type.get("segmentation_suspect", []),
     }
 
 
@@ -533,7 +579,9 @@ def _quality_markdown(q: dict[str, Any]) -> str:
         ("Skipped images", "skipped"), ("Lesion boxes cropped away", "lesion_cropped"),
         ("Lesions blanked by annotation removal (check the config)", "lesion_blanked"),
         ("Masks resized to their image", "mask_resized"),
-        ("Masks unreadable (image processed without its mask)", "mask_unreadable")]))
+        ("Masks unreadable (image processed without its mask)", "mask_unreadable"),
+        (f"Segmentation suspects: something besides the breast left, or breast tissue removed (before | after: "
+         f"{SUSPECTS_NAME})", "segmentation_suspect")]))
     return "\n".join(lines)
 
 
@@ -553,5 +601,7 @@ def summary_lines(result: PreprocessResult) -> list[str]:
         lines.append(f"  {key.replace('_', ' ')}: {sum(e['type'] == key for e in result.events)}")
     if result.preview:
         lines.append(f"  preview (one column per step): {result.preview}")
+    if (result.out / SUSPECTS_NAME).is_file() and "segmentation_suspect" in flagged:
+        lines.append(f"  segmentation suspects, before | after: {result.out / SUSPECTS_NAME}")
     lines.append(f"  see {result.out / mf.QUALITY_MD}")
     return lines

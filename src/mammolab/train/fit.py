@@ -281,6 +281,27 @@ def _discard_unstarted(out: Path, created: bool) -> None:
                 sub.rmdir()  # only when empty: someone else's files are never removed
 
 
+def _monitor_for(val_counts: np.ndarray, classes: Sequence[str]) -> tuple[str, str | None]:
+    """What picks the best checkpoint and stops early: val AUC, or val loss when AUC cannot be defined.
+
+    A validation split without some class has no AUC (logged as empty, never 0); following it would
+    keep the first epoch and stop after ``patience`` epochs of nothing. Returns the metric and why.
+    """
+    absent = [c for c, n in zip(classes, val_counts, strict=True) if n == 0]
+    if not absent:
+        return "val_auc", None
+    return "val_loss", (f"the validation split has no {' or '.join(absent)} image, so val AUC is undefined "
+                        "(logged as empty): the best checkpoint and early stopping follow val loss")
+
+
+def _best_epoch(metrics: pd.DataFrame, monitor: str) -> int | None:
+    """The epoch the best checkpoint holds: highest val AUC or lowest val loss, as monitored."""
+    col = metrics[monitor] if len(metrics) else pd.Series(dtype=float)
+    if not col.notna().any():
+        return None
+    return int(metrics.loc[col.idxmax() if monitor == "val_auc" else col.idxmin(), "epoch"])
+
+
 def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool = False,
           overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
     """Train ``config`` on ``dataset`` into the run folder ``out``; return what it produced.
@@ -345,19 +366,21 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         counts = dm.class_counts("train")
         pos_weight = float(counts[0] / max(1, counts[1])) if cfg.pos_weight == "balanced" else float(cfg.pos_weight)
     module = MammoModule(model, cfg.model_dump(mode="json"), classes, pos_weight)
+    monitor, monitor_reason = _monitor_for(dm.class_counts("val"), classes)
+    module.monitor = (monitor, "max" if monitor == "val_auc" else "min")
 
     ckpt_dir = out / "checkpoints"
     logger = MetricsLogger(out / METRICS_NAME)
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1,
-                              auto_insert_metric_name=False, enable_version_counter=False)
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=module.monitor[1],
+                              save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     # Not save_last=True: Lightning writes that copy only when the monitored metric improved, so it
     # would lag behind the run and --resume would redo epochs. This one is rewritten every epoch.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                               auto_insert_metric_name=False, enable_version_counter=False)
     cbs: list[Callback] = [logger, best_cb, last_cb, *callbacks]
     if cfg.patience > 0:
-        cbs.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, min_delta=cfg.min_delta,
-                                 check_finite=False))
+        cbs.append(EarlyStopping(monitor=monitor, mode=module.monitor[1], patience=cfg.patience,
+                                 min_delta=cfg.min_delta, check_finite=False))
     tb_logger: Any = False
     if cfg.tensorboard:
         try:
@@ -374,7 +397,8 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         "regime": cfg.regime, "name": cfg.display_name, "classes": classes,
         "labels": "binary" if binary else f"{len(classes)}class", "config_hash": result_hash(cfg),
         "epochs_planned": cfg.epochs, "parameters": model.parameter_counts(),
-        "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, **whole_image, "resumed": ckpt_path is not None,
+        "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, "monitor": monitor,
+        "monitor_reason": monitor_reason, **whole_image, "resumed": ckpt_path is not None,
         "versions": _versions(), "pos_weight": pos_weight, "seed": cfg.seed, "fold": cfg.fold, "subset": cfg.subset,
     }
     write_json(out / RUN_JSON, info)
@@ -421,7 +445,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         if len(metrics):
             plot_curves(metrics, out / CURVES_NAME, title=f"{cfg.display_name} on {dataset.name}")
         best_auc = metrics["val_auc"].max() if len(metrics) and metrics["val_auc"].notna().any() else None
-        best_epoch = int(metrics.loc[metrics["val_auc"].idxmax(), "epoch"]) if best_auc is not None else None
+        best_epoch = _best_epoch(metrics, monitor)
         store = dm.store
         n_train = len(dm.frames["train"])
         secs = logger.train_seconds

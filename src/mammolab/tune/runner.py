@@ -36,7 +36,8 @@ from mammolab.tune.search import best_trial, create_or_load_study, run_trials, w
 from mammolab.tune.space import SearchSpace, load_space
 from mammolab.tune.storage import ClaimLock, default_storage_url, open_storage, redact_url
 
-__all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "export_preset", "tune", "tune_config"]
+__all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "export_preset", "remove_failed_trial_dirs", "tune",
+           "tune_config"]
 
 #: Train-config fields a search space may not tune: the tuner sets them (model, run size, seed) or
 #: they change where a run executes rather than what it learns.
@@ -174,11 +175,13 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
         trial.set_user_attr("best_epoch", result.best_epoch)
         return float(result.best_val_auc)
 
+    remove_failed_trial_dirs(out, study)
     lock = ClaimLock(url, study_name)
     try:
         summary = run_trials(study, objective, n_trials, lock=lock, seed=seed, timeout=timeout, on_event=on_event)
     finally:
         lock.close()
+    remove_failed_trial_dirs(out, study)  # a killed worker's trial is failed (and retried) during the run
     reports = write_study_reports(study, out / "tune", decode=search_space.decode,
                                   extra={"model": model, "storage": shown, "n_trials": n_trials,
                                          "image_size": base_cfg.image_size, "epochs": base_cfg.epochs})
@@ -191,6 +194,29 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     exported = export_preset(study, search_space, export, model=model, fixed=fixed) if export else None
     return TuneResult(out, study_name, shown, summary.counts, summary.ran, best_number, best_value, best_params,
                       reports, exported, summary.timed_out)
+
+
+def remove_failed_trial_dirs(out: Path, study: Any) -> list[Path]:
+    """Delete ``RUN/trials/<n>/`` of every trial the study holds as FAIL; return what was removed.
+
+    Why: a worker killed mid-trial leaves a half-trained run folder (100+ MB of checkpoints and
+    cache). Optuna then fails that trial for its missing heartbeat and retries its parameters as a
+    *new* trial number, so the old folder would never be used or cleaned again. A FAIL trial never
+    runs again, so its folder is safe to remove; RUNNING trials (maybe on another worker sharing the
+    folder) and finished ones are never touched.
+    """
+    import optuna
+
+    trials_dir = out / "trials"
+    if not trials_dir.is_dir():
+        return []
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    removed = []
+    for folder in sorted(trials_dir.iterdir()):
+        if folder.is_dir() and folder.name in failed:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _attach_to_best(out: Path, best_number: int | None) -> None:

@@ -21,6 +21,7 @@ a reproducible, resumable, shareable search needs around it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
-from mammolab.tune.storage import ClaimLock, redact_url
+from mammolab.tune.storage import ClaimLock, init_lock, redact_url
 
 __all__ = [
     "FINISHED",
@@ -68,16 +69,21 @@ def create_or_load_study(storage: Any, study_name: str, *, settings: Mapping[str
     optuna = _optuna()
     sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
+    storage_url = getattr(storage, "url", None) or url
+    # One worker at a time creates the study and records its settings (see init_lock): otherwise two
+    # workers starting together both create it, or both find no settings and race to store them.
+    with init_lock(storage_url) if storage_url else contextlib.nullcontext():
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        wanted = json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
+        if stored is None:
+            study.set_user_attr(SETTINGS_ATTR, wanted)
+            stored = wanted
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise MammoLabError(f"study {study_name!r} in {redact_url(url) or 'the storage'} minimises; "
                             "a tuning study maximises validation AUC (use another --study name)")
-    wanted = json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
-    stored = study.user_attrs.get(SETTINGS_ATTR)
-    if stored is None:
-        study.set_user_attr(SETTINGS_ATTR, wanted)
-    elif stored != wanted:
+    if stored != wanted:
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         detail = "; ".join(f"{k}: study has {stored.get(k)!r}, this run {wanted.get(k)!r}" for k in diff)
         raise MammoLabError(f"study {study_name!r} in {redact_url(url) or 'the storage'} was created with other "

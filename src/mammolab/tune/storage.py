@@ -10,10 +10,12 @@ running trials and claims the next one (see :mod:`mammolab.tune.search`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from mammolab.errors import MammoLabError
 __all__ = [
     "ClaimLock",
     "default_storage_url",
+    "init_lock",
     "open_storage",
     "redact_url",
     "resolve_driver",
@@ -109,6 +112,61 @@ def _reason(exc: BaseException) -> str:
     return text or exc.__class__.__name__
 
 
+#: The advisory-lock key under which workers create the schema and the study, one at a time.
+_INIT_KEY = int.from_bytes(hashlib.sha256(b"mammolab-tune:init").digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def init_lock(url: str, connect_timeout: int = 10) -> Iterator[None]:
+    """Hold the storage-wide lock under which workers create the tables and the study, one at a time.
+
+    Why: Optuna creates its schema (tables, enum types, the alembic version row) and a study with
+    check-then-insert statements. Several workers started together on a fresh database all see "no
+    tables" and all create them; the losers fail with ``duplicate key value violates unique
+    constraint "pg_type_typname_nsp_index"`` or ``"alembic_version_pkc"`` (the flaky multi-worker
+    test, failing only right after a cluster was created). Under this lock the first worker creates
+    and the others find everything in place. PostgreSQL: a session advisory lock on its own
+    connection (released by the server if the worker dies); SQLite: an ``flock`` beside the file.
+    A URL that cannot be reached is left to :func:`open_storage` to report.
+    """
+    parsed = validate_storage_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(f"{parsed.database}.init.lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+")  # noqa: SIM115 - closed below
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+        finally:
+            fh.close()
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(resolve_driver(url), poolclass=NullPool,
+                           connect_args={"connect_timeout": int(connect_timeout)})
+    try:
+        try:
+            conn = engine.connect()
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _INIT_KEY})
+        except (SQLAlchemyError, ImportError):
+            yield  # unreachable or no driver: open_storage gives the one clear error
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _INIT_KEY})
+            conn.close()
+    finally:
+        engine.dispose()
+
+
 def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None,
                  max_retry: int = 1, connect_timeout: int = 10) -> Any:
     """Connect to the study database now (not at the first trial) and return an Optuna RDB storage.
@@ -137,7 +195,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": int(connect_timeout)}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), init_lock(url, connect_timeout):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
