@@ -129,7 +129,7 @@ def main() -> None:
                                                     if args.baseline else [])
     for title, rev in versions:
         ops = load_ops(rev)
-        flagged, lesions, kept, lost, rows = [], 0, 0, [], []
+        flagged, lesions, kept, lost, rows, cut = [], 0, 0, [], [], []
         t0 = time.perf_counter()
         for path in images:
             img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -137,6 +137,9 @@ def main() -> None:
             res = segmentation_residue(out)
             if res["suspect"]:
                 flagged.append(path.stem)
+            check = ops.remove_annotations(ops.crop_border(ops.Sample(img))).meta.get("segmentation")
+            if check and check["tissue_removed"] > 0.05:
+                cut.append(f"{path.stem}:{check['tissue_removed']:.0%}")
             for x, row, r in info.get(path.stem, []):
                 lesions += 1
                 if lesion_kept(img, out, x, row, r):
@@ -152,6 +155,8 @@ def main() -> None:
         print(f"  flagged: {' '.join(flagged) or '-'}")
         if lost:
             print(f"  lesions lost: {' '.join(lost)}")
+        if cut:
+            print(f"  more than 5% of the first-guess breast removed (pipeline suspects): {' '.join(cut)}")
         if args.sheets:
             sheet(rows, args.sheets / ("after" if rev is None else "before"))
 

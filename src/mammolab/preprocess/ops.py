@@ -49,6 +49,7 @@ __all__ = [
     "remove_annotations",
     "resize",
     "rotate",
+    "segmentation_check",
     "segmentation_residue",
     "straight_edge_mask",
     "thumbnail",
@@ -514,6 +515,29 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
     return out
 
 
+def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: float = 0.05) -> dict[str, Any]:
+    """Per-image figures of a segmentation, on the thumbnail ``thumb`` and its breast ``mask`` (0/255).
+
+    :func:`segmentation_residue` of what is kept (something besides the breast left), plus
+    ``tissue_removed``: the share of the largest plain-Otsu region (the breast as a first guess, with
+    whatever touches it) that the mask leaves out. A label cut off the breast costs about 1%; more than
+    ``max_removed`` means tissue may have gone too, so the image is a ``suspect`` either way.
+    """
+    t8 = _to_u8(thumb)
+    kept = np.where(mask > 0, t8, 0).astype(np.uint8)
+    out = segmentation_residue(kept, thumb=(kept, 1))
+    _, binary = cv2.threshold(t8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    removed = 0.0
+    if n > 1:
+        i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        tissue = labels == i
+        removed = float((tissue & (mask == 0)).sum()) / float(stats[i, cv2.CC_STAT_AREA])
+    out["tissue_removed"] = round(removed, 4)
+    out["suspect"] = bool(out["suspect"] or removed > max_removed)
+    return out
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions not connected to the image border."""
     h, w = mask.shape
@@ -623,6 +647,8 @@ class RemoveAnnotations(Op):
                                thumb=sample_thumbnail(sample))
         small = cv2.dilate(small, np.ones((3, 3), np.uint8))  # keep the skin line's partial pixels
         out = sample.replace(_keep_inside(sample.image, small, k))
+        # What a report needs to point at a failure, measured on the thumbnail (a few ms, no full-size pass).
+        out.meta["segmentation"] = segmentation_check(sample_thumbnail(sample)[0], small)
         if self.crop_to_breast:
             ys, xs = np.nonzero(small)
             h, w = out.image.shape
