@@ -152,6 +152,8 @@ def train(
     auc = "n/a" if result.best_val_auc is None else f"{result.best_val_auc:.4f}"
     console.print(f"train: {cfg.display_name}, {result.epochs_run} epoch(s), best val AUC {auc} "
                   f"(epoch {result.best_epoch})", **say)
+    if result.info.get("monitor_reason"):  # val AUC undefined: model selection followed val loss
+        console.print(f"note: {result.info['monitor_reason']} (best epoch {result.best_epoch} by val loss)", **say)
     rep = result.info.get("weights_report") or {}
     if rep.get("prefix"):
         unexpected = rep.get("unexpected") or []

@@ -451,6 +451,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         secs = logger.train_seconds
         info.update({
             "status": "complete", "finished": _now(), "epochs_run": int(len(metrics)),
+            "skipped_images": dm.skipped,  # unreadable images left out of the run (path -> reason)
             "stopped_early": bool(len(metrics) < cfg.epochs), "best_epoch": best_epoch,
             "best_val_auc": None if best_auc is None else float(best_auc),
             "train_seconds": round(fit_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.utilities.data import dim_zero_cat
 
 from mammolab.models.registry import MammoNet
 from mammolab.models.weights import CKPT_META_KEY
@@ -25,12 +26,40 @@ from mammolab.train.datamodule import seed_mix
 __all__ = ["MammoModule"]
 
 
+def _undefined_auc(target: Any, num_classes: int) -> torch.Tensor | None:
+    """NaN when the epoch's targets miss a class: AUC is then undefined, where torchmetrics returns 0.
+
+    A 0 would read as the worst possible model, and the best checkpoint and early stopping would
+    act on it; NaN is logged as an empty cell and the monitor falls back to val loss (see ``fit``).
+    """
+    t = dim_zero_cat(target)
+    if t.numel() == 0 or int(torch.unique(t).numel()) < num_classes:
+        return torch.tensor(float("nan"), device=t.device)
+    return None
+
+
+class _BinaryAUROC(BinaryAUROC):
+    """:class:`BinaryAUROC` that is NaN, not 0, for targets of one class."""
+
+    def compute(self) -> torch.Tensor:
+        undefined = _undefined_auc(self.target, 2)
+        return super().compute() if undefined is None else undefined
+
+
+class _MulticlassAUROC(MulticlassAUROC):
+    """Macro :class:`MulticlassAUROC` that is NaN, not a mean with zeros, when a class is absent."""
+
+    def compute(self) -> torch.Tensor:
+        undefined = _undefined_auc(self.target, self.num_classes)
+        return super().compute() if undefined is None else undefined
+
+
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     if num_classes == 2:
-        metrics = {"acc": BinaryAccuracy(), "auc": BinaryAUROC()}
+        metrics = {"acc": BinaryAccuracy(), "auc": _BinaryAUROC()}
     else:
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
-                   "auc": MulticlassAUROC(num_classes, average="macro")}
+                   "auc": _MulticlassAUROC(num_classes, average="macro")}
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -52,6 +81,8 @@ class MammoModule(L.LightningModule):
             self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.train_metrics = _metrics(len(classes), "train_")
         self.val_metrics = _metrics(len(classes), "val_")
+        #: What model selection follows: ``fit`` sets ``("val_loss", "min")`` when val AUC is undefined.
+        self.monitor: tuple[str, str] = ("val_auc", "max")
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.channels_last and x.ndim == 4:
@@ -116,7 +147,8 @@ class MammoModule(L.LightningModule):
         elif cfg.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
         else:
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.gamma,
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=self.monitor[1], factor=cfg.gamma,
                                                                patience=max(1, cfg.patience // 2))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_auc", "interval": "epoch"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor[0],
+                                                       "interval": "epoch"}}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
