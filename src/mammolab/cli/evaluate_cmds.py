@@ -58,7 +58,9 @@ def evaluate(
                       f"{metrics['warnings']['first'][0]}", **_SAY)
     if metrics["task"] == "binary":
         op = metrics["operating_points"]["youden"]
-        console.print(f"at Youden threshold {op['threshold']:.3f} (chosen on {op['source']}): sensitivity "
+        where = (f"fallback threshold {op['threshold']:.3f} ({op['source'].removeprefix('fallback 0.5: ')})"
+                 if op.get("fallback") else f"Youden threshold {op['threshold']:.3f} (chosen on {op['source']})")
+        console.print(f"at {where}: sensitivity "
                       f"{op['sensitivity']:.3f}, specificity {op['specificity']:.3f}, F1 {op['f1']:.3f}", **_SAY)
     console.print(f"results: {folder}", **_SAY)
 
@@ -193,7 +195,7 @@ def predict(
 def export(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (evaluate it first: the card "
                                "quotes its metrics and the recipe carries its validation threshold)."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx (needs the [export] extra: onnx, onnxscript, "
+    fmt: str = typer.Option("onnx", "--format", help="onnx (needs the export extra: onnx, onnxscript, "
                             "onnxruntime) or torchscript."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for model.onnx or model.pt, recipe.json, "
                              "model_card.md and model_card.json."),

@@ -75,7 +75,9 @@ def _confusion_figure(metrics: dict[str, Any], classes: Sequence[str], path: Pat
         for ax, name in zip(axes, ("0.5", "youden"), strict=True):
             op = metrics["operating_points"][name]
             what = "threshold 0.5" if name == "0.5" else f"Youden threshold {op['threshold']:.3f} (chosen on val)"
-            if name == "youden" and op.get("source") != "val":
+            if name == "youden" and op.get("fallback"):
+                what = f"fallback threshold {op['threshold']:.3f} (no Youden: one class)"
+            elif name == "youden" and op.get("source") != "val":
                 what = f"Youden threshold {op['threshold']:.3f} (chosen on {split})"
             plots.plot_confusion(op["confusion"], classes, split=split, n=n, subtitle=what, ax=ax)
         plots.save_figure(fig, path)

@@ -637,14 +637,21 @@ def evaluate_predictions(pred_df: pd.DataFrame, val_df: pd.DataFrame | None = No
         p = pred_df["prob"].to_numpy(dtype=float)
         if val_df is not None and len(val_df):
             _check_pred_df(val_df, classes, "val predictions")
-            t_youden = youden_threshold(val_df["target"].to_numpy().astype(int), val_df["prob"].to_numpy(dtype=float))
+            y_chosen, where = val_df["target"].to_numpy().astype(int), "val"
+            t_youden = youden_threshold(y_chosen, val_df["prob"].to_numpy(dtype=float))
             source = "val"
         else:
+            y_chosen, where = y, split
             t_youden = youden_threshold(y, p)
             source = f"{split} (no validation predictions: optimistic)"
+        # youden_threshold falls back to 0.5 when its split has one class; say so instead of "chosen on val"
+        fallback = not _both_classes(y_chosen)
+        if fallback:
+            source = f"fallback 0.5: the {where} split has one class, so no Youden threshold can be chosen"
         thresholds = {"0.5": 0.5, "youden": t_youden}
         result.update(_binary_block(y, p, groups, thresholds, n_boot, alpha, seed))
         result["operating_points"]["youden"]["source"] = source
+        result["operating_points"]["youden"]["fallback"] = fallback
         result["roc"] = roc_curve_points(y, p)
         result["pr"] = pr_curve_points(y, p)
         result["calibration"] = reliability_bins(y, p, n_bins)
