@@ -14,7 +14,7 @@ from mammolab.data.organize import OrganizeConfig, _bbox, _is_binary, organize_c
 from mammolab.io import read_dicom_pixels
 
 TRAIN = {"model": "mammoresnet", "weights": "none", "image_size": 32, "epochs": 1, "batch_size": 16,
-         "accelerator": "cpu", "patience": 0, "num_workers": 0, "cache": "ram"}
+         "accelerator": "cpu", "patience": 0, "num_workers": 0, "cache": "ram", "lr": 0.01}
 
 
 @dataclass

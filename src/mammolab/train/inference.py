@@ -1,9 +1,11 @@
-"""Using a trained run: load its checkpoint, preprocess like validation, predict images or a split.
+"""Using a trained run: load its checkpoint, apply the training transform, predict arrays or a split.
 
 ``load_run(RUN)`` rebuilds the model from ``RUN/config.yaml`` and loads ``RUN/checkpoints/best.ckpt``
-(``torch.load(weights_only=True)``). :meth:`TrainedRun.preprocess` is the exact validation path
-(resize, scale by bit depth, normalise), so a prediction on a new file matches the one the run
-made on the same image in its test split.
+(``torch.load(weights_only=True)``). :meth:`TrainedRun.preprocess` is the training transform only
+(resize, scale by bit depth, normalise): right for images of the run's own (preprocessed) dataset.
+Files from outside go through the run's whole recipe instead (organize's conversion and the
+dataset's preprocessing first): :class:`mammolab.evaluate.predict.Predictor`, which ``predict``,
+``serve`` and ``evaluate`` use.
 """
 
 from __future__ import annotations
