@@ -33,6 +33,12 @@ def main() -> None:
     except MammoLabError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except PermissionError as exc:  # a folder or file the user cannot touch: theirs to fix, no traceback
+        where = exc.filename or "a file"
+        Console(stderr=True).print(f"[bold red]error:[/] {where}: permission denied; expected a file or folder "
+                                   "this user can read and write (check its owner and mode)",
+                                   highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]: finished work is kept; re-run to resume.")
         sys.exit(130)

@@ -254,6 +254,7 @@ class DownloadIndex:
     table: pd.DataFrame
     by_series: dict[str, list[str]] = field(default_factory=dict)
     by_case: dict[str, list[str]] = field(default_factory=dict)
+    _unreadable: set[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.by_series = {}
@@ -314,6 +315,14 @@ class DownloadIndex:
 
     def case_files(self, case_id: str) -> list[str]:
         return sorted(self.by_case.get(case_id, []))
+
+    def unreadable_files(self, case_id: str) -> list[str]:
+        """Files under the folder ``case_id`` whose DICOM header could not be read (empty, damaged)."""
+        if not case_id:
+            return []
+        if self._unreadable is None:
+            self._unreadable = set(self.table.loc[~self.table["readable"].astype(bool), "rel_path"])
+        return [f for f in self.case_files(case_id) if f in self._unreadable]
 
     def header(self, rel: str) -> dict[str, object]:
         row = self.table[self.table["rel_path"] == rel]

@@ -178,6 +178,9 @@ def _find_roi(index: DownloadIndex, row: pd.Series) -> list[str]:
     files = set(index.series_files(row["crop_series_uid"])) | set(index.series_files(row["mask_series_uid"]))
     if not files:
         files = set(index.case_files(row["roi_case_id"])) | set(index.case_files(row["mask_case_id"]))
+    # A file of the lesion's own folder whose header could not be read (empty, truncated) has no series
+    # UID to be found by: keep it, so reading it names the file and why, instead of "no cropped image".
+    files |= set(index.unreadable_files(row["roi_case_id"])) | set(index.unreadable_files(row["mask_case_id"]))
     return sorted(files)
 
 

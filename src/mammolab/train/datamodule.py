@@ -210,10 +210,36 @@ class MammoDataModule(L.LightningDataModule):
         # Rank 0 of each node fills the on-disk cache; setup() on every rank then only opens it.
         if self.cfg.cache != "ram" and self.store is None:
             self.store = self._build_store()
+            self._drop_failed()
 
     def setup(self, stage: str | None = None) -> None:
         if self.store is None:
             self.store = self._build_store()
+        self._drop_failed()
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Images left out because they could not be read (path -> reason)."""
+        return dict(self.store.failed) if self.store is not None else {}
+
+    def _drop_failed(self) -> None:
+        """Leave unreadable images out of every split (reported in ``skipped``), so one damaged file
+        does not stop a run; a split left without images is still an error."""
+        failed = self.skipped
+        if not failed or getattr(self, "_dropped", False):
+            return
+        self._dropped = True
+        from mammolab.progress import console
+
+        for part, frame in self.frames.items():
+            self.frames[part] = frame[~frame["path"].astype(str).isin(failed)]
+        for msg in failed.values():
+            console.print(f"[yellow]skipped[/] (unreadable): {msg}", highlight=False, soft_wrap=True)
+        src = self.dataset_dir / "manifest.csv"
+        for part in ("train", "val"):
+            if len(self.frames[part]) == 0:
+                raise MammoLabError(f"{src}: no readable {part} image left ({len(failed)} unreadable, first: "
+                                    f"{next(iter(failed.values()))})")
 
     def dataset(self, part: str, augment: bool = False) -> CachedImageDataset:
         if self.store is None:

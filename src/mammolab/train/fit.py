@@ -303,8 +303,13 @@ def _best_epoch(metrics: pd.DataFrame, monitor: str) -> int | None:
 
 
 def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool = False,
-          overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> RunResult:
+          overwrite: bool = False, callbacks: Sequence[Callback] = (), loggers: Sequence[Any] = (),
+          experiment: str | None = None) -> RunResult:
     """Train ``config`` on ``dataset`` into the run folder ``out``; return what it produced.
+
+    ``loggers`` adds experiment trackers to the config's ``loggers``: names (csv, tensorboard, mlflow,
+    wandb) or Lightning logger objects; ``experiment`` names MLflow's experiment / W&B's project
+    (default: the run's display name). See :mod:`mammolab.train.tracking`.
 
     A finished run with the same result-relevant config is returned as is (``skipped=True``).
     ``resume`` continues from ``out/checkpoints/last.ckpt``; ``overwrite`` starts afresh. A run that
@@ -317,14 +322,16 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
         ensure_writable_dir(out)
         remove_stale_temps(out)  # what a killed run was writing when it died
     try:
-        return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks)
+        return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks,
+                      loggers=loggers, experiment=experiment)
     except BaseException:
         _discard_unstarted(out, created)
         raise
 
 
 def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool,
-           overwrite: bool, callbacks: Sequence[Callback]) -> RunResult:
+           overwrite: bool, callbacks: Sequence[Callback], loggers: Sequence[Any] = (),
+           experiment: str | None = None) -> RunResult:
     t_start = time.perf_counter()
     dataset, out = Path(dataset).resolve(), Path(out)
     cfg = config if isinstance(config, TrainConfig) else resolve_train_config(config)
@@ -381,15 +388,10 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
     if cfg.patience > 0:
         cbs.append(EarlyStopping(monitor=monitor, mode=module.monitor[1], patience=cfg.patience,
                                  min_delta=cfg.min_delta, check_finite=False))
-    tb_logger: Any = False
-    if cfg.tensorboard:
-        try:
-            from lightning.pytorch.loggers import TensorBoardLogger
+    from mammolab.train.tracking import build_loggers, log_final
 
-            tb_logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
-        except ModuleNotFoundError:
-            raise MammoLabError("--tensorboard needs the tensorboard package",
-                                hint="pip install tensorboard") from None
+    trackers = build_loggers([*cfg.loggers, *(["tensorboard"] if cfg.tensorboard else []), *loggers], out,
+                             experiment=experiment or cfg.display_name, tracking_uri=cfg.tracking_uri)
 
     info: dict[str, Any] = {
         "status": "running", "started": _now(), "dataset": str(dataset), "manifest_hash": manifest_hash(dataset),
@@ -418,7 +420,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
             accumulate_grad_batches=whole_image["accumulate_grad_batches"],
             strategy=cfg.strategy,
-            precision=cfg.precision, callbacks=cbs, logger=tb_logger, default_root_dir=str(out),
+            precision=cfg.precision, callbacks=cbs, logger=trackers or False, default_root_dir=str(out),
             num_sanity_val_steps=0, enable_progress_bar=not quiet(), enable_model_summary=False,
             # "warn": deterministic kernels wherever they exist; an op without one (some CUDA backward
             # passes) warns instead of stopping the run. On CPU every op used here is deterministic.
@@ -462,6 +464,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
                                                  "build_seconds": round(store.build_seconds, 3)},
         })
         write_json(out / RUN_JSON, info)
+        log_final(trackers, info, step=trainer.global_step)
     result = _result(out, info, skipped=False)
     result.primary = trainer.is_global_zero
     return result

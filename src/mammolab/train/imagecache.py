@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -30,6 +30,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io import read_image
+from mammolab.io.atomic import TEMP_SUFFIX, read_json, remove_stale_temps, write_json
 from mammolab.progress import default_workers, make_progress
 
 __all__ = ["CACHE_VERSION", "ImageStore", "build_image_store", "default_cache_dir", "resize_image", "to_unit"]
@@ -98,6 +99,8 @@ def _probe_dtype(paths: Sequence[Path]) -> np.dtype:
 
     for p in paths:
         try:
+            if not p.stat().st_size:  # an empty file is reported (and skipped) when decoded; it has no depth
+                continue
             with Image.open(p) as im:
                 if im.mode not in ("L", "1", "P", "RGB", "RGBA", "LA"):
                     return np.dtype(np.uint16)
@@ -117,6 +120,9 @@ class ImageStore:
     key: str
     build_seconds: float
     reused: bool
+    #: Images that could not be read (path -> one-line reason): their rows are zeros and the data
+    #: module leaves them out, so one damaged file is reported instead of stopping the run.
+    failed: dict[str, str] = field(default_factory=dict)
 
     def index(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
@@ -148,9 +154,11 @@ def _ram_budget() -> int:
 
 
 def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], image_size: int, resize: str,
-                 workers: int | None) -> None:
+                 workers: int | None) -> dict[str, str]:
+    """Decode every image into ``out``; return the unreadable ones (path -> reason), rows left zero.
+    Only when none can be read is it an error."""
     jobs = [(str(dataset_dir / p), image_size, resize, out.dtype.str) for p in rel_paths]
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = []
     n = len(jobs)
     workers = default_workers() if not workers or workers <= 0 else workers
     with make_progress() as progress:
@@ -160,7 +168,7 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
                 try:
                     out[i] = _load_one(job)
                 except MammoLabError as exc:
-                    errors.append(str(exc))
+                    errors.append((i, str(exc)))
                 progress.advance(task)
         else:
             # Threads, not processes: OpenCV releases the GIL while it decodes and resizes, so threads
@@ -173,11 +181,14 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
                     if ok:
                         out[i] = value
                     else:
-                        errors.append(value)
+                        errors.append((i, value))
                     progress.advance(task)
-    if errors:
+    if errors and len(errors) == n:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise MammoLabError(f"{len(errors)} image(s) could not be read: {errors[0]}{more}")
+        raise MammoLabError(f"none of the {n} image(s) could be read: {errors[0][1]}{more}")
+    for i, _ in errors:
+        out[i] = 0
+    return {rel_paths[i]: msg for i, msg in errors}
 
 
 def _safe_load(job: tuple[str, int, str, str]) -> tuple[bool, object]:
@@ -199,21 +210,27 @@ def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, imag
     shape = (len(rel_paths), image_size, image_size)
     if cache == "ram":
         arr = np.empty(shape, dtype=dtype)
-        _decode_into(arr, dataset_dir, rel_paths, image_size, resize, workers)
-        return ImageStore(arr, rel_paths, None, True, key, time.perf_counter() - t0, False)
+        failed = _decode_into(arr, dataset_dir, rel_paths, image_size, resize, workers)
+        return ImageStore(arr, rel_paths, None, True, key, time.perf_counter() - t0, False, failed)
     if cache not in ("auto", "disk"):
         raise MammoLabError(f"cache: expected auto, ram or disk, got {cache!r}")
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "images"
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / f"{key}.npy"
+    failed_file = folder / f"{key}.failed.json"
     reused = file.is_file()
-    if not reused:
-        tmp = folder / f".{key}.{os.getpid()}.tmp.npy"
+    failed: dict[str, str] = {}
+    if reused:
+        failed = read_json(failed_file) or {}
+    else:
+        remove_stale_temps(folder)  # arrays a killed run was filling (their writers are gone)
+        tmp = folder / f".{key}.npy.{os.getpid()}.0{TEMP_SUFFIX}"
         try:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            _decode_into(mm, dataset_dir, rel_paths, image_size, resize, workers)
+            failed = _decode_into(mm, dataset_dir, rel_paths, image_size, resize, workers)
             mm.flush()
             del mm
+            write_json(failed_file, failed)  # before the array: a reused array always has its list
             os.replace(tmp, file)
         finally:
             if tmp.exists():
@@ -223,4 +240,4 @@ def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, imag
     arr = np.load(file, mmap_mode=None if in_ram else "r")
     if arr.shape != shape:
         raise MammoLabError(f"{file}: cached array has shape {arr.shape}, expected {shape}; delete the file")
-    return ImageStore(arr, rel_paths, file, in_ram, key, time.perf_counter() - t0, reused)
+    return ImageStore(arr, rel_paths, file, in_ram, key, time.perf_counter() - t0, reused, failed)

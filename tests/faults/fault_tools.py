@@ -1,0 +1,141 @@
+"""Tools of the fault-injection suite: tiny generated data, the CLI in a subprocess (optionally as
+another user, under another umask, or killed with SIGKILL at the N-th atomic write).
+
+Everything here is small (96-128 px films, 32 px patches, one-epoch runs of the smallest model) so
+the whole suite stays around a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: Runs the CLI with ``mammolab.io.atomic`` counting its renames and SIGKILLing its own process just
+#: before the N-th one (``FAULT_KILL_AT``; 0 = never): the temp file is complete, the target not yet
+#: replaced, the worst moment for a writer. The count is printed at exit, so a test can pick kill
+#: points spread over a run. Nothing of this is in MammoLab itself.
+KILL_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import mammolab.io.atomic as atomic
+
+    KILL_AT = int(os.environ.get("FAULT_KILL_AT", "0"))
+
+    class _Os:
+        renames = 0
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def replace(self, src, dst):
+            _Os.renames += 1
+            if _Os.renames == KILL_AT:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return os.replace(src, dst)
+
+    atomic.os = _Os()
+    import atexit
+    atexit.register(lambda: print(f"FAULT_RENAMES={_Os.renames}", file=sys.stderr))
+    from mammolab.cli import main
+    sys.argv = ["mammolab", *sys.argv[1:]]
+    main()
+""")
+
+
+@dataclass
+class Result:
+    """A finished CLI run: exit code and output (stderr carries the one-line errors)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+    @property
+    def renames(self) -> int:
+        for line in self.stderr.splitlines():
+            if line.startswith("FAULT_RENAMES="):
+                return int(line.split("=", 1)[1])
+        raise AssertionError(f"no rename count in the output:\n{self.stderr}")
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True, parents=True)
+    home.chmod(0o777)
+    return {**os.environ, "MAMMOLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "HOME": str(home),
+            "MAMMOLAB_CACHE": str(home / "cache"), "MPLCONFIGDIR": str(home / "mpl"), "COLUMNS": "250",
+            "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(args: Sequence[str | Path], *, tmp: Path, kill_at: int | None = None, uid: int | None = None,
+            umask: int | None = None, timeout: float = 300) -> Result:
+    """``mammolab ARGS`` in a fresh interpreter: as user ``uid`` (root only), under ``umask``, and with
+    the kill driver when ``kill_at`` is given (0 counts renames without killing)."""
+    if kill_at is None:
+        cmd = [sys.executable, "-c", "from mammolab.cli import main; main()", *map(str, args)]
+    else:
+        driver = tmp / "kill_driver.py"
+        driver.write_text(KILL_DRIVER)
+        driver.chmod(0o644)
+        cmd = [sys.executable, str(driver), *map(str, args)]
+    env = base_env(tmp)
+    if kill_at is not None:
+        env["FAULT_KILL_AT"] = str(kill_at)
+    kw: dict = {}
+    if uid is not None:
+        kw.update(user=uid, group=uid, extra_groups=[])
+
+    def preexec() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+                          cwd=str(tmp), **kw)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def digest(folder: Path, skip: Sequence[str] = ()) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by relative path (paths containing a ``skip`` part left out)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and not any(s in rel for s in skip):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def other_user() -> int | None:
+    """A uid to run as when we are root (so permissions are really enforced), else None (we are not
+    root: permissions already apply to us)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("running as root and there is no 'nobody' user to drop to: permission checks would not apply")
+
+
+def world_tmp(tmp_path: Path) -> Path:
+    """A folder under /tmp that another user can traverse (pytest's own tmp_path is private to root)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mammolab-faults-"))
+    folder.chmod(0o777)
+    return folder
+
+
+TRAIN_ARGS = ["--model", "mammocnn", "--image-size", "32", "--batch-size", "8", "--seed", "3",
+              "--weights", "none", "--cache", "ram"]
