@@ -53,23 +53,42 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port to listen on (0 = any free port)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default is this machine only. "
                              "Use 0.0.0.0 only on a trusted network: there is no authentication."),
-    max_mb: float = typer.Option(50.0, "--max-mb", help="Largest accepted upload in megabytes."),
+    max_mb: float = typer.Option(50.0, "--max-mb", help="Largest accepted request body in megabytes (413 above, "
+                                 "whatever Content-Length says)."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method: gradcam, gradcam++ or occlusion."),
+    max_concurrent: int = typer.Option(2, "--max-concurrent", help="Predictions run at once; others wait up to "
+                                       "--queue-timeout seconds, then get 503."),
+    queue_timeout: float = typer.Option(30.0, "--queue-timeout", help="Seconds a request waits for a free "
+                                        "prediction slot before 503."),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", help="Largest image in pixels, checked in the "
+                                          "file's header before decoding (default $MAMMOLAB_MAX_PIXELS, else "
+                                          "100 megapixels)."),
+    read_timeout: float = typer.Option(15.0, "--read-timeout", help="Seconds a client may stall while sending "
+                                       "its request (headers: --read-timeout too; body: per piece) before the "
+                                       "connection is dropped."),
 ) -> None:
-    """A local web page: upload a DICOM or image, see P(malignant), the class and the heatmap overlay.
+    """A local web page and JSON API: upload a DICOM or image, get P(malignant), the class and the heatmap.
 
-    Open the printed address in a browser. Press Ctrl-C to stop.
+    Open the printed address in a browser; the API is POST /api/predict, documented at /docs.
+    Press Ctrl-C to stop.
     """
+    import os
+
     from mammolab.app.serve import make_server
+    from mammolab.io.header import MAX_PIXELS_ENV
     from mammolab.progress import console
 
-    server = make_server(run, host=host, port=port, max_bytes=int(max_mb * 1024 * 1024), method=method)
-    h, p = server.server_address[:2]
-    console.print(f"serving {server.app.title} on [bold]http://{h}:{p}/[/]  (Ctrl-C to stop)",
-                  highlight=False, soft_wrap=True)
+    if max_pixels is not None:  # the limit for every reader in this process (the predictor's too)
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)
+    server = make_server(run, host=host, port=port, max_bytes=int(max_mb * 1024 * 1024), method=method,
+                         max_concurrent=max_concurrent, queue_timeout=queue_timeout, max_pixels=max_pixels,
+                         header_timeout=read_timeout, read_timeout=read_timeout)
+    console.print(f"serving {server.title} on [bold]{server.url}/[/]  (API docs: {server.url}/docs; "
+                  "Ctrl-C to stop)", highlight=False, soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        console.print("stopped")
+        pass
     finally:
-        server.server_close()
+        server.sock.close()
+        console.print("stopped")
