@@ -364,67 +364,47 @@ def _to_u8(t: np.ndarray) -> np.ndarray:
 
 
 def artifact_mask(t8: np.ndarray, *, level: float, background: float, bright: float = 0.5,
-                  sharp: float = 0.3, max_area: float = 0.04) -> np.ndarray:
+                  sharp: float = 0.3, max_area: float = 0.04, min_area: float = 0.0002) -> np.ndarray:
     """Burnt-in labels, markers and film-edge pieces on an 8-bit thumbnail, as a 0/255 mask.
 
     What tells them from tissue, which can be as bright: tissue fades into the background over the
     skin line (the fatty rim), while a label, a marker or a piece of film edge is a bright patch
-    that drops to background within two thumbnail pixels on a good part of its outline. A candidate is a
-    connected patch at least ``bright`` of the way from the Otsu ``level`` to white; it is an
-    artifact when at least ``sharp`` of the two-pixel ring around it (its text holes included) is
-    at or below the background level plus a quarter of the way to Otsu, and it covers at most
-    ``max_area`` of the thumbnail (a dense breast or the pectoral muscle is larger, and is tissue on
-    most of its outline anyway). The found patches are filled and widened by two pixels so their
-    anti-aliased edges go too.
+    that drops to the film background within three thumbnail pixels on a good part of its outline.
+    A candidate is a connected patch at least ``bright`` of the way from the Otsu ``level`` to white,
+    and, separately, a near-white (saturated) patch: a label laid on the pectoral muscle is whiter
+    than the muscle, so it is a patch of its own there. It is an artifact when at least ``sharp`` of
+    the ring 2-3 pixels around it is at or below :func:`dark_level_of`, and its area is between
+    ``min_area`` (calcifications are smaller) and ``max_area`` of the thumbnail (a dense breast or the
+    pectoral muscle is larger, and is tissue on most of its outline anyway). The found patches are
+    filled (a label's text) and widened by three pixels so their anti-aliased edges go too.
     """
     hi = level + bright * (255.0 - level)
-    bright_px = (t8 >= hi).astype(np.uint8)
-    # One pixel off first: a label laid against the pectoral muscle is joined to it only across the
-    # thin seam between them, and must be judged on its own outline.
-    core = cv2.erode(bright_px, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
     out = np.zeros_like(t8)
-    if n <= 1:
-        return out
     dark = t8 <= dark_level_of(t8, level, background)
     # The black matrix a digitised film is centred in (whole dark rows/columns) is no evidence: tissue
     # at the chest wall meets it with a sharp edge too (95% dark: a stray mark there does not count).
-    matrix = ((dark.mean(axis=0) >= 0.95)[None, :] | (dark.mean(axis=1) >= 0.95)[:, None])
+    matrix = (dark.mean(axis=0) >= 0.95)[None, :] | (dark.mean(axis=1) >= 0.95)[:, None]
     h, w = t8.shape
-    limit = max_area * h * w
-    ring_ker = np.ones((7, 7), np.uint8)
-    for i in range(1, n):
-        x, y, bw, bh, area = stats[i]
-        if area > limit:
-            continue
-        x0, y0, x1, y1 = max(0, x - 4), max(0, y - 4), min(w, x + bw + 4), min(h, y + bh + 4)
-        comp = cv2.dilate((labels[y0:y1, x0:x1] == i).astype(np.uint8), np.ones((3, 3), np.uint8))
-        comp &= bright_px[y0:y1, x0:x1]
-        # The ring is 2-3 pixels out from the filled patch: the pixel next to it is a mix of both
-        # sides at thumbnail scale, and the dark strokes of a label's text are inside, not around.
-        filled = _fill_holes(comp * 255)
-        ring = (cv2.dilate(filled, ring_ker) > cv2.dilate(filled, np.ones((3, 3), np.uint8))) & ~matrix[y0:y1, x0:x1]
-        if not ring.any():
-            continue
-        if float(dark[y0:y1, x0:x1][ring].mean()) >= sharp:
-            out[y0:y1, x0:x1] |= cv2.dilate(filled, ring_ker)
-    return out
-    dark = t8 <= background + 0.25 * max(0.0, level - background)
-    h, w = t8.shape
-    limit = max_area * h * w
-    ring_ker = np.ones((5, 5), np.uint8)
-    for i in range(1, n):
-        x, y, bw, bh, area = stats[i]
-        if area > limit or area < 2:
-            continue
-        x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
-        comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
-        ring = cv2.dilate(comp, ring_ker) > comp
-        if not ring.any():
-            continue
-        if float(dark[y0:y1, x0:x1][ring].mean()) >= sharp:
+    ring_ker, small_ker = np.ones((7, 7), np.uint8), np.ones((3, 3), np.uint8)
+    levels = [hi] + ([247.0] if hi < 237.0 else [])
+    for lo in levels:
+        bright_px = (t8 >= lo).astype(np.uint8)
+        # One pixel off first: a label laid against the pectoral muscle is joined to it only across
+        # the thin seam between them, and must be judged on its own outline.
+        core = cv2.erode(bright_px, small_ker)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
+        for i in range(1, n):
+            x, y, bw, bh, area = stats[i]
+            if not min_area * h * w <= area <= max_area * h * w:
+                continue
+            x0, y0, x1, y1 = max(0, x - 5), max(0, y - 5), min(w, x + bw + 5), min(h, y + bh + 5)
+            comp = cv2.dilate((labels[y0:y1, x0:x1] == i).astype(np.uint8), small_ker) & bright_px[y0:y1, x0:x1]
+            # The ring is 2-3 pixels out from the filled patch: the pixel next to it is a mix of both
+            # sides at thumbnail scale, and the dark strokes of a label's text are inside, not around.
             filled = _fill_holes(comp * 255)
-            out[y0:y1, x0:x1] |= cv2.dilate(filled, ring_ker)
+            ring = (cv2.dilate(filled, ring_ker) > cv2.dilate(filled, small_ker)) & ~matrix[y0:y1, x0:x1]
+            if ring.any() and float(dark[y0:y1, x0:x1][ring].mean()) >= sharp:
+                out[y0:y1, x0:x1] |= cv2.dilate(filled, ring_ker)
     return out
 
 
@@ -436,14 +416,15 @@ def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float
     (or column) where at least ``share`` of the film steps by more than ``step`` grey levels (of 255)
     between its two neighbours is the edge of something put on or around the film, so from the
     innermost such line within ``max_fraction`` of a film side, everything towards that side goes.
-    The film is where the lines are not flat (standard deviation at least ``flat_std``), so the
-    black matrix that centres a digitised film is skipped, not taken for its side.
+    The film is where the lines are not flat and dark (standard deviation at least ``flat_std`` or
+    mean above 40), so the black matrix that centres a digitised film is skipped, not taken for its side.
     """
     t = t8.astype(np.int16)
     out = np.zeros_like(t8)
 
     def extent(a: np.ndarray) -> tuple[int, int]:
-        idx = np.nonzero(a.std(axis=1) >= flat_std)[0]
+        # A flat line is matrix only when dark: a flat bright one is a film-edge strip, to be cut.
+        idx = np.nonzero((a.std(axis=1) >= flat_std) | (a.mean(axis=1) > 40))[0]
         return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, len(a))
 
     r0, r1 = extent(t)
