@@ -17,8 +17,16 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mammolab.errors import MammoLabError
 
 
-def _n_splits_for(groups: pd.Series, wanted: int) -> int:
-    return max(2, min(wanted, groups.nunique()))
+def _n_splits_for(groups: pd.Series, wanted: int, labels: pd.Series | None = None) -> int:
+    """``wanted`` folds, fewer when there are fewer patients or fewer rows of the most common label.
+
+    scikit-learn refuses more folds than the largest class has members; a handful of patients
+    (a first try on a small collection) gets fewer, larger folds instead of a ValueError.
+    """
+    n = max(2, min(wanted, groups.nunique()))
+    if labels is not None and len(labels):
+        n = max(2, min(n, int(labels.value_counts().max())))
+    return n
 
 
 def grouped_holdout(labels: pd.Series, groups: pd.Series, fraction: float, seed: int) -> np.ndarray:
@@ -35,10 +43,13 @@ def grouped_holdout(labels: pd.Series, groups: pd.Series, fraction: float, seed:
     if n_groups < 2:
         raise MammoLabError(f"cannot carve a validation split from {n_groups} patient(s); "
                             "need at least 2 patients in the training split")
-    n_splits = _n_splits_for(groups, int(round(1.0 / fraction)))
+    n_splits = _n_splits_for(groups, int(round(1.0 / fraction)), labels)
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     y = labels.to_numpy()
-    folds = [held for _, held in sgkf.split(np.zeros(len(labels)), y, groups.to_numpy())]
+    try:
+        folds = [held for _, held in sgkf.split(np.zeros(len(labels)), y, groups.to_numpy())]
+    except ValueError as exc:
+        raise MammoLabError(f"cannot split {n_groups} patients ({len(labels)} images) by patient: {exc}") from None
     everywhere = set(y)
 
     def both_sides(held: np.ndarray) -> bool:
@@ -57,10 +68,13 @@ def grouped_folds(labels: pd.Series, groups: pd.Series, folds: int, seed: int) -
     if folds < 2:
         raise MammoLabError(f"--folds: expected at least 2, got {folds}")
     out = np.full(len(labels), -1, dtype=int)
-    n_splits = _n_splits_for(groups, folds)
+    n_splits = _n_splits_for(groups, folds, labels)
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (_, idx) in enumerate(sgkf.split(np.zeros(len(labels)), labels.to_numpy(), groups.to_numpy())):
-        out[idx] = k
+    try:
+        for k, (_, idx) in enumerate(sgkf.split(np.zeros(len(labels)), labels.to_numpy(), groups.to_numpy())):
+            out[idx] = k
+    except ValueError as exc:
+        raise MammoLabError(f"--folds: cannot make {n_splits} folds of {groups.nunique()} patients: {exc}") from None
     return out
 
 
