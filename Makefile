@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,postgres,export]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres,export,tracking]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from mammolab.errors import MammoLabError
 __all__ = [
     "StrictModel",
     "config_hash",
+    "deep_merge",
     "load_yaml",
     "yaml_error_line",
     "load_config",
@@ -114,3 +115,20 @@ def load_config(model: type[M], data: dict[str, Any] | str | Path | None = None,
 def dump_yaml(obj: Any) -> str:
     """Serialise a config (model or mapping) to YAML text in a stable key order."""
     return yaml.safe_dump(_canonical(obj), sort_keys=False)
+
+
+def deep_merge(base: Any, extra: Any) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in section by section (``extra`` wins); the inputs are not modified.
+
+    How ``--set augment.hflip=0`` changes one augmentation option and keeps the others of the file.
+    """
+    import copy
+    from collections.abc import Mapping
+
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

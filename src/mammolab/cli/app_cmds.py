@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import parse_sets, set_option
 
 
 @app.command("run")
@@ -18,6 +19,7 @@ def run_cmd(
                                     "train, evaluate, explain or compare (the stages before it must be done)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the file and list what would run or be "
                                  "skipped; writes nothing and needs no data."),
+    set_: list[str] | None = set_option(),
 ) -> None:
     """Run a whole study from one YAML: organize, preprocess, train every run, evaluate, explain, compare.
 
@@ -27,7 +29,13 @@ def run_cmd(
     """
     from mammolab.app.run import run_experiment
 
-    result = run_experiment(experiment, only=only, dry_run=dry_run)
+    sets = parse_sets(set_)
+    source: Path | dict = experiment
+    if sets:  # e.g. --set train.defaults.epochs=2 --set compare.split=val: merged, then validated as a whole
+        from mammolab.config import deep_merge, load_yaml
+
+        source = deep_merge(load_yaml(experiment), sets)
+    result = run_experiment(source, only=only, dry_run=dry_run)
     if result.failed:
         raise typer.Exit(1)
 

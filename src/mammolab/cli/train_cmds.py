@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import LOGGER_HELP, parse_sets, set_option
 
 
 @app.command()
@@ -95,8 +96,12 @@ def train(
                                            " images come from the cache, so workers rarely help)."),
     cache: str | None = typer.Option(None, "--cache", help="Image cache: auto (file under ~/.cache/mammolab, "
                                      "in RAM when it fits), disk (always memory-mapped) or ram (no file)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs the "
-                                     "tensorboard package)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (same as "
+                                     "--logger tensorboard)."),
+    logger: list[str] | None = typer.Option(None, "--logger", help=LOGGER_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking server or store, e.g. "
+                                            "http://mlflow.lab:5000 (default: sqlite:///RUN/mlflow.db)."),
+    set_: list[str] | None = set_option(),
     views: str | None = typer.Option(None, "--views", help="single (one prediction per image, default) or "
                                      "cc+mlo (one per breast from its CC and MLO images, paired by patient_id "
                                      "and side; shared backbone, fusion head)."),
@@ -141,8 +146,9 @@ def train(
         "views": views, "fusion": fusion, "init_from": init_from, "head_type": head_type,
         "weights_prefix": weights_prefix, "effective_batch": effective_batch, "accumulate_grad_batches": accumulate,
         "channels_last": channels_last or None, "grad_checkpointing": grad_checkpointing or None,
+        "loggers": logger or None, "tracking_uri": tracking_uri,
     }
-    cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume)
+    cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume, sets=parse_sets(set_))
     result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
     if not result.primary:  # the other processes of --devices N: rank 0 reports
         return

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import LOGGER_HELP, parse_sets, set_option
 
 _SAY = {"soft_wrap": True, "highlight": False}  # paths and URLs stay on one copyable line
 
@@ -49,6 +50,11 @@ def tune(
                                       "before it may be pruned."),
     heartbeat: int = typer.Option(10, "--heartbeat", help="Seconds between a running trial's heartbeats; a "
                                   "trial silent for twice as long (its worker died) is failed and retried once."),
+    logger: list[str] | None = typer.Option(None, "--logger", help=LOGGER_HELP.replace("RUN/mlflow.db",
+                                            "RUN/mlflow.db of the study, one experiment per study")),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking server or store for "
+                                            "every trial (default: sqlite:///RUN/mlflow.db)."),
+    set_: list[str] | None = set_option(),
 ) -> None:
     """Search train options with Optuna (TPE sampler, median pruning) to maximise validation AUC.
 
@@ -62,6 +68,11 @@ def tune(
     from mammolab.tune.runner import tune as run_tune
 
     out = out or Path("runs") / f"tune-{model}"
+    sets = parse_sets(set_)
+    if sets:  # fixed train options: --set over the --config file
+        from mammolab.config import deep_merge, load_yaml
+
+        config = deep_merge(load_yaml(config) if config else {}, sets)  # type: ignore[assignment]
 
     def event(msg: str) -> None:
         if not quiet():
@@ -70,7 +81,8 @@ def tune(
     result = run_tune(dataset, model, trials, out, storage=storage, study_name=study, space=space, epochs=epochs,
                       image_size=image_size, subset=subset, seed=seed, timeout=timeout, export=export,
                       base_config=config, n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs,
-                      heartbeat_interval=heartbeat, on_event=event)
+                      heartbeat_interval=heartbeat, on_event=event, loggers=logger or (),
+                      tracking_uri=tracking_uri)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items())) or "no trials"
     here = f"this worker ran {len(result.ran)}" + (" (stopped by --timeout)" if result.timed_out else "")
     console.print(f"tune: study {result.study_name!r} in {result.storage}: {counts}; {here}", **_SAY)

@@ -21,7 +21,7 @@ __all__ = ["RUNTIME_FIELDS", "AugmentConfig", "TrainConfig", "resolve_train_conf
 #: Options that change where or how fast a run executes, not what it learns; they may differ on
 #: ``--resume`` and do not make a finished run stale.
 RUNTIME_FIELDS = frozenset({"accelerator", "devices", "num_nodes", "strategy", "num_workers", "cache", "cache_dir",
-                            "tensorboard", "channels_last", "grad_checkpointing"})
+                            "tensorboard", "channels_last", "grad_checkpointing", "loggers", "tracking_uri"})
 #: Options added after runs were made: left out of the result hash while at their default, so a
 #: finished run of an older version is still recognised as up to date.
 LATER_OPTIONS = {"weights_prefix": None, "init_from": None, "head_type": "mlp", "views": "single",
@@ -120,6 +120,11 @@ class TrainConfig(StrictModel):
     cache: Literal["auto", "ram", "disk"] = "auto"
     cache_dir: str | None = None
     tensorboard: bool = False
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers (Lightning loggers) that also receive the metrics, "
+                                          "the config as hyperparameters and the final results")
+    tracking_uri: str | None = Field(None, description="MLflow tracking server or store (default: sqlite "
+                                                       "mlflow.db in the run or study folder)")
     channels_last: bool = Field(False, description="channels-last memory format for the model and its inputs "
                                 "(faster convolutions with AMP on recent GPUs)")
     grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass (timm's "

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from mammolab.config import dump_yaml, load_yaml
+from mammolab.config import deep_merge, dump_yaml, load_yaml
 from mammolab.data.manifest import manifest_hash, read_info
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
@@ -156,8 +156,12 @@ def build_model(cfg: TrainConfig, num_outputs: int, *, weights: str | None = Non
 
 
 def prepare_config(out: str | Path, *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                   resume: bool = False) -> TrainConfig:
-    """The config for ``mammolab train``: with ``resume``, the run's own ``config.yaml`` is the base."""
+                   resume: bool = False, sets: dict[str, Any] | None = None) -> TrainConfig:
+    """The config for ``mammolab train``: with ``resume``, the run's own ``config.yaml`` is the base.
+
+    ``sets`` (``--set key=value``, nested) is merged section by section over the file; ``overrides``
+    (the command's own flags) win over both.
+    """
     base: dict[str, Any] = {}
     if resume:
         stored = Path(out) / CONFIG_NAME
@@ -169,6 +173,8 @@ def prepare_config(out: str | Path, *, config_file: str | Path | None = None, ov
                                 f"not {overrides['model']!r}", hint="a checkpoint only resumes the model it holds")
     if config_file is not None:
         base.update(load_yaml(config_file))
+    if sets:
+        base = deep_merge(base, sets)
     return resolve_train_config(base, overrides=overrides)
 
 
@@ -248,7 +254,9 @@ def _check_resume(out: Path, cfg: TrainConfig) -> Path:
         raise MammoLabError(f"--resume: option(s) {', '.join(changed)} differ from {out / CONFIG_NAME}; a resumed "
                             "run keeps its config (only epochs, patience and runtime options may change)")
     try:  # weights_only: a hostile pickle is refused, never run; any refusal is one line here
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on unusual pickle protocols: the error says it all
+            ckpt = torch.load(last, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MammoLabError(f"--resume: {last} is not a readable checkpoint (truncated, damaged or not "
                             f"written by MammoLab: {exc.__class__.__name__}); resume needs the checkpoint of the "
@@ -272,7 +280,7 @@ def _discard_unstarted(out: Path, created: bool) -> None:
     looks like a run that is not one; with a ``last.ckpt`` there is something to resume: keep it all."""
     if (out / "checkpoints" / "last.ckpt").is_file() or not out.is_dir():
         return
-    for name in (CONFIG_NAME, RUN_JSON, METRICS_NAME, CURVES_NAME):
+    for name in (CONFIG_NAME, RUN_JSON, METRICS_NAME, CURVES_NAME, "recipe.json"):
         (out / name).unlink(missing_ok=True)
     for sub in (out / "checkpoints", out):
         if sub.is_dir() and (sub is not out or created):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ __all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "export_preset", 
 #: they change where a run executes rather than what it learns.
 RUN_SIZE_FIELDS = ("epochs", "image_size", "subset", "seed", "fold")
 EXCLUDED_FIELDS = ("model", "preset", "weights", *RUN_SIZE_FIELDS, "accelerator", "devices", "strategy",
-                   "num_workers", "cache", "cache_dir", "tensorboard", "deterministic")
+                   "num_workers", "cache", "cache_dir", "tensorboard", "deterministic", "loggers", "tracking_uri")
 MONITOR = "val_auc"
 
 
@@ -119,7 +119,8 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
          image_size: int | None = None, subset: int | None = None, seed: int = 42, timeout: float | None = None,
          export: str | Path | None = None, base_config: str | Path | Mapping[str, Any] | None = None,
          n_startup_trials: int = 3, n_warmup_steps: int = 1, heartbeat_interval: int = 10,
-         grace_period: int | None = None, on_event: Callable[[str], None] | None = None) -> TuneResult:
+         grace_period: int | None = None, on_event: Callable[[str], None] | None = None,
+         loggers: Sequence[str] = (), tracking_uri: str | None = None) -> TuneResult:
     """Run (or resume, or join) a TPE search that maximises validation AUC; see the module docstring.
 
     ``n_trials`` is the study's target of finished (complete or pruned) trials, shared by every
@@ -127,7 +128,8 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     seconds. ``base_config`` fixes train options that are not searched (e.g. ``scheduler: none``).
     ``n_startup_trials``/``n_warmup_steps`` configure the median pruner (trials completed before
     any pruning / epochs before a trial may be pruned); a killed worker's trial is retried after
-    ``grace_period`` seconds without heartbeat (default ``2 * heartbeat_interval``).
+    ``grace_period`` seconds without heartbeat (default ``2 * heartbeat_interval``). ``loggers`` sends
+    every trial to experiment trackers (one MLflow experiment per study, by default in ``out/mlflow.db``).
     """
     from optuna_integration import PyTorchLightningPruningCallback
 
@@ -138,6 +140,10 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     load_manifest(dataset)  # a clear error for a folder that is not a dataset, before any database work
     fixed, run_size = _base_options(model, base_config, epochs=epochs, image_size=image_size, subset=subset,
                                     seed=seed)
+    if loggers:
+        fixed["loggers"] = list(loggers)
+    if tracking_uri:
+        fixed["tracking_uri"] = tracking_uri
     base_cfg = tune_config(fixed, run_size, {})
     search_space: SearchSpace = load_space(space, config_model=TrainConfig, exclude=EXCLUDED_FIELDS)
     search_space.check(lambda ov: tune_config(fixed, run_size, ov))
@@ -167,8 +173,12 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
         if trial_dir.exists():  # leftovers of a crashed attempt: trial numbers are never reused in a study
             shutil.rmtree(trial_dir)
         trial.set_user_attr("run_dir", str(trial_dir.resolve()))
+        if "mlflow" in cfg.loggers and cfg.tracking_uri is None:  # one store for the whole study
+            from mammolab.train.tracking import default_mlflow_uri
+
+            cfg = cfg.model_copy(update={"tracking_uri": default_mlflow_uri(out)})
         result = train(dataset, cfg, trial_dir,
-                       callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
+                       callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)], experiment=study_name)
         if result.best_val_auc is None or not math.isfinite(result.best_val_auc):
             raise MammoLabError(f"trial {trial.number}: validation AUC is undefined (does the val split of "
                                 f"{dataset} hold both classes?)")
