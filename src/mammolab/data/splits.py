@@ -197,5 +197,5 @@ def check_split_classes(df: pd.DataFrame, classes: Sequence[str], *, allow: bool
     if problems and not allow:
         raise MammoLabError(f"organize: {problems[0]}: its AUC and Youden threshold would be undefined; add "
                             "patients (for a carved split: try another --seed or --val-fraction), or pass "
-                            "--allow-degenerate to go on")
+                            "--allow-degenerate (allow_degenerate: true in a config) to go on")
     return problems + warnings_
