@@ -49,6 +49,27 @@ KILL_DRIVER = textwrap.dedent("""
 """)
 
 
+#: Runs the CLI as another user (``FAULT_UID``): the interpreter starts as root (its own files may be
+#: private to root, e.g. a pyenv Python under /root), imports everything the command needs, then
+#: drops to the user with ``os.setgid``/``os.setgroups``/``os.setuid`` before the command runs.
+SETUID_DRIVER = textwrap.dedent("""
+    import os, sys
+    import encodings.idna, encodings.utf_8_sig, encodings.latin_1, encodings.ascii  # imported lazily by codecs
+    import json, concurrent.futures, email, zipfile, uuid, csv, decimal  # stdlib the command may import lazily
+    import mammolab.cli
+    import mammolab.data.organize, mammolab.data.cbis, mammolab.preprocess.pipeline
+    import pydicom, pydicom.pixels
+    uid = int(os.environ["FAULT_UID"])
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    assert os.geteuid() == uid
+    from mammolab.cli import main
+    sys.argv = ["mammolab", *sys.argv[1:]]
+    main()
+""")
+
+
 @dataclass
 class Result:
     """A finished CLI run: exit code and output (stderr carries the one-line errors)."""
@@ -80,9 +101,14 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 def run_cli(args: Sequence[str | Path], *, tmp: Path, kill_at: int | None = None, uid: int | None = None,
             umask: int | None = None, timeout: float = 300) -> Result:
-    """``mammolab ARGS`` in a fresh interpreter: as user ``uid`` (root only), under ``umask``, and with
-    the kill driver when ``kill_at`` is given (0 counts renames without killing)."""
-    if kill_at is None:
+    """``mammolab ARGS`` in a fresh interpreter: as user ``uid`` (root only, see ``SETUID_DRIVER``), under
+    ``umask``, or with the kill driver when ``kill_at`` is given (0 counts renames without killing)."""
+    if uid is not None:
+        driver = tmp / "setuid_driver.py"
+        driver.write_text(SETUID_DRIVER)
+        driver.chmod(0o644)
+        cmd = [sys.executable, str(driver), *map(str, args)]
+    elif kill_at is None:
         cmd = [sys.executable, "-c", "from mammolab.cli import main; main()", *map(str, args)]
     else:
         driver = tmp / "kill_driver.py"
@@ -92,16 +118,15 @@ def run_cli(args: Sequence[str | Path], *, tmp: Path, kill_at: int | None = None
     env = base_env(tmp)
     if kill_at is not None:
         env["FAULT_KILL_AT"] = str(kill_at)
-    kw: dict = {}
     if uid is not None:
-        kw.update(user=uid, group=uid, extra_groups=[])
+        env["FAULT_UID"] = str(uid)
 
     def preexec() -> None:
         if umask is not None:
             os.umask(umask)
 
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
-                          cwd=str(tmp), **kw)
+                          cwd=str(tmp))
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -128,14 +153,28 @@ def other_user() -> int | None:
         pytest.skip("running as root and there is no 'nobody' user to drop to: permission checks would not apply")
 
 
-def world_tmp(tmp_path: Path) -> Path:
-    """A folder under /tmp that another user can traverse (pytest's own tmp_path is private to root)."""
+def world_tmp(parent: Path | None = None) -> Path:
+    """A new folder another user can traverse and write (pytest's own tmp_path is private to root):
+    under ``parent``, or directly under the system temp folder."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="mammolab-faults-"))
+    folder = Path(tempfile.mkdtemp(prefix="mammolab-faults-", dir=parent))
     folder.chmod(0o777)
     return folder
 
 
 TRAIN_ARGS = ["--model", "mammocnn", "--image-size", "32", "--batch-size", "8", "--seed", "3",
               "--weights", "none", "--cache", "ram"]
+
+
+def huge_png(width: int = 40000, height: int = 40000) -> bytes:
+    """A structurally valid PNG whose header declares ``width`` x ``height`` (over OpenCV's 2**30 pixels)
+    with almost no data: what a damaged or hostile file looks like to a reader."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
