@@ -332,9 +332,11 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
         low = ((t8 > bg + grow * max(0.0, level - bg)) & (dist <= rim * side) & (art == 0)).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
         low[art > 0] = 0
-        _, low_labels = cv2.connectedComponents(low, connectivity=8)
-        keep = np.unique(low_labels[seed & (low_labels > 0)])
-        mask = np.isin(low_labels, keep) | seed
+        n_low, low_labels = cv2.connectedComponents(low, connectivity=8)
+        touching = np.zeros(n_low, bool)  # a lookup table: 20x faster than np.unique + np.isin here
+        touching[low_labels[seed]] = True
+        touching[0] = False
+        mask = touching[low_labels] | seed
     else:
         mask = seed
     mask = mask.astype(np.uint8) * 255
@@ -419,25 +421,27 @@ def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float
     The film is where the lines are not flat and dark (standard deviation at least ``flat_std`` or
     mean above 40), so the black matrix that centres a digitised film is skipped, not taken for its side.
     """
-    t = t8.astype(np.int16)
+    t = t8.astype(np.float32)
     out = np.zeros_like(t8)
 
-    def extent(a: np.ndarray) -> tuple[int, int]:
+    def extent(axis: int) -> tuple[int, int]:
         # A flat line is matrix only when dark: a flat bright one is a film-edge strip, to be cut.
-        idx = np.nonzero((a.std(axis=1) >= flat_std) | (a.mean(axis=1) > 40))[0]
-        return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, len(a))
+        mean, sq = t.mean(axis=axis), (t * t).mean(axis=axis)
+        std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+        idx = np.nonzero((std >= flat_std) | (mean > 40))[0]
+        return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, len(mean))
 
-    r0, r1 = extent(t)
-    c0, c1 = extent(t.T)
+    r0, r1 = extent(1)
+    c0, c1 = extent(0)
     if r1 - r0 < 8 or c1 - c0 < 8:
         return out
     film = t[r0:r1, c0:c1]
     for axis, flip_ in ((0, False), (0, True), (1, False), (1, True)):
         lines = film if axis == 0 else film.T
-        if flip_:
-            lines = lines[::-1]
-        frac = (np.abs(lines[2:] - lines[:-2]) > step).mean(axis=1)  # frac[j]: the step across line j+1
         limit = max(2, int(max_fraction * len(lines)))
+        # Only the band within max_fraction of this side (plus the neighbour of its last line).
+        lines = lines[max(0, len(lines) - limit - 2):][::-1] if flip_ else lines[:limit + 2]
+        frac = (np.abs(lines[2:] - lines[:-2]) > step).mean(axis=1)  # frac[j]: the step across line j+1
         hits = np.nonzero(frac[1:limit] >= share)[0]
         if not len(hits):
             continue
@@ -504,6 +508,10 @@ def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: floa
     whatever touches it) that the mask leaves out. A label cut off the breast costs about 1%; more than
     ``max_removed`` means tissue may have gone too, so the image is a ``suspect`` either way.
     """
+    if max(thumb.shape) > THUMB_SIDE // 2:  # half the thumbnail is plenty for a report, and 4x cheaper
+        size = (thumb.shape[1] // 2, thumb.shape[0] // 2)
+        thumb = cv2.resize(thumb[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_NEAREST)
     t8 = _to_u8(thumb)
     kept = np.where(mask > 0, t8, 0).astype(np.uint8)
     out = segmentation_residue(kept, thumb=(kept, 1))
