@@ -13,7 +13,7 @@ the model):
 The baseline, measured in the same run on the same prepared tensor, is the model's forward pass
 alone (what ``predict`` cost before the recipe travelled with the run, minus reading). Prints the
 median time per image of each part and the ratio recipe-applied / model-only. Untrained weights:
-the time does not depend on them. Run: ``python benchmarks/predict.py [--repeats 7] [--threads N]``.
+the time does not depend on them. Run: ``python benchmarks/predict.py [--repeats 9] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -76,14 +76,10 @@ def predictor(kind: str, preset: str, model_name: str, size: int) -> Predictor:
     return Predictor(recipe, _TorchBackend(model, cpu), path=Path("."), torch_model=model, device=cpu)
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    fn()  # warm-up: first-call allocations, OpenCV and torch kernels
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def bench(label: str, p: Predictor, file: Path, repeats: int) -> None:
@@ -96,28 +92,42 @@ def bench(label: str, p: Predictor, file: Path, repeats: int) -> None:
         with torch.no_grad():
             model(x)
 
-    read = median_time(lambda: read_image(file), repeats)
-    prep = median_time(lambda: p.prepare(read_image(file)), repeats)
-    base = median_time(forward, repeats)
-    total = median_time(lambda: p.predict_file(file), repeats)
+    parts: dict[str, Callable[[], object]] = {
+        "read file": lambda: read_image(file),
+        "read + recipe (no model)": lambda: p.prepare(read_image(file)),
+        "model forward only (baseline)": forward,
+        "predict_file, recipe applied": lambda: p.predict_file(file),
+    }
+    for fn in parts.values():  # warm-up: first-call allocations, OpenCV and torch kernels
+        fn()
+    # Round-robin: every round times each part once, so a burst of load from other work on a shared
+    # machine hits all of them alike; the ratio is taken per round and its median reported.
+    rounds = [{name: timed(fn) for name, fn in parts.items()} for _ in range(repeats)]
     print(f"\n{label}: {file.name} {image.shape[1]}x{image.shape[0]} {image.dtype} -> "
           f"{p.recipe.transform.image_size} px {p.recipe.model}")
-    for name, (med, lo, hi) in (("read file", read), ("read + recipe (no model)", prep),
-                                ("model forward only (baseline)", base), ("predict_file, recipe applied", total)):
-        print(f"  {name:32s} {med * 1000:8.1f} ms  (min {lo * 1000:.1f}, max {hi * 1000:.1f})")
-    print(f"  ratio recipe-applied / model-only: {total[0] / base[0]:.2f}x  "
-          f"(recipe share of the time: {(total[0] - base[0]) / total[0]:.0%})")
+    for name in parts:
+        ts = [r[name] for r in rounds]
+        print(f"  {name:32s} {statistics.median(ts) * 1000:8.1f} ms  (min {min(ts) * 1000:.1f}, "
+              f"max {max(ts) * 1000:.1f})")
+    ratios = [r["predict_file, recipe applied"] / r["model forward only (baseline)"] for r in rounds]
+    share = [1 - r["model forward only (baseline)"] / r["predict_file, recipe applied"] for r in rounds]
+    print(f"  ratio recipe-applied / model-only: {statistics.median(ratios):.2f}x (median of {repeats} rounds, "
+          f"{min(ratios):.2f}-{max(ratios):.2f}); read + recipe: {statistics.median(share):.0%} of the time")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads (default 1: per-core figures, "
+                    "steady on a shared machine); 0 keeps the libraries' defaults")
     args = ap.parse_args()
     if args.threads:
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s); median of "
-          f"{args.repeats} runs per figure")
+          f"{args.repeats} rounds per figure")
     with tempfile.TemporaryDirectory(prefix="mammolab-bench-predict-") as tmp:
         film, mask, box = make_film(0, 5000, 3000)
         dcm = write_dicom(Path(tmp) / "film.dcm", film)

@@ -125,3 +125,26 @@ def test_input_warnings_by_size_and_aspect(chain) -> None:
     assert "patch given to a whole-film model" in input_warnings(full, (300, 300))[0]
     roi = r.model_copy(update={"source": r.source.model_copy(update={"kind": "roi", "sizes": None})})
     assert "--box" in input_warnings(roi, (500, 300))[0] and input_warnings(roi, (64, 64)) == []
+
+
+def test_predictor_four_classes_and_tta(chain) -> None:
+    import torch
+
+    from mammolab.evaluate.predict import Predictor, _TorchBackend
+    from mammolab.models.registry import create_model
+
+    torch.manual_seed(0)
+    classes = ["benign_calc", "benign_mass", "malignant_calc", "malignant_mass"]
+    model = create_model("mammoresnet", regime="cft", weights="none", in_chans=1, num_outputs=4).eval()
+    r = _recipe(chain[1], classes=classes, num_outputs=4, image_size=32)
+    p = Predictor(r, _TorchBackend(model, torch.device("cpu")), path=chain[1], torch_model=model)
+    image = (np.random.default_rng(0).random((40, 40)) * 60000).astype(np.uint16)
+    res = p.predict_array(image)
+    probs = np.array([res["probs"][c] for c in classes])
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5) and res["class"] == classes[int(probs.argmax())]
+    assert res["prob"] == pytest.approx(probs[2] + probs[3], abs=1e-6)
+    tta = p.predict_array(image, tta=True)
+    x = p.prepare(image).tensor[None]
+    with torch.no_grad():
+        views = [torch.softmax(model(v), 1)[0].numpy() for v in (x, x.flip(-1), x.flip(-2))]
+    np.testing.assert_allclose([tta["probs"][c] for c in classes], np.mean(views, 0), atol=1e-6)

@@ -56,7 +56,6 @@ def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
 
     try:
         import onnx  # noqa: F401  (the exporter needs it; say so before it fails deep inside)
-        import onnxscript  # noqa: F401
     except ModuleNotFoundError as exc:
         raise MammoLabError(f"--format onnx needs the {exc.name} package",
                             hint="pip install 'mammolab[export]'") from None
@@ -71,9 +70,16 @@ def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                                  opset_version=opset, dynamo=True, external_data=False, verbose=False)
+                try:
+                    # The TorchScript-based exporter: ~5 s for these CNNs against 20-40 s for the dynamo one,
+                    # the same logits (checked after export either way). Newer torch may drop it: then dynamo.
+                    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                                      opset_version=opset, dynamo=False)
+                except (TypeError, RuntimeError, AttributeError, NotImplementedError):
+                    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                                      opset_version=opset, dynamo=True, external_data=False, verbose=False)
         finally:
             for n, lvl in levels.items():
                 logging.getLogger(n).setLevel(lvl)
