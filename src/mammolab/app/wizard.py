@@ -269,6 +269,12 @@ def _questions(a: Asker) -> dict[str, Any]:
     ans["image_size"] = a.integer("Training image size in pixels", 64 if ans["source"] == "synthetic" else 224,
                                   32, 2048)
     ans["epochs"] = a.integer("Epochs", 5 if ans["source"] == "synthetic" else 30, 1, 1000)
+    from mammolab.train.options import option_lines
+
+    a.write("Every other training option can go under train.defaults (all runs) or one run in the file, or be "
+            "given as 'mammolab run FILE --set train.defaults.KEY=VALUE':")
+    for line in option_lines(width=110):
+        a.write(f"  {line}")
     a.write("\nStep 5 - evaluate")
     ans["tta"] = a.yes("Test-time augmentation (average over flips)", False)
     ans["explain"] = a.yes("Heatmaps (Grad-CAM) for 8 test images", True)

@@ -7,6 +7,7 @@ it parses options, calls the stage's Python API and prints where the result is. 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -31,6 +32,10 @@ def main() -> None:
     try:
         app()
     except MammoLabError as exc:
+        if int(os.environ.get("MAMMOLAB_VERBOSE", "0") or 0) > 1:  # -vv: where it came from, too
+            import traceback
+
+            traceback.print_exc()
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except PermissionError as exc:  # a folder or file the user cannot touch: theirs to fix, no traceback

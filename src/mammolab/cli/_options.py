@@ -9,6 +9,7 @@ file. Order (later wins): defaults < preset < ``--config`` file < ``--set`` < de
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,9 @@ LOGGER_HELP = ("Experiment tracker, repeatable: csv (RUN/logs/csv), tensorboard 
                "sqlite store RUN/mlflow.db unless --tracking-uri) or wandb (offline without WANDB_API_KEY).")
 
 
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_sets(values: Sequence[str] | None, option: str = "--set") -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}``; a malformed item is a one-line error."""
     out: dict[str, Any] = {}
@@ -39,6 +43,8 @@ def parse_sets(values: Sequence[str] | None, option: str = "--set") -> dict[str,
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw  # not YAML (an unbalanced bracket...): the text itself, validated with the config
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -10,7 +10,8 @@ from mammolab.cli._app import app
 from mammolab.cli._options import parse_sets, set_option
 
 
-@app.command("run")
+@app.command("run", epilog="Example: mammolab run experiments/demo.yaml --set train.defaults.epochs=2 --only "
+                    "train\n\nValidate only: mammolab run experiments/cbis_mass_classic10.yaml --dry-run")
 def run_cmd(
     experiment: Path = typer.Argument(..., help="Experiment YAML (see experiments/demo.yaml and "
                                       "experiments/cbis_mass_classic10.yaml): data, organize, preprocess, "
@@ -40,7 +41,7 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab wizard --out my_study.yaml")
 def wizard(
     out: Path | None = typer.Option(None, "--out", help="Where to write the experiment YAML (asked when omitted)."),
 ) -> None:
@@ -54,7 +55,7 @@ def wizard(
     run_wizard(out)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab serve demo/runs/resnet18_cft --port 8000   (then open http://127.0.0.1:8000/)")
 def serve(
     run: Path = typer.Argument(..., help="Trained run folder (from 'mammolab train' or OUT/runs/NAME of "
                                "'mammolab run')."),

@@ -11,7 +11,7 @@ from mammolab.cli._app import app
 # ------------------------------------------------------------------------------------------ synth
 
 
-@app.command()
+@app.command(epilog="Example: mammolab synth raw --patients 40 --image-size 1024 --layout nbia")
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (or an empty one): receives download/ (the DICOM "
                                "tree), csv/ (the four case-description CSVs), README.txt and synth.json."),

@@ -13,7 +13,8 @@ from mammolab.cli._app import app
 _SAY = {"soft_wrap": True, "highlight": False}  # paths stay on one copyable line
 
 
-@app.command()
+@app.command(epilog="Example: mammolab evaluate runs/r18 --split test --tta\n\nExternal validation: mammolab "
+                    "evaluate runs/r18 --dataset data/inbreast-pp")
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (config.yaml, checkpoints/)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test, val or train (with --dataset "
@@ -65,7 +66,7 @@ def evaluate(
     console.print(f"results: {folder}", **_SAY)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab compare runs/* --out report   (then open report/report.html)")
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders to compare (evaluated first if needed)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html (self-contained, opens offline), "
@@ -86,7 +87,8 @@ def compare(
     console.print(f"report: {paths['html']}", **_SAY)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab explain runs/r18 --split test --method gradcam --out "
+                    "runs/r18/explain/test-gradcam")
 def explain(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train'."),
     images: list[Path] | None = typer.Argument(None, help="Image files to explain (default: every image of "
@@ -133,7 +135,7 @@ def explain(
     console.print(line, **_SAY)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab predict runs/r18 scan1.dcm scan2.png --json --heatmap heatmaps/")
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train', or a folder from 'mammolab export'."),
     files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit)."),
@@ -191,7 +193,7 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab export runs/r18 --format onnx --out models/r18")
 def export(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (evaluate it first: the card "
                                "quotes its metrics and the recipe carries its validation threshold)."),

@@ -10,7 +10,7 @@ from mammolab.cli._app import app
 from mammolab.cli._options import LOGGER_HELP, parse_sets, set_option
 
 
-@app.command()
+@app.command(epilog="Example: mammolab models   (then: mammolab train DATA --model resnet18_pft --out runs/r18)")
 def models() -> None:
     """List every model name of the registry and every preset (the classic study's ten configurations).
 
@@ -46,7 +46,8 @@ def models() -> None:
                   highlight=False)
 
 
-@app.command()
+@app.command(epilog="Example: mammolab train data/mass-roi-pp --model resnet18_cft --epochs 30 --out runs/r18 "
+                    "--set augment.rotate=15 --logger mlflow")
 def train(
     dataset: Path = typer.Argument(..., help="Dataset folder with manifest.csv (from 'mammolab organize' or "
                                    "'mammolab preprocess'); train/val/test rows come from its split column."),

@@ -12,7 +12,8 @@ from mammolab.cli._options import LOGGER_HELP, parse_sets, set_option
 _SAY = {"soft_wrap": True, "highlight": False}  # paths and URLs stay on one copyable line
 
 
-@app.command()
+@app.command(epilog="Example: mammolab tune data/mass-roi-pp --model efficientnet_b3 --trials 50 --out "
+                    "runs/tune-effb3 --export presets/effb3_tuned.yaml --logger mlflow")
 def tune(
     dataset: Path = typer.Argument(..., help="Dataset folder with manifest.csv; trials train on its train rows "
                                    "and are scored on its val rows."),

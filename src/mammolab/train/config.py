@@ -37,7 +37,7 @@ _PRECISION_ALIASES = {
 class AugmentConfig(StrictModel):
     """Online augmentation of the training split (never val/test): flips, rotation, intensity, crop."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="apply the augmentations below; false = none at all")
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
     rotate: float = Field(10.0, ge=0, le=180, description="maximum rotation in degrees (uniform +-)")
@@ -56,15 +56,23 @@ class AugmentConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Every training option. ``model`` is a registry name; ``preset`` records the preset it came from."""
 
-    model: str
-    preset: str | None = None
-    regime: Literal["opw", "pft", "cft"] = "cft"
+    model: str = Field(..., description="registry model or preset name (mammolab models), e.g. resnet18, "
+                       "mammocnn, efficientnet_b3_optuna, timm/convnext_tiny")
+    preset: str | None = Field(None, description="the preset the model name came from (set automatically)")
+    regime: Literal["opw", "pft", "cft"] = Field(
+        "cft", description="opw: frozen backbone, only a linear head trains; pft: the last stages and the head "
+        "train; cft: everything trains")
     weights: str = Field("none", description="'imagenet', 'none' or a path to a .pth/.safetensors/.ckpt file")
-    freeze_proportion: float | None = Field(None, ge=0, lt=1)
-    trainable_stages: int | None = Field(None, ge=1)
-    head_hidden: list[int] | None = None
-    head_dropout: float | list[float] | None = None
-    head_activation: Literal["relu", "elu", "gelu", "leaky_relu", "silu"] | None = None
+    freeze_proportion: float | None = Field(None, ge=0, lt=1, description="pft: share of the backbone's layers, "
+                                            "from the input, that stay frozen")
+    trainable_stages: int | None = Field(None, ge=1, description="pft: backbone stages, from the output, that "
+                                         "train (default 2 when freeze_proportion is unset)")
+    head_hidden: list[int] | None = Field(None, description="sizes of the head's hidden layers, e.g. [256, 64]; "
+                                          "none = one linear layer")
+    head_dropout: float | list[float] | None = Field(None, description="dropout before each head layer (one "
+                                                     "value for all, or one per layer)")
+    head_activation: Literal["relu", "elu", "gelu", "leaky_relu", "silu"] | None = Field(
+        None, description="activation between the head's hidden layers (default relu)")
     weights_prefix: str | None = Field(
         None, description="key prefix to strip from a --weights checkpoint that holds the encoder inside a bigger "
         "model (e.g. 'visual.trunk.'), or 'auto' to detect it; keys outside it are ignored, unexpected keys "
@@ -82,44 +90,55 @@ class TrainConfig(StrictModel):
         "concat", description="cc+mlo fusion of the two views' pooled features: concatenation, or attention "
         "pooling (a learnt weight per view; a missing view gets none)")
 
-    image_size: int = Field(224, ge=8)
-    resize: Literal["stretch", "pad"] = "stretch"
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
+    image_size: int = Field(224, ge=8, description="square input size in pixels (default: the model's)")
+    resize: Literal["stretch", "pad"] = Field("stretch", description="stretch to the square, or keep the aspect "
+                                              "ratio and pad with black")
+    epochs: int = Field(20, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(32, ge=1, description="images per batch and device")
     accumulate_grad_batches: int = Field(
         1, ge=1, description="batches whose gradients are summed (each loss divided by this) before one "
         "optimiser step: a larger effective batch in the memory of a small one")
     effective_batch: int | None = Field(
         None, ge=1, description="target images per optimiser step; sets accumulate_grad_batches to "
         "effective_batch / (batch_size x devices), which must be a whole number")
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="optimiser")
+    lr: float = Field(1e-3, gt=0, description="learning rate (the start of the schedule)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay (L2 for adam/sgd, decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum (sgd)")
+    scheduler: Literal["cosine", "step", "plateau", "none"] = Field(
+        "cosine", description="learning-rate schedule: cosine to min_lr, step (x gamma every step_size epochs), "
+        "plateau (x gamma when val AUC stalls) or none")
     step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step)")
     gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor (step, plateau)")
     min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
     patience: int = Field(5, ge=0, description="early-stopping patience on val AUC in epochs; 0 = off")
-    min_delta: float = Field(0.0, ge=0)
-    pos_weight: Literal["none", "balanced"] | float = "none"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    min_delta: float = Field(0.0, ge=0, description="smallest val AUC gain that counts as better (early stopping)")
+    pos_weight: Literal["none", "balanced"] | float = Field(
+        "none", description="weight of the malignant class in the loss: none, balanced (benign/malignant count "
+        "ratio of the training split) or a number")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the targets")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="online augmentation of the "
+                                   "training split (augment.hflip, augment.rotate, ...)")
 
-    seed: int = 42
-    deterministic: bool = True
-    fold: int | None = Field(None, ge=0)
-    subset: int | None = Field(None, ge=1)
+    seed: int = Field(42, description="random seed; the same seed repeats a run exactly on CPU")
+    deterministic: bool = Field(True, description="deterministic kernels where they exist (warns otherwise)")
+    fold: int | None = Field(None, ge=0, description="cross-validation: validate on this fold of the training "
+                             "rows (manifest column fold), train on the others")
+    subset: int | None = Field(None, ge=1, description="train on about N training images, sampled by patient "
+                               "with the label balance kept")
 
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | str = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="device kind (auto: "
+                                                                      "a GPU when there is one)")
+    devices: int | str = Field(1, description="number of devices, or auto")
     num_nodes: int = Field(1, ge=1, description="machines (SLURM nodes) for multi-node DDP")
-    strategy: str = "auto"
-    precision: str = "32-true"
-    num_workers: int = Field(0, ge=0)
-    cache: Literal["auto", "ram", "disk"] = "auto"
-    cache_dir: str | None = None
-    tensorboard: bool = False
+    strategy: str = Field("auto", description="Lightning strategy, e.g. ddp for several GPUs")
+    precision: str = Field("32-true", description="32, bf16 or fp16 (mixed precision; fp16 needs a GPU)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache: Literal["auto", "ram", "disk"] = Field("auto", description="decoded-image cache: auto (RAM when it "
+                                                  "fits, else a memory-mapped file), ram or disk")
+    cache_dir: str | None = Field(None, description="folder of the cache file (default ~/.cache/mammolab or "
+                                  "MAMMOLAB_CACHE)")
+    tensorboard: bool = Field(False, description="also log to RUN/tensorboard (same as loggers: [tensorboard])")
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="experiment trackers (Lightning loggers) that also receive the metrics, "
                                           "the config as hyperparameters and the final results")
