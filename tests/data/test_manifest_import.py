@@ -185,6 +185,7 @@ def test_bad_boxes_reported_skipped_clipped(coll, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "says"), [
     (b"", "is empty"),
     (b"  \n\n", "is empty"),
+    (b",,\n , ,\n", "is empty"),
     (b"path,label,patient_id\n", "lists no image"),
     ("path,label,patient_id\nimg/p00L.png,bénin,P00\n".encode("latin-1"),
      "is not UTF-8 text (byte 0xe9 on line 2); expected a UTF-8 CSV"),
@@ -208,6 +209,15 @@ def test_bad_csv_is_one_line_and_writes_nothing(coll, tmp_path: Path, content: b
     assert code == 2 and output.startswith("error: --manifest:") and says in output
     assert "Traceback" not in output
     assert not out.exists()
+
+
+def test_no_usable_row_says_why(coll, tmp_path: Path) -> None:
+    root, rows = coll
+    bad = [{**r, "bbox_x0": "abc"} for r in rows[:2]]
+    with pytest.raises(MammoLabError, match=r"m.csv: no usable row \(e.g. img/p00L.png \(line 2\): bbox_x0 'abc' "
+                                            "is not a number; row skipped; img/p00R.png"):
+        _run(_write(bad, root / "m.csv"), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
 
 
 def test_utf8_bom_and_quoted_commas_are_fine(coll, tmp_path: Path) -> None:

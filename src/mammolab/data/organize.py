@@ -744,7 +744,8 @@ def _read_manifest_csv(path: Path) -> pd.DataFrame:
         raise MammoLabError(f"--manifest: {path} is not a well-formed CSV: {exc} near line {reader.line_num} "
                             "(check its quotes: a value with a comma or quote is written \"like \"\"this\"\"\")"
                             ) from None
-    assert header is not None
+    if header is None:  # only separators and blanks
+        raise MammoLabError(f"--manifest: {path} is empty ({_MANIFEST_HELP})")
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise MammoLabError(f"--manifest: {path} repeats column(s) {dup} in its header")
@@ -895,7 +896,7 @@ def _plan_manifest(src: pd.DataFrame, csv_path: Path, cfg: ImportConfig,
         planned.append({"file_id": file_id, "src": path, "patient_id": next(iter(f["patient"])),
                         "split": next(iter(f["split"])), "items": items})
     if not planned:
-        raise MammoLabError(f"--manifest: {name}: no usable row (see the reasons above: "
+        raise MammoLabError(f"--manifest: {name}: no usable row (e.g. "
                             f"{'; '.join(e['item'] + ': ' + e['detail'] for e in events[:3])})")
     items_table = pd.DataFrame([
         {"file_id": p["file_id"], "item_id": item_id, "patient_id": p["patient_id"], "official_split": p["split"],
