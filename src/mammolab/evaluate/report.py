@@ -467,7 +467,7 @@ def _build_html(summaries: list[RunSummary], table: pd.DataFrame, split: str, ov
              sections.operating_points_html(summaries, points or {})]
     if overlay is not None:
         parts += ['<h2 id="roc">ROC curves</h2>', '<div class="grid">',
-                  _img(overlay, "ROC curves of all runs", f"{split} split", width=620), "</div>"]
+                  _img(overlay, "ROC curves of all runs", f"{split} split", width=540), "</div>"]
     parts.append(sections.calibration_html(summaries, split))
     curves = [s for s in summaries if s.history is not None]
     if curves:
