@@ -124,7 +124,7 @@ def plain_png_pixels(data: bytes | bytearray | memoryview, name: str = "PNG") ->
         raise _damaged(f"{name}: malformed PNG (no IHDR or no image data)")
     width, height, depth = header[:3]
     row = 1 + width * depth // 8
-    if _compressed(idat) and not _first_rows_unfiltered(idat, row, height):
+    if not _first_rows_unfiltered(idat, row, height):
         return None  # filtered rows: OpenCV's job, found before any CRC or inflating of the whole stream
     for start, end, ctype in chunks:
         if _crc32(view[start + 4:end]) != struct.unpack_from(">I", view, end)[0]:
@@ -143,27 +143,18 @@ def _supported(header: tuple[int, ...]) -> bool:
             and width * height <= _MAX_PIXELS)
 
 
-def _compressed(idat: list[memoryview]) -> bool:
-    """Whether the zlib stream's first deflate block is compressed (not a stored block)."""
-    head = b""
-    for part in idat:  # the first three bytes, whatever the chunk sizes (no copy of the stream)
-        head += bytes(part[:3 - len(head)])
-        if len(head) == 3:
-            return bool(head[2] & 0x06)
-    return False
-
-
 #: How many rows' filter bytes are looked at before a compressed stream is inflated whole.
 _PROBE_ROWS = 8
 
 
 def _first_rows_unfiltered(idat: list[memoryview], row: int, height: int) -> bool:
-    """Inflate only the first few rows of a compressed stream and say whether all are unfiltered.
+    """Inflate only the first few rows of the stream and say whether all are unfiltered.
 
     Why: a compressed PNG written by OpenCV or libpng (``--png fast``, most outside files) filters
     every row. Inflating the whole stream first (~130 ms on a 30 MB film) only to find that and hand
     the file to OpenCV made the read slower than OpenCV alone; a few rows cost well under a
-    millisecond. A damaged stream says True here: the full inflate then reports it properly.
+    millisecond (a stored stream's rows cost a copy of a few kilobytes). A damaged stream says True
+    here: the CRC checks and the full inflate then report it properly.
     """
     want = min(height, _PROBE_ROWS) * row
     d = zlib.decompressobj()
