@@ -148,6 +148,9 @@ def test_resume_after_kill_runs_only_missing_trials(patch_dataset: Path, tmp_pat
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
     assert len(retries) == 1 and retries[0].params == study.trials[killed[0]].params
     assert retries[0].state.name in ("COMPLETE", "PRUNED")
+    # The killed attempt's half-trained run folder is gone (its retry has its own number and folder).
+    assert not (out / "trials" / str(killed[0])).exists()
+    assert (out / "trials" / str(retries[0].number) / "run.json").is_file()
 
 
 @pytest.mark.slow
