@@ -72,6 +72,9 @@ def test_predict_organized_png_and_source_dicom_match_evaluate(kinds, kind: str)
     assert not any("error" in r for r in from_png + from_dcm)
     np.testing.assert_allclose([r["prob"] for r in from_png], expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose([r["prob"] for r in from_dcm], expected, atol=1e-4, rtol=0)
+    # An image of the run's own preprocessed dataset is known to be preprocessed: not preprocessed twice.
+    from_pp = p.predict_files([kr.preprocessed / path for path in preds["path"]])
+    np.testing.assert_allclose([r["prob"] for r in from_pp], expected, atol=1e-4, rtol=0)
     # The preprocessing really is part of the path: the organized image fed as if preprocessed differs.
     from mammolab.io import read_image
 

@@ -315,15 +315,28 @@ class Predictor:
         A file that cannot be read or processed raises a one-line :class:`MammoLabError`.
         """
         image, name = _read_source(source, filename)
-        prepared = self._prepare_named(image, name, box)
+        prepared = self._prepare_named(image, name, box, self._start_for(source))
         res = self._result(self.probabilities([prepared.tensor], tta=tta)[0], prepared.warnings)
         if heatmap:
             res["heatmap"] = self.heatmap(prepared, method, _caption(Path(name).name, res, method))
         return res
 
-    def _prepare_named(self, image: np.ndarray, name: str, box: tuple[int, int, int, int] | None) -> Prepared:
+    def _start_for(self, source: Any) -> str:
+        """``preprocessed`` for a file of the very dataset the run was trained on (its images went through
+        the recipe's preprocessing already: running it again would change them), else ``source``."""
+        where = self.recipe.dataset.get("path")
+        if where and isinstance(source, (str, Path)) and self.recipe.preprocess:
+            try:
+                Path(source).resolve().relative_to(Path(where))
+                return "preprocessed"
+            except ValueError:
+                pass
+        return "source"
+
+    def _prepare_named(self, image: np.ndarray, name: str, box: tuple[int, int, int, int] | None,
+                       start: str = "source") -> Prepared:
         try:
-            return self.prepare(image, box=box)
+            return self.prepare(image, box=box, start=start if box is None else "source")
         except MammoLabError as exc:
             msg = str(exc)
             raise MammoLabError(msg if msg.startswith(name) else f"{name}: {msg}") from None
@@ -338,7 +351,7 @@ class Predictor:
             results.append({"path": str(p)})
             try:
                 image, name = _read_source(p, None)
-                prepared.append((len(results) - 1, self._prepare_named(image, name, box)))
+                prepared.append((len(results) - 1, self._prepare_named(image, name, box, self._start_for(p))))
             except MammoLabError as exc:
                 results[-1]["error"] = str(exc)
         probs = self.probabilities([pr.tensor for _, pr in prepared], tta=tta, batch_size=batch_size)
@@ -437,6 +450,10 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
     if not files:
         raise MammoLabError("predict: give at least one image file")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
+    if getattr(getattr(predictor.run, "config", None), "views", "single") != "single":  # two-view (train/views.py)
+        raise MammoLabError(f"predict: {run_dir} is a two-view (CC + MLO) breast model; predicting it from files "
+                            "is not implemented yet", hint="score its dataset with 'mammolab evaluate RUN' "
+                            "(one row per breast)")
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
     results = predictor.predict_files(files, box=box, heatmap=heatmap_dir is not None, method=method, tta=tta,
