@@ -83,3 +83,20 @@ def test_init_from_copies_the_backbone_and_checks_the_architecture(ds32: Path, t
         init_from_run(create_model(TINY), tmp_path)
     # a timm model without --weights defaults to ImageNet, but not when --init-from replaces them
     assert resolve_train_config(overrides={"model": "timm/resnet18", "init_from": "x"}).weights == "none"
+
+
+def test_cli_options_reach_the_config(ds32: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mammolab.cli import app
+
+    res = CliRunner().invoke(app, ["train", str(ds32), "--model", TINY, "--out", str(tmp_path / "r"), "--weights",
+                                   "none", "--batch-size", "4", "--effective-batch", "10"])
+    assert res.exit_code != 0 and "effective_batch 10 is not a multiple of batch_size 4" in str(res.exception)
+    res = CliRunner().invoke(app, ["train", str(ds32), "--model", "timm/convnxt_atto", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "did you mean timm/convnext_atto" in str(res.exception)
+    from mammolab.train.fit import prepare_config
+
+    cfg = prepare_config(tmp_path / "r", overrides={"model": TINY, "views": "cc+mlo", "fusion": "attention",
+                                                    "head_type": "allconv", "channels_last": True})
+    assert (cfg.views, cfg.fusion, cfg.head_type, cfg.channels_last) == ("cc+mlo", "attention", "allconv", True)
