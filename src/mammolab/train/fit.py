@@ -7,7 +7,8 @@ into it and writes the run folder::
     RUN/run.json               dataset + manifest hash, model, classes, parameter counts, epochs,
                                timings, throughput, versions, device; status running/complete
     RUN/metrics.csv            one row per epoch: train/val loss, accuracy, AUC, lr, seconds
-    RUN/curves.png             loss, accuracy and AUC per epoch
+    RUN/curves.png             loss, accuracy, AUC and learning rate per epoch, best epoch marked
+    RUN/logs/, tensorboard/, mlflow.db   experiment trackers, with loggers (mammolab.train.tracking)
     RUN/checkpoints/best.ckpt  best validation AUC;  RUN/checkpoints/last.ckpt  end of the last epoch
 
 A finished run with the same result-relevant config is skipped; ``resume=True`` continues a killed
@@ -321,7 +322,7 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
 
     A finished run with the same result-relevant config is returned as is (``skipped=True``).
     ``resume`` continues from ``out/checkpoints/last.ckpt``; ``overwrite`` starts afresh. A run that
-    fails or is interrupted before its first epoch ends leaves nothing behind (see
+    stops on a user error or Ctrl+C before its first epoch ends leaves nothing behind (see
     :func:`_discard_unstarted`); after that, ``last.ckpt`` is kept for ``--resume``.
     """
     out = Path(out)
@@ -332,7 +333,9 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
     try:
         return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks,
                       loggers=loggers, experiment=experiment)
-    except BaseException:
+    except (MammoLabError, KeyboardInterrupt):
+        # A user error or Ctrl+C before the first epoch ended. Not a callback's own exception (a pruned
+        # tuning trial keeps what it logged) and not a bug (the traceback and the folder tell the story).
         _discard_unstarted(out, created)
         raise
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.atomic import atomic_write, atomic_write_text, write_json
 from mammolab.tune.storage import ClaimLock, init_lock, redact_url
 
 __all__ = [
@@ -196,10 +196,9 @@ def _save_axes(ax: Any, path: Path) -> None:
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.set_size_inches(7, 4.5)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path) as fh:  # a recognisable temp name and the umask's mode, like every other write
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_study_reports(study: Any, out_dir: str | Path, *, decode: Callable[[Mapping[str, Any]], dict[str, Any]]
