@@ -309,29 +309,31 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
     if int(t8.max()) == 0:
         raise MammoLabError("image is all black: no breast to keep")
     level, binary = cv2.threshold(t8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    below = t8[t8 <= level]
-    bg = float(np.median(below)) if below.size else 0.0
+    bg = _median_below(t8, level)
     art = artifact_mask(t8, level=level, background=bg) | straight_edge_mask(t8)
+    is_art = art > 0
     side = max(t8.shape)
     ks = max(3, int(round(kernel * side)) | 1)
     ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ks, ks))
-    binary[art > 0] = 0
+    binary[is_art] = 0
     binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, ker)
-    binary[art > 0] = 0  # the closing must not bridge over a removed label
+    binary[is_art] = 0  # the closing must not bridge over a removed label
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, ker)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    n, labels = cv2.connectedComponents(binary, connectivity=8)
     if n <= 1:  # the opening removed everything (tiny or nearly empty image): fall back to the threshold
-        binary = ((t8 > level) & (art == 0)).astype(np.uint8) * 255
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        binary = ((t8 > level) & ~is_art).astype(np.uint8) * 255
+        n, labels = cv2.connectedComponents(binary, connectivity=8)
         if n <= 1:
             raise MammoLabError("no breast found (the image has no region above the Otsu threshold)")
-    seed = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    seed = labels == 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n)[1:]))
     if grow < 1.0:
-        # Distance to the seed (a distance transform: a dilation by a disc this size is 50x slower).
-        dist = cv2.distanceTransform(np.where(seed, 0, 255).astype(np.uint8), cv2.DIST_L2, 3)
-        low = ((t8 > bg + grow * max(0.0, level - bg)) & (dist <= rim * side) & (art == 0)).astype(np.uint8)
+        # Within rim * side of the seed: a square neighbourhood (OpenCV dilates by a rectangle in
+        # constant time per pixel; a disc this size is 50x slower, a distance transform 5x).
+        rs = 2 * int(round(rim * side)) + 1
+        near = cv2.dilate(seed.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (rs, rs)))
+        low = ((t8 > bg + grow * max(0.0, level - bg)) & (near > 0) & ~is_art).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-        low[art > 0] = 0
+        low[is_art] = 0
         n_low, low_labels = cv2.connectedComponents(low, connectivity=8)
         touching = np.zeros(n_low, bool)  # a lookup table: 20x faster than np.unique + np.isin here
         touching[low_labels[seed]] = True
@@ -342,14 +344,29 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
     mask = mask.astype(np.uint8) * 255
     if fill_holes:
         mask = _fill_holes(mask)
-        mask[art > 0] = 0  # a label the breast encloses on three sides is no hole of it
-    if art.any():
+        mask[is_art] = 0  # a label the breast encloses on three sides is no hole of it
+    ax, ay, aw, ah = cv2.boundingRect(art)
+    if aw:
         # Slivers of a removed label's edge (its anti-aliased rim, a few pixels wide) go as well:
         # what an opening at that scale drops, near an artifact only (a nipple elsewhere stays).
-        zone = cv2.dilate(art, ker)
-        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-        mask[(zone > 0) & (opened == 0)] = 0
+        # Worked on the artifacts' bounding box (plus the kernel), not the whole thumbnail.
+        h, w = mask.shape
+        y0, y1 = max(0, ay - ks - 4), min(h, ay + ah + ks + 4)
+        x0, x1 = max(0, ax - ks - 4), min(w, ax + aw + ks + 4)
+        win = mask[y0:y1, x0:x1]
+        zone = cv2.dilate(art[y0:y1, x0:x1], ker)
+        opened = cv2.morphologyEx(win, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+        win[(zone > 0) & (opened == 0)] = 0
     return mask, k
+
+
+def _median_below(t8: np.ndarray, level: float) -> float:
+    """The median of the pixels at or below ``level`` (the film background), from the histogram."""
+    hist = np.bincount(t8.ravel(), minlength=256)[: int(level) + 1]
+    total = int(hist.sum())
+    if total == 0:
+        return 0.0
+    return float(np.searchsorted(np.cumsum(hist), (total + 1) // 2))
 
 
 def dark_level_of(t8: np.ndarray, level: float, background: float) -> float:
@@ -388,17 +405,27 @@ def artifact_mask(t8: np.ndarray, *, level: float, background: float, bright: fl
     matrix = (dark.mean(axis=0) >= 0.95)[None, :] | (dark.mean(axis=1) >= 0.95)[:, None]
     h, w = t8.shape
     ring_ker, small_ker = np.ones((7, 7), np.uint8), np.ones((3, 3), np.uint8)
-    levels = [hi] + ([247.0] if hi < 237.0 else [])
-    for lo in levels:
+    near_dark, merged = None, False
+    for lo in (hi, 247.0):
+        if lo != hi and (not merged or hi >= 237.0):
+            break  # near-white patches on their own only where a patch was too large to judge
         bright_px = (t8 >= lo).astype(np.uint8)
         # One pixel off first: a label laid against the pectoral muscle is joined to it only across
         # the thin seam between them, and must be judged on its own outline.
         core = cv2.erode(bright_px, small_ker)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)
-        for i in range(1, n):
-            x, y, bw, bh, area = stats[i]
-            if not min_area * h * w <= area <= max_area * h * w:
-                continue
+        # Labels without OpenCV's stats (4x slower here): areas by bincount, boxes for the few candidates.
+        n, labels = cv2.connectedComponents(core, connectivity=4)
+        if n <= 1:
+            continue
+        areas = np.bincount(labels.ravel(), minlength=n)
+        merged = bool((areas[1:] > max_area * h * w).any())
+        if near_dark is None:  # within 4 pixels of the background: where a ring can be dark at all
+            near_dark = cv2.dilate(dark.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        touches = np.bincount(labels[near_dark], minlength=n) > 0
+        touches[0] = False
+        touches &= (areas >= min_area * h * w) & (areas <= max_area * h * w)
+        for i in np.nonzero(touches)[0]:
+            x, y, bw, bh = cv2.boundingRect((labels == i).astype(np.uint8))
             x0, y0, x1, y1 = max(0, x - 5), max(0, y - 5), min(w, x + bw + 5), min(h, y + bh + 5)
             comp = cv2.dilate((labels[y0:y1, x0:x1] == i).astype(np.uint8), small_ker) & bright_px[y0:y1, x0:x1]
             # The ring is 2-3 pixels out from the filled patch: the pixel next to it is a mix of both
@@ -480,7 +507,9 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
     islands = sizes[(sizes < big) & (sizes >= min_island * t8.size)].sum() if n > 2 else 0
     out["islands"] = round(float(islands) / area, 5)
     cand = (t8 >= 217).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+    n, labels, stats = 0, None, None
+    if cv2.countNonZero(cand):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
     dark = t8 <= 38
     h, w = t8.shape
     ker = np.ones((5, 5), np.uint8)
