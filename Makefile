@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/train_input.py
+	$(BIN)/python benchmarks/predict.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -1,8 +1,8 @@
 """Benchmark: predict time per image on CPU with the recipe applied, against the model's forward pass alone.
 
-Two cases, each through :class:`mammolab.evaluate.predict.Predictor` exactly as ``mammolab predict``
-runs it (read the file, organize's conversion, the preprocessing steps, the training transform,
-the model):
+Two cases, each through :meth:`mammolab.evaluate.predict.Predictor.predict_files` exactly as
+``mammolab predict`` runs it (read the file, organize's conversion, the preprocessing steps, the
+training transform, the model):
 
 * film: a 3000x5000 16-bit DICOM through the ``full`` preprocessing preset (border crop, label
   removal, orientation, resize to 1024x640 8-bit, median denoise, CLAHE) into ``mammoresnet`` at
@@ -96,7 +96,7 @@ def bench(label: str, p: Predictor, file: Path, repeats: int) -> None:
         "read file": lambda: read_image(file),
         "read + recipe (no model)": lambda: p.prepare(read_image(file)),
         "model forward only (baseline)": forward,
-        "predict_file, recipe applied": lambda: p.predict_file(file),
+        "predict, recipe applied": lambda: p.predict_files([file]),
     }
     for fn in parts.values():  # warm-up: first-call allocations, OpenCV and torch kernels
         fn()
@@ -109,8 +109,8 @@ def bench(label: str, p: Predictor, file: Path, repeats: int) -> None:
         ts = [r[name] for r in rounds]
         print(f"  {name:32s} {statistics.median(ts) * 1000:8.1f} ms  (min {min(ts) * 1000:.1f}, "
               f"max {max(ts) * 1000:.1f})")
-    ratios = [r["predict_file, recipe applied"] / r["model forward only (baseline)"] for r in rounds]
-    share = [1 - r["model forward only (baseline)"] / r["predict_file, recipe applied"] for r in rounds]
+    ratios = [r["predict, recipe applied"] / r["model forward only (baseline)"] for r in rounds]
+    share = [1 - r["model forward only (baseline)"] / r["predict, recipe applied"] for r in rounds]
     print(f"  ratio recipe-applied / model-only: {statistics.median(ratios):.2f}x (median of {repeats} rounds, "
           f"{min(ratios):.2f}-{max(ratios):.2f}); read + recipe: {statistics.median(share):.0%} of the time")
 

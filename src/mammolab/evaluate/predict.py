@@ -345,6 +345,9 @@ class Predictor:
                       heatmap: bool = False, method: str = "gradcam", tta: bool = False,
                       batch_size: int = 16) -> list[dict[str, Any]]:
         """One result per file, in order, each with its ``path``; a file that fails is ``{path, error}``."""
+        from mammolab.io.memory import retain_freed_memory
+
+        retain_freed_memory()  # full-size temporaries reused from file to file (see mammolab.io.memory)
         results: list[dict[str, Any]] = []
         prepared: list[tuple[int, Prepared]] = []
         for p in paths:
@@ -411,6 +414,9 @@ def predict_frame(predictor: Predictor, dataset: str | Path, frame: pd.DataFrame
     the model in order. An image that cannot be read is an error naming it: a score over a split
     with silent holes would not be the split's.
     """
+    from mammolab.io.memory import retain_freed_memory
+
+    retain_freed_memory()  # full-size temporaries reused from image to image (see mammolab.io.memory)
     dataset = Path(dataset)
     paths = [dataset / str(p) for p in frame["path"]]
 
