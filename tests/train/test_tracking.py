@@ -99,3 +99,25 @@ def test_unknown_logger_is_one_clear_error(tmp_path: Path) -> None:
     from mammolab.train.config import result_hash
 
     assert result_hash(a) == result_hash(b)
+
+
+def test_tune_trials_share_the_study_mlflow_store(small_lesions: Path, tmp_path: Path) -> None:
+    """Every trial of a study logs into one MLflow experiment named after the study, in the study folder."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mammolab.tune.runner import tune
+
+    data = small_lesions
+    out = tmp_path / "study"
+    space = {"lr": {"type": "categorical", "choices": [0.01, 0.02]}}
+    result = tune(data, "mammocnn", 2, out, study_name="tiny", space=space, epochs=1, image_size=32,
+                  loggers=["mlflow", "csv"])
+    assert result.counts.get("COMPLETE", 0) + result.counts.get("PRUNED", 0) == 2
+    assert (out / "mlflow.db").is_file() and not list(out.glob("trials/*/mlflow.db"))
+    client = MlflowClient(tracking_uri=default_mlflow_uri(out))
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["0", "1"]  # one MLflow run per trial, named by its number
+    assert {r.data.params["config/lr"] for r in runs} <= {"0.01", "0.02"}
+    assert all((out / "trials" / str(n) / "logs" / "csv" / "metrics.csv").is_file() for n in (0, 1))
