@@ -148,3 +148,34 @@ def test_predictor_four_classes_and_tta(chain) -> None:
     with torch.no_grad():
         views = [torch.softmax(model(v), 1)[0].numpy() for v in (x, x.flip(-1), x.flip(-2))]
     np.testing.assert_allclose([tta["probs"][c] for c in classes], np.mean(views, 0), atol=1e-6)
+
+
+def test_predictor_load_and_read_errors(chain, tmp_path: Path) -> None:
+    import torch
+
+    from mammolab.evaluate.predict import Predictor, _TorchBackend
+    from mammolab.models.registry import create_model
+
+    with pytest.raises(MammoLabError, match="not a folder"):
+        Predictor.load(tmp_path / "missing")
+    with pytest.raises(MammoLabError, match="neither a training run"):
+        Predictor.load(tmp_path)
+    r = _recipe(chain[1], image_size=32)
+    write_recipe(tmp_path, r)
+    (tmp_path / "model.pt").write_bytes(b"truncated")
+    with pytest.raises(MammoLabError, match="model.pt: unreadable TorchScript model"):
+        Predictor.load(tmp_path)
+    model = create_model("mammoresnet", regime="cft", weights="none", in_chans=1, num_outputs=1).eval()
+    p = Predictor(r, _TorchBackend(model, torch.device("cpu")), path=tmp_path, torch_model=model)
+    with pytest.raises(MammoLabError, match="scan.png") as err:
+        p.predict_file(b"not an image at all", filename="scan.png")
+    assert "\n" not in str(err.value)
+    png = tmp_path / "img.png"
+    from mammolab.io import write_png
+
+    write_png(png, (np.random.default_rng(1).random((40, 40)) * 60000).astype(np.uint16))
+    by_path, by_bytes = p.predict_file(png), p.predict_file(png.read_bytes(), filename="img.png")
+    assert by_path["prob"] == by_bytes["prob"] and by_path["threshold"] == 0.5
+    res = p.predict_files([png, tmp_path / "nope.png", png])
+    assert [("error" in x) for x in res] == [False, True, False] and "nope.png" in res[1]["error"]
+    assert res[0]["prob"] == res[2]["prob"] == by_path["prob"]
