@@ -41,6 +41,9 @@ def test_help_shows_choices_and_defaults_from_the_config() -> None:
     train = _help("train")
     assert re.search(r"--regime\s+opw\|pft\|cft", train)
     assert re.search(r"--logger\s+csv\|tensorboard\|mlflow\|wandb \.\.\.", train)
+    # choices the stage itself checks against, where no config model holds them
+    assert re.search(r"--method\s+gradcam\|gradcam\+\+\|occlusion", _help("explain"))
+    assert re.search(r"--layout\s+legacy\|nbia", _help("synth"))
 
 
 def test_every_train_option_is_described_once_and_listed_in_help() -> None:

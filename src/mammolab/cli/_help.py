@@ -32,6 +32,17 @@ CONFIG_MODELS: dict[str, tuple[str, ...]] = {
     "tune": ("mammolab.train.config:TrainConfig",),
     "organize": ("mammolab.data.organize:OrganizeConfig", "mammolab.data.organize:ImportConfig"),
 }
+#: Options with a fixed set of values that no config model holds: (command or "*", option) -> the
+#: constant (``module:NAME``) the stage itself checks against.
+OPTION_CHOICES: dict[tuple[str, str], str] = {
+    ("synth", "layout"): "mammolab.data.synth:LAYOUTS",
+    ("synth", "difficulty"): "mammolab.data.synth:DIFFICULTIES",
+    ("explain", "method"): "mammolab.explain.cam:METHODS",
+    ("predict", "method"): "mammolab.explain.cam:METHODS",
+    ("serve", "method"): "mammolab.explain.cam:METHODS",
+    ("export", "fmt"): "mammolab.evaluate.export:FORMATS",
+    ("explain", "split"): "mammolab.data.manifest:SPLITS",
+}
 #: Flags whose name differs from the config field they set.
 FIELD_ALIASES = {"logger": "loggers", "accumulate": "accumulate_grad_batches"}
 _DEFAULT_TAG = re.compile(r"(?<!\\)\[(default: [^\]]*)\]")
@@ -101,6 +112,8 @@ def polish_command(name: str, command: Any, ctx: Any = None) -> None:
             label = None  # a switch: nothing to type after it
         else:
             choices = next((c for m in models if (c := field_choices(m, key))), None) if key else None
+            if choices is None and (name, param.name) in OPTION_CHOICES:
+                choices = [str(c) for c in _load(OPTION_CHOICES[(name, param.name)])]
             param._mammolab_choices = choices
             label = "|".join(choices) if choices else _plain_type(param)
             if choices and getattr(param.type_descriptor, "is_list", False):
