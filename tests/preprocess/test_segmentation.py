@@ -9,12 +9,15 @@ films in ``../shared`` (skipped when absent) check the rates the README states.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from pp_films import Film, bbox, write_dataset
 
+from mammolab.data import manifest as mf
 from mammolab.preprocess.ops import (
     Sample,
     crop_border,
@@ -23,6 +26,7 @@ from mammolab.preprocess.ops import (
     segmentation_residue,
     thumbnail,
 )
+from mammolab.preprocess.pipeline import SUSPECTS_NAME, preprocess
 
 H, W = 240, 160
 MIAS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mias-dev"
@@ -184,6 +188,44 @@ def test_residue_metric_sees_a_label_left_and_an_island() -> None:
     left[10:24, 120:136] = 60000  # a label plate kept on black (0.6% of the film, as on real ones)
     res = segmentation_residue(left)
     assert res["suspect"] is True and res["label_like"] > 0 and res["islands"] > 0
+
+
+# ------------------------------------------------------------------ the report points at failures
+
+def taped_film() -> Film:
+    """A film whose tape band over the breast's upper part takes breast tissue with it when cut."""
+    img, breast = film(4, mlo=True)
+    img[: int(0.08 * H)] = 22000 + np.random.default_rng(0).normal(0, 1500, (int(0.08 * H), W))
+    yy, xx = np.mgrid[0:H, 0:W]
+    lesion = ((((xx - 40) / 6.0) ** 2 + ((yy - 130) / 8.0) ** 2) < 1).astype(np.uint8) * 255
+    img[lesion > 0] += 8000
+    return Film(u16(img), lesion, bbox(lesion), breast, (0, 0, 0, 0), (0, 0), "left")
+
+
+def test_preprocess_lists_suspects_and_shows_them(tmp_path: Path, film_dataset: Path) -> None:
+    clean = preprocess(film_dataset, tmp_path / "clean", workers=1, size=(96, 64))
+    quality = json.loads((clean.out / mf.QUALITY_JSON).read_text())
+    assert quality["segmentation_suspect"] == []
+    assert not (clean.out / SUSPECTS_NAME).exists()
+    assert "Segmentation suspects" in (clean.out / mf.QUALITY_MD).read_text()
+
+    src = write_dataset(tmp_path / "taped", [("train", "benign", taped_film())])
+    res = preprocess(src, tmp_path / "out", workers=1, size=(96, 64))
+    quality = json.loads((res.out / mf.QUALITY_JSON).read_text())
+    rel = str(res.manifest["path"].iloc[0])
+    assert len(quality["segmentation_suspect"]) == 1
+    assert quality["segmentation_suspect"][0].startswith(f"{rel}: ")
+    assert "of the first-guess breast removed" in quality["segmentation_suspect"][0]
+    report = (res.out / mf.QUALITY_MD).read_text()
+    assert "Segmentation suspects" in report and f"- {rel}: " in report
+    sheet = cv2.imread(str(res.out / SUSPECTS_NAME))
+    assert sheet is not None and sheet.shape == (256 + 22, 2 * 256, 3)  # one row: input | output
+    assert "segmentation" not in str(res.manifest["pp_transform"].iloc[0])  # the recipe stays the recipe
+    # A re-run reuses the image and still reports it; a clean re-run would drop the stale sheet.
+    again = preprocess(src, tmp_path / "out", workers=1, size=(96, 64))
+    assert again.reused == 1
+    assert json.loads((again.out / mf.QUALITY_JSON).read_text())["segmentation_suspect"] == \
+        quality["segmentation_suspect"]
 
 
 # ------------------------------------------------------------------------ real films (../shared)
