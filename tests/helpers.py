@@ -50,11 +50,11 @@ def png_bomb(width: int = 25000, height: int = 25000, pad_to: int = 1_000_000) -
     first = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)
     again = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)
     n, rest = divmod(height, rows_per_piece)
-    tail = comp.compress(bytes(row * rest)) + comp.flush(zlib.Z_FINISH) if rest else b"\x03\x00"
+    tail = comp.compress(bytes(row * rest)) + comp.flush(zlib.Z_FULL_FLUSH) if rest else b""
     total = row * height
-    stream = first + again * (n - 1) + tail
-    if not rest:  # the final empty block, then the Adler-32 of all-zero data: a = 1, b = length
-        stream += struct.pack(">I", ((total % 65521) << 16) | 1)
+    # Then a final empty block and the Adler-32 of all-zero data (a = 1, b = length), computed here
+    # because the repeated segments never went through the compressor.
+    stream = first + again * (n - 1) + tail + b"\x03\x00" + struct.pack(">I", ((total % 65521) << 16) | 1)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
