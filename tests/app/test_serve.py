@@ -168,6 +168,21 @@ def test_pixel_bomb_is_refused_fast_with_little_memory(server: MammoServer) -> N
     assert elapsed < 1.0 and peak < 200e6, (elapsed, peak)  # decoding it would take 625 MB and more
 
 
+def test_exported_model_is_served_with_occlusion_heatmaps(trained_run: Path, tmp_path: Path, predictor: Any) -> None:
+    from mammolab.evaluate.export import export_run
+
+    export_run(trained_run, tmp_path / "exported", "torchscript")
+    srv = make_server(tmp_path / "exported", port=0).start()
+    try:
+        png = _test_png(trained_run)
+        status, res, _ = _post(srv.url + "/api/predict?heatmap=1", "lesion.png", png.read_bytes())
+    finally:
+        srv.stop()
+    assert status == 200, res
+    assert res["probability"] == pytest.approx(predictor.predict_file(png)["prob"], abs=1e-4)
+    assert res["heatmap_method"] == "occlusion" and res["heatmap_png"]
+
+
 def _hdr(port: int, extra: str) -> bytes:
     return (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: multipart/form-data; boundary=b\r\n{extra}\r\n").encode()

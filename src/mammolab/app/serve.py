@@ -259,6 +259,8 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
     settings = (settings or ServeSettings()).check()
     serving_version = getattr(mammolab, "__version__", "?")
     model_label = str(getattr(getattr(predictor, "recipe", None), "model", "") or predictor.name)
+    # An exported model (TorchScript, ONNX) has no layers to hook: occlusion is its only heatmap.
+    method = settings.method if getattr(predictor, "format", "pytorch") == "pytorch" else "occlusion"
     slots = asyncio.Semaphore(settings.max_concurrent)
     cam_lock = threading.Lock()  # heatmap hooks live on the model: one heatmap at a time
     busy = {"now": 0}
@@ -277,7 +279,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
         if not heatmap:
             return predictor.predict_file(data, filename=name, heatmap=False)
         with cam_lock:
-            return predictor.predict_file(data, filename=name, heatmap=True, method=settings.method)
+            return predictor.predict_file(data, filename=name, heatmap=True, method=method)
 
     @app.post("/api/predict", response_model=Prediction, responses=errors, summary="Score one image")
     async def api_predict(file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
@@ -317,7 +319,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
                           probs={k: float(v) for k, v in res["probs"].items()}, threshold=float(res["threshold"]),
                           warnings=[str(w) for w in res.get("warnings", [])], model=model_label, run=predictor.name,
                           version=predictor.version, mammolab_version=serving_version,
-                          heatmap_method=settings.method if overlay is not None else None,
+                          heatmap_method=method if overlay is not None else None,
                           heatmap_png=base64.b64encode(_png_bytes(overlay)).decode("ascii")
                           if overlay is not None else None)
 
