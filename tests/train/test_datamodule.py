@@ -74,11 +74,21 @@ def test_cache_is_built_once_and_reused(small_lesions: Path, tmp_path: Path) -> 
 
 
 def test_cache_names_an_unreadable_image(tmp_path: Path) -> None:
+    """One unreadable image is named and left out (issue #14), not a reason to stop; none readable is."""
     ds = make_lesion_dataset(tmp_path / "broken", patients=6, size=32)
-    victim = load_manifest(ds)["path"].iloc[2]
+    paths = list(load_manifest(ds)["path"])
+    victim = paths[2]
     (ds / victim).write_bytes(b"garbage")
-    with pytest.raises(MammoLabError, match=r"1 image\(s\) could not be read: .*" + Path(victim).name):
-        build_image_store(ds, list(load_manifest(ds)["path"]), image_size=16, cache="ram")
+    for cache in ("ram", "disk"):
+        store = build_image_store(ds, paths, image_size=16, cache=cache, cache_dir=tmp_path / "cache")
+        assert list(store.failed) == [victim] and Path(victim).name in store.failed[victim]
+        assert not store.array[2].any() and store.array[3].any()
+    again = build_image_store(ds, paths, image_size=16, cache="disk", cache_dir=tmp_path / "cache")
+    assert again.reused and list(again.failed) == [victim]  # the list travels with the cached array
+    for p in paths:
+        (ds / p).write_bytes(b"garbage")
+    with pytest.raises(MammoLabError, match=r"none of the \d+ image\(s\) could be read: \S+"):
+        build_image_store(ds, paths, image_size=16, cache="ram")
 
 
 def test_augmentation_is_seeded_per_epoch_and_row_and_train_only(small_lesions: Path) -> None:
