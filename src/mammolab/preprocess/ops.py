@@ -330,8 +330,16 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
         # Within rim * side of the seed: a square neighbourhood (OpenCV dilates by a rectangle in
         # constant time per pixel; a disc this size is 50x slower, a distance transform 5x).
         rs = 2 * int(round(rim * side)) + 1
-        near = cv2.dilate(seed.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (rs, rs)))
-        low = ((t8 > bg + grow * max(0.0, level - bg)) & (near > 0) & ~is_art).astype(np.uint8)
+        rect = cv2.getStructuringElement(cv2.MORPH_RECT, (rs, rs))
+        near = cv2.dilate(seed.astype(np.uint8), rect)
+        faint = t8 > bg + grow * max(0.0, level - bg)
+        # Beyond that, faint tissue (below Otsu: the fat of a dense breast, the axilla) still counts,
+        # unless something bright that is not the breast (a label the artifact test let pass, text)
+        # is within the same distance: film fog around it must not carry the breast there.
+        hi = level + 0.5 * (255.0 - level)
+        stray = ((t8 >= hi) & (near == 0)).astype(np.uint8)
+        far_ok = (t8 <= level) & (cv2.dilate(stray, rect) == 0) if stray.any() else (t8 <= level)
+        low = (faint & ((near > 0) | far_ok) & ~is_art).astype(np.uint8)
         low = cv2.morphologyEx(low, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
         low[is_art] = 0
         n_low, low_labels = cv2.connectedComponents(low, connectivity=8)
