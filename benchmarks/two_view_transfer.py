@@ -14,7 +14,7 @@ Everything in one process, same backbone (``mammoresnet`` by default), same seed
 Each comparison prints the test AUCs with 95% patient-bootstrap intervals and the paired DeLong test
 (difference, its CI and p). At the default tiny scale the intervals are wide: the script states
 what was measured, not a guaranteed outcome. Run:
-``python benchmarks/two_view_transfer.py [--patients 160] [--epochs 8] [--film 384] [--out DIR]``.
+``python benchmarks/two_view_transfer.py [--patients 160] [--epochs 8] [--film 384] [--threads 1] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--model", default="mammoresnet")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     work = args.out or Path(tempfile.mkdtemp(prefix="mammolab-2v-"))
     raw = work / "raw"
     synthesize(raw, patients=args.patients, image_size=args.film, difficulty="hard", workers=1)
