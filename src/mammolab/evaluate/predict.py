@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -62,13 +64,14 @@ def resolve_threshold(run_dir: str | Path, threshold: float | str | None) -> flo
 
 # ----------------------------------------------------------------------------------------- backends
 
-class _Backend:
+class _Backend(ABC):
     """Logits ``[N, outputs]`` (float32 numpy) for a ``[N, 1, H, W]`` float32 batch."""
 
     kind = "?"
 
-    def logits(self, x: Any) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def logits(self, x: Any) -> np.ndarray:
+        """The model's raw outputs for the batch ``x`` (a torch tensor)."""
 
 
 class _TorchBackend(_Backend):
@@ -154,11 +157,6 @@ class _CamRun:
     classes: tuple[str, ...]
     config: Any
     preprocess: Callable[[np.ndarray], Any]
-
-
-class _Resize:
-    def __init__(self, resize: str) -> None:
-        self.resize = resize
 
 
 # ----------------------------------------------------------------------------------------- predictor
@@ -295,7 +293,7 @@ class Predictor:
                 raise MammoLabError(f"--method {method}: an exported {self.format} model has no layers to hook; "
                                     "use --method occlusion, or the run folder")
             model = _BackendModule(self.backend)
-        shim = _CamRun(model, self._device or "cpu", self.classes, _Resize(self.recipe.transform.resize),
+        shim = _CamRun(model, self._device or "cpu", self.classes, SimpleNamespace(resize=self.recipe.transform.resize),
                        lambda _a: prepared.tensor)
         _, heats, _ = heatmaps_for_arrays(shim, [prepared.image], method)
         return overlay_panel(prepared.image, heats[0], caption=caption)
