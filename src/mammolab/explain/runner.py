@@ -151,6 +151,20 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
     return out
 
 
+def operating_threshold(run_dir: str | Path) -> float:
+    """The run's operating point: its recipe's threshold (Youden on validation once evaluated), else 0.5.
+
+    Overlay captions call an image malignant at the same threshold as the evaluation and the report,
+    so a gallery tile never says "pred: benign" for a case the report counts as a true positive.
+    """
+    try:
+        from mammolab.evaluate.predict import resolve_threshold
+
+        return float(resolve_threshold(run_dir, None))
+    except (MammoLabError, OSError, ValueError):
+        return 0.5
+
+
 def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
          layer: str | None) -> dict[str, Any]:
     from mammolab.evaluate.evaluation import checkpoint_stamp
@@ -158,7 +172,8 @@ def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid:
     files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
     return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
             "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
-            "layer": None if method == "occlusion" else layer}
+            "layer": None if method == "occlusion" else layer,
+            "threshold": round(operating_threshold(run.run_dir), 6) if len(run.classes) == 2 else None}
 
 
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
@@ -200,6 +215,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     records: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     used: set[str] = set()
+    threshold = operating_threshold(run.run_dir)
     batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
     for batch in track(batches, f"explain ({method})"):
         good, arrays = [], []
@@ -220,9 +236,11 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
             while name in used:
                 name += "_"
             used.add(name)
-            predicted = run.classes[int(pp >= 0.5)] if len(run.classes) == 2 else run.classes[int(np.argmax(pr))]
+            binary = len(run.classes) == 2
+            predicted = run.classes[int(pp >= threshold)] if binary else run.classes[int(np.argmax(pr))]
+            at = f" (t={threshold:.2f})" if binary else ""
             caption = (f"{e['image_id']}  true: {e['label'] or '?'}  P(malignant)={pp:.2f}  "
-                       f"pred: {predicted}  [{method} of {run.classes[t]}{'' if images else f', {split} split'}]")
+                       f"pred: {predicted}{at}  [{method} of {run.classes[t]}{'' if images else f', {split} split'}]")
             overlay = overlay_dir / f"{name}.png"
             write_rgb_png(overlay, overlay_panel(arr, heat, boxes, caption=caption))
             area = float(box_mask(heat.shape, boxes).mean()) if boxes else None
