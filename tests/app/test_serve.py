@@ -103,7 +103,7 @@ def test_api_predicts_like_the_predictor_with_heatmap(server: MammoServer, train
     status, res, _ = _post(server.url + "/api/predict?heatmap=1", "lesion.png", png.read_bytes())
     assert status == 200, res
     direct = predictor.predict_file(png)
-    assert res["probability"] == pytest.approx(direct["prob"], abs=1e-6)
+    assert res["probability"] == pytest.approx(direct["prob"], abs=1e-4)  # threads may sum in another order
     assert res["class"] == direct["class"] and res["threshold"] == pytest.approx(predictor.threshold)
     assert set(res["probs"]) == set(predictor.classes) and res["warnings"] == direct["warnings"]
     assert res["model"] == "mammocnn" and res["run"] == "cnn" and res["version"] == predictor.version
