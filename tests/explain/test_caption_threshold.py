@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,3 +17,8 @@ def test_operating_threshold_is_the_recipes(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(predict, "load_recipe", lambda folder: SimpleNamespace(threshold=0.27))
     assert operating_threshold(tmp_path) == 0.27
+    # once evaluated, the Youden threshold chosen on validation (what the report's gallery uses)
+    folder = tmp_path / "eval" / "test"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"operating_points": {"youden": {"threshold": 0.41}}}))
+    assert operating_threshold(tmp_path) == 0.41

@@ -152,17 +152,20 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
 
 
 def operating_threshold(run_dir: str | Path) -> float:
-    """The run's operating point: its recipe's threshold (Youden on validation once evaluated), else 0.5.
+    """The run's operating point: the Youden threshold its test evaluation chose on validation, else its
+    recipe's threshold, else 0.5.
 
     Overlay captions call an image malignant at the same threshold as the evaluation and the report,
     so a gallery tile never says "pred: benign" for a case the report counts as a true positive.
     """
-    try:
-        from mammolab.evaluate.predict import resolve_threshold
+    from mammolab.evaluate.predict import resolve_threshold
 
-        return float(resolve_threshold(run_dir, None))
-    except (MammoLabError, OSError, ValueError):
-        return 0.5
+    for how in ("youden", "recipe"):
+        try:
+            return float(resolve_threshold(run_dir, how))
+        except (MammoLabError, OSError, ValueError):
+            continue
+    return 0.5
 
 
 def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
