@@ -107,9 +107,11 @@ def test_set_on_run_is_validated_like_the_yaml(tmp_path: Path) -> None:
     exp["out"] = str(tmp_path / "out")
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
-    ok = runner.invoke(app, ["run", str(path), "--dry-run", "--set", "train.defaults.epochs=2"])
+    ok = runner.invoke(app, ["run", str(path), "--dry-run", "--set", "train.defaults.epochs=2",
+                             "--set", "train.defaults.loggers=[csv, mlflow]"])  # trackers in an experiment
     assert ok.exit_code == 0, ok.output
     for bad, msg in (("train.defaults.epochs=many", "epochs: Input should be a valid integer"),
-                     ("train.defaults.epochz=2", "epochz: unknown option")):
+                     ("train.defaults.epochz=2", "epochz: unknown option"),
+                     ("train.defaults.loggers=[comet]", "loggers")):
         res = runner.invoke(app, ["run", str(path), "--dry-run", "--set", bad])
         assert res.exit_code != 0 and msg in str(res.exception) + res.output, (bad, res.output)
