@@ -224,3 +224,17 @@ def test_external_validation(kinds, synth, tmp_path_factory: pytest.TempPathFact
         evaluate_run(kr.run, "holdout", dataset=other)
     with pytest.raises(MammoLabError, match="no manifest.csv"):
         evaluate_run(kr.run, "test", dataset=other_synth.download_dir)
+
+
+def test_explain_outside_files_take_the_recipe(kinds, tmp_path: Path) -> None:
+    """``explain RUN FILES`` on organized images (outside the run's dataset) scores what evaluate scored."""
+    from mammolab.explain.runner import explain_run
+
+    kr = kinds["full"]
+    preds = _evaluated(kr)
+    rows = first_rows(preds, 2)
+    files = [kr.organized / preds["path"].iloc[i] for i in rows]
+    summary = explain_run(kr.run, files, method="gradcam", out_dir=tmp_path / "cam")
+    got = pd.read_csv(tmp_path / "cam" / "localisation.csv")
+    assert len(got) == len(files) and not summary["errors"]
+    np.testing.assert_allclose(got["prob_malignant"].to_numpy(), preds["prob"].to_numpy()[rows], atol=1e-4, rtol=0)

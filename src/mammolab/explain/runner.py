@@ -147,7 +147,9 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
         image_id = (str(row.get("image_id") or "") if row is not None else "") or f.stem
         out.append({"file": f, "path": str(f), "image_id": image_id,
                     "label": str(row["label"]) if row is not None else "",
-                    "boxes": _row_boxes(row) if row is not None else []})
+                    "boxes": _row_boxes(row) if row is not None else [],
+                    # a file from outside the run's dataset has not been through its preprocessing yet
+                    "source": row is None})
     return out
 
 
@@ -219,12 +221,22 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     errors: list[dict[str, str]] = []
     used: set[str] = set()
     threshold = operating_threshold(run.run_dir)
+    recipe = None
+    if any(e.get("source") for e in entries):  # outside files take the run's recipe, as predict does
+        from mammolab.evaluate.predict import run_recipe
+
+        recipe = run_recipe(run.run_dir, run)
     batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
     for batch in track(batches, f"explain ({method})"):
         good, arrays = [], []
         for e in batch:
             try:
-                arrays.append(read_image(e["file"]))
+                arr = read_image(e["file"])
+                if recipe is not None and e.get("source"):
+                    from mammolab.recipe import apply_recipe
+
+                    arr = apply_recipe(recipe, arr).image  # the preprocessed image; the transform follows
+                arrays.append(arr)
                 good.append(e)
             except MammoLabError as exc:
                 errors.append({"path": e["path"], "error": str(exc)})
