@@ -73,7 +73,7 @@ def bad_lesions(lesions: Path, world: Path) -> BadDataset:
 
 @dataclass
 class TrainedRun:
-    """A two-epoch run on ``bad_lesions``, trained in a subprocess under ``umask 002``."""
+    """A two-epoch run on ``bad_lesions``, trained in a subprocess under ``umask 002`` (renames counted)."""
 
     run: Path
     result: Result
@@ -84,6 +84,9 @@ class TrainedRun:
 def trained(bad_lesions: BadDataset, world: Path) -> TrainedRun:
     work = world_tmp(world)
     run = work / "run"
-    r = run_cli(["train", bad_lesions.root, "--out", run, "--epochs", "2", *TRAIN_ARGS], tmp=work, umask=0o002)
+    # Under the kill driver with no kill point: it counts the atomic renames, so this run is also the
+    # uninterrupted reference of the train kill-and-resume test.
+    r = run_cli(["train", bad_lesions.root, "--out", run, "--epochs", "2", *TRAIN_ARGS], tmp=work, umask=0o002,
+                kill_at=0)
     assert r.returncode == 0, r.stderr
     return TrainedRun(run, r, bad_lesions)

@@ -7,12 +7,13 @@ the whole suite stays around a minute.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,30 @@ def run_cli(args: Sequence[str | Path], *, tmp: Path, kill_at: int | None = None
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
                           cwd=str(tmp))
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextlib.contextmanager
+def count_renames() -> Iterator[list[int]]:
+    """Count ``mammolab.io.atomic``'s renames in this process (the in-process twin of the kill driver's
+    count, for an uninterrupted reference run without an interpreter start)."""
+    import mammolab.io.atomic as atomic
+
+    real = atomic.os
+    counter = [0]
+
+    class _Os:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def replace(self, src: object, dst: object) -> None:
+            counter[0] += 1
+            real.replace(src, dst)
+
+    atomic.os = _Os()  # type: ignore[assignment]
+    try:
+        yield counter
+    finally:
+        atomic.os = real
 
 
 def digest(folder: Path, skip: Sequence[str] = ()) -> dict[str, str]:
