@@ -18,7 +18,14 @@ from fault_tools import TRAIN_ARGS, digest, other_user, run_cli
 
 from mammolab.data.organize import organize
 from mammolab.errors import OutputError
-from mammolab.io.atomic import atomic_write, atomic_write_text, ensure_writable_dir, remove_stale_temps, temp_files
+from mammolab.io.atomic import (
+    atomic_path,
+    atomic_write,
+    atomic_write_text,
+    ensure_writable_dir,
+    remove_stale_temps,
+    temp_files,
+)
 
 # ------------------------------------------------------------------------------ unwritable output folder
 
@@ -126,6 +133,26 @@ def test_atomic_write_leaves_no_temp_on_error(tmp_path: Path) -> None:
         raise Boom
     assert target.read_text() == "old" and temp_files(tmp_path) == []
     assert remove_stale_temps(tmp_path) == 0
+
+
+def test_atomic_path_for_writers_that_want_a_name(tmp_path: Path) -> None:
+    """Exports (torch.onnx.export, ScriptModule.save) write through a recognisable temp name."""
+    target = tmp_path / "model.onnx"
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        assert tmp in temp_files(tmp_path)  # a name the stale-temp cleanup recognises
+        tmp.write_bytes(b"half")
+        raise ValueError
+    assert not target.exists() and temp_files(tmp_path) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and temp_files(tmp_path) == []
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------- runs that never started

@@ -43,12 +43,10 @@ class ExportResult:
 
 
 def _atomic_file(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    from mammolab.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
@@ -208,7 +206,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
                                                                 if (out / "recipe.json").is_file() else ""))
         for name in (*EXPORT_FILES.values(), "recipe.json", "model_card.md", "model_card.json"):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    from mammolab.io.atomic import ensure_writable_dir, remove_stale_temps
+
+    ensure_writable_dir(out)
+    remove_stale_temps(out)  # an export killed mid-write left its temp file here
     predictor = Predictor.load(run_dir, checkpoint=checkpoint, device="cpu")
     recipe = predictor.recipe
     model = predictor.run.model.cpu().eval()

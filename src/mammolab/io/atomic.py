@@ -33,6 +33,7 @@ from mammolab.errors import OutputError
 
 __all__ = [
     "TEMP_SUFFIX",
+    "atomic_path",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -106,6 +107,30 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.errno in _FATAL_ERRNOS:
+            raise _output_error(path.parent, exc) from None
+        raise
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp file name beside ``path`` for writers that want a name, not a handle (``torch.onnx.export``,
+    ``ScriptModule.save``); on clean exit it replaces ``path``. Same temp names, modes and errors as
+    :func:`atomic_write`, so a killed export is cleaned up like any other stage's temp file."""
+    path = Path(path)
+    _mkdir(path.parent)
+    fd, tmp = _open_temp(path)
+    os.close(fd)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
