@@ -29,6 +29,7 @@ from mammolab.errors import MammoLabError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "EMPTY_FILE",
     "MAX_PIXELS_ENV",
     "ImageHeader",
     "check_pixels",
@@ -42,6 +43,8 @@ __all__ = [
 #: 100 megapixels: far above a 5000x7000 film (35 MP), far below what would exhaust a laptop's memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "MAMMOLAB_MAX_PIXELS"
+#: What a zero-byte file is called, with what was expected (an interrupted copy is the usual cause).
+EMPTY_FILE = "empty file (0 bytes); expected a DICOM, PNG, JPEG, TIFF or PGM image (copy the file again)"
 _HINT = f"raise the limit with --max-pixels N or the environment variable {MAX_PIXELS_ENV}"
 
 #: ``read_at(offset, n)`` returns at most ``n`` bytes from ``offset`` (fewer at the end of the data).
@@ -270,7 +273,7 @@ def read_header(source: str | Path | bytes | bytearray | memoryview, name: str |
         return bytes(view[offset:offset + n])
 
     if not len(view):
-        raise MammoLabError(f"{name}: empty file (0 bytes)")
+        raise MammoLabError(f"{name}: {EMPTY_FILE}")
     fmt = sniff_format(read_at(0, 132))
     if fmt is None:
         return None
@@ -286,7 +289,7 @@ def _header_from(fh: io.BufferedReader, name: str, path: Path) -> ImageHeader | 
 
     head = read_at(0, 132)
     if not head:
-        raise MammoLabError(f"{name}: empty file (0 bytes)")
+        raise MammoLabError(f"{name}: {EMPTY_FILE}")
     fmt = sniff_format(head)
     if fmt is None:
         return None

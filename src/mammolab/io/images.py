@@ -24,7 +24,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
-from mammolab.io.header import check_pixels, dicom_header, read_header, sniff_format
+from mammolab.io.header import EMPTY_FILE, check_pixels, dicom_header, read_header, sniff_format
 from mammolab.io.png import decode_plain_png, plain_png_pixels, read_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp"}
@@ -68,7 +68,7 @@ def _dicom_pixels(source: str | io.BytesIO, name: str, *, keep_range: bool = Fal
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if isinstance(source, str) and not os.path.getsize(source):
-        raise MammoLabError(f"{name}: empty file (0 bytes)")
+        raise MammoLabError(f"{name}: {EMPTY_FILE}")
     try:
         ds = pydicom.dcmread(source, force=True)  # parses the elements; pixel data is not decoded yet
     except Exception as exc:  # pydicom raises many types for corrupt input
@@ -129,7 +129,7 @@ def read_image_bytes(data: bytes | bytearray | memoryview, name: str = "upload",
     """
     view = memoryview(data)
     if not len(view):
-        raise MammoLabError(f"{name}: empty file (0 bytes)")
+        raise MammoLabError(f"{name}: {EMPTY_FILE}")
     if sniff_format(bytes(view[:132])) == "dicom":
         return _dicom_pixels(io.BytesIO(bytes(view)), name, max_pixels=max_pixels)
     return _decode_raster(view, name, max_pixels)
