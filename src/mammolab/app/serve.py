@@ -422,10 +422,15 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
     settings = ServeSettings(max_bytes=max_bytes, max_pixels=max_pixels, max_concurrent=max_concurrent,
                              queue_timeout=queue_timeout, header_timeout=header_timeout, read_timeout=read_timeout,
                              keep_alive=keep_alive, method=method).check()
+    from mammolab.evaluate.breast import refuse_two_view
+
+    alternative = "predict its breasts with 'mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo'"
+    refuse_two_view(run_dir if predictor is None else predictor, "serve", alternative)  # before loading the model
     if predictor is None:
         from mammolab.evaluate.predict import Predictor
 
         predictor = Predictor.load(run_dir)
+        refuse_two_view(predictor, "serve", alternative)
     app = create_app(predictor, settings)
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]

@@ -135,10 +135,13 @@ def explain(
     console.print(line, **_SAY)
 
 
-@app.command(epilog="Example: mammolab predict runs/r18 scan1.dcm scan2.png --json --heatmap heatmaps/")
+@app.command(epilog="Examples: mammolab predict runs/r18 scan1.dcm scan2.png --json --heatmap heatmaps/\n\n"
+             "Two-view run, one breast: mammolab predict runs/e3-2v left_cc.dcm left_mlo.dcm --views cc+mlo\n\n"
+             "Two-view run, a breast filmed in CC only: mammolab predict runs/e3-2v right_cc.dcm --views cc")
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train', or a folder from 'mammolab export'."),
-    files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit)."),
+    files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit). With "
+                                       "--views: each breast's files in that order (CC_FILE MLO_FILE ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of a table."),
     heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method for --heatmap: gradcam, gradcam++ or "
@@ -149,6 +152,10 @@ def predict(
     box: str | None = typer.Option(None, "--box", help="ROI-patch models: x0,y0,x1,y1 of the lesion in a whole "
                                    "film (pixels, right/bottom exclusive); the patch is cut as organize cut it."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over horizontal and vertical flips."),
+    views: str | None = typer.Option(None, "--views", help="Two-view (--views cc+mlo) runs: the views of each "
+                                     "breast's FILES, in order: cc+mlo (CC_FILE MLO_FILE per breast), or cc / mlo "
+                                     "for a breast filmed in one view (predicted as training handles a missing "
+                                     "view; the result says which). One result per breast."),
 ) -> None:
     """Probability of malignancy and predicted class for each file, through the run's recipe.
 
@@ -157,7 +164,8 @@ def predict(
     transform, so it gets the probability evaluation gave it. Unreadable or unsupported files get
     one clear line each and the rest are still predicted; the exit code is 1 when any file failed.
     An input that looks outside the recipe (a whole film given to a patch model) is predicted
-    with a warning.
+    with a warning. A two-view run scores breasts: give --views and each breast's files in that
+    order; each file goes through the same recipe, and the breast gets one probability.
     """
     from rich.table import Table
 
@@ -165,8 +173,17 @@ def predict(
     from mammolab.progress import console
     from mammolab.recipe import parse_box
 
-    results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta,
-                            box=parse_box(box))
+    if views is not None:
+        from mammolab.errors import MammoLabError
+        from mammolab.evaluate.breast import predict_breast_files
+
+        for name, given in (("--heatmap", heatmap is not None), ("--box", box is not None)):
+            if given:
+                raise MammoLabError(f"{name}: not available with --views (two-view breast predictions)")
+        results = predict_breast_files(run, files, views, threshold=threshold, tta=tta)
+    else:
+        results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta,
+                                box=parse_box(box))
     failed = [r for r in results if "error" in r]
     for r in failed:
         console.print(f"[bold red]error:[/] {r['error']}", **_SAY)
@@ -179,12 +196,14 @@ def predict(
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         table = Table(title=f"predictions of {run}", title_justify="left")
-        for col in ("file", "P(malignant)", "class") + (("heatmap",) if heatmap else ()):
+        extra = (("heatmap",) if heatmap else ()) + (("views",) if views else ())
+        for col in ("file", "P(malignant)", "class") + extra:
             table.add_column(col, overflow="fold")
         for r in results:
             if "error" in r:
                 continue
             row = [r["path"], f"{r['prob']:.4f}", r["class"]] + ([r.get("heatmap", "")] if heatmap else [])
+            row += [r["views"] + (f" ({r['missing_view']} missing)" if r["missing_view"] else "")] if views else []
             table.add_row(*row)
         from rich.console import Console
 

@@ -198,6 +198,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.yaml").is_file():
         raise MammoLabError(f"{run_dir}: not a training run (no config.yaml)")
+    from mammolab.evaluate.breast import refuse_two_view
+
+    refuse_two_view(run_dir, "export", "predict its breasts from the run folder: 'mammolab predict RUN CC_FILE "
+                    "MLO_FILE --views cc+mlo'")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise MammoLabError(f"--out: {out} is inside the run {run_dir}; choose a folder outside it")
     if out.exists() and any(out.iterdir()):

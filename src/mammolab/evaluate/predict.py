@@ -455,9 +455,9 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
         raise MammoLabError("predict: give at least one image file")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
     if getattr(getattr(predictor.run, "config", None), "views", "single") != "single":  # two-view (train/views.py)
-        raise MammoLabError(f"predict: {run_dir} is a two-view (CC + MLO) breast model; predicting it from files "
-                            "is not implemented yet", hint="score its dataset with 'mammolab evaluate RUN' "
-                            "(one row per breast)")
+        raise MammoLabError(f"predict: {run_dir} is a two-view (CC + MLO) breast model; give each breast's files "
+                            "with --views", hint="mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo "
+                            "(mammolab.evaluate.breast)")
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
     results = predictor.predict_files(files, box=box, heatmap=heatmap_dir is not None, method=method, tta=tta,

@@ -203,6 +203,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
+    from mammolab.evaluate.breast import refuse_two_view
+
+    refuse_two_view(Path(run_dir), "explain", "explain a single-view run of the same dataset instead")
     run = load_run(run_dir, checkpoint=checkpoint)
     if limit is not None and limit < 1:
         raise MammoLabError(f"--limit: expected a positive number of images, got {limit}")

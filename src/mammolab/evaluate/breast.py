@@ -1,0 +1,164 @@
+"""Breast-level prediction for two-view (CC + MLO) runs: a breast's files in, one probability out.
+
+A ``--views cc+mlo`` run (:mod:`mammolab.train.views`) scores a *breast*, not an image, so
+``mammolab predict`` takes a breast's files in the order ``--views`` names them
+(``predict RUN CC_FILE MLO_FILE --views cc+mlo``; several breasts as consecutive groups). Each file
+goes through the run's recipe exactly as a single-view file does (:meth:`Predictor.prepare`, so an
+organized image gets the probability ``evaluate`` gave its breast), and a breast with one view
+(``--views cc`` or ``--views mlo``) is handled as training and evaluation handle it: the missing
+view is filled with the present one and flagged absent, so attention fusion gives it no weight and
+concat fusion sees the present view's features twice. The result says which view was missing.
+
+The commands that take single images (``serve``, ``export``, ``explain``) cannot run a breast model;
+:func:`refuse_two_view` is their one-line guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammolab.errors import MammoLabError
+from mammolab.train.views import VIEWS
+
+__all__ = ["VIEW_CHOICES", "is_two_view", "parse_views", "predict_breast", "predict_breast_files",
+           "refuse_two_view", "run_views"]
+
+#: What ``--views`` of ``predict`` accepts: the views of each breast's files, in order.
+VIEW_CHOICES = ("cc+mlo", "cc", "mlo")
+
+
+def run_views(path: str | Path) -> str:
+    """``views`` of a run folder's ``config.yaml`` (``single`` for an exported model or an older run),
+    read without loading the model, so a command can refuse a two-view run before any work."""
+    from mammolab.config import load_yaml
+
+    cfg = Path(path) / "config.yaml"
+    if not cfg.is_file():
+        return "single"
+    data = load_yaml(cfg) or {}
+    return str(data.get("views") or "single") if isinstance(data, dict) else "single"
+
+
+def is_two_view(predictor_or_path: Any) -> bool:
+    """Whether a :class:`~mammolab.evaluate.predict.Predictor` (or a run folder) holds a breast model."""
+    if isinstance(predictor_or_path, (str, Path)):
+        return run_views(predictor_or_path) != "single"
+    run = getattr(predictor_or_path, "run", None)
+    return str(getattr(getattr(run, "config", None), "views", "single")) != "single"
+
+
+def refuse_two_view(predictor_or_path: Any, command: str, alternative: str) -> None:
+    """One-line :class:`MammoLabError` when ``command`` is given a two-view run (it takes single images)."""
+    if is_two_view(predictor_or_path):
+        where = getattr(predictor_or_path, "path", predictor_or_path)
+        raise MammoLabError(f"{command}: {where} is a two-view (CC + MLO) breast model; {command} takes single "
+                            f"images only (not supported for two-view runs yet)", hint=alternative)
+
+
+def parse_views(views: str) -> tuple[str, ...]:
+    """``cc+mlo`` -> ``("CC", "MLO")``; ``cc`` / ``mlo`` for a breast filmed in one view only."""
+    key = str(views).strip().lower().replace(" ", "")
+    if key not in VIEW_CHOICES:
+        raise MammoLabError(f"--views: expected one of {', '.join(VIEW_CHOICES)} (the views of each breast's "
+                            f"files, in order), got {views!r}")
+    return tuple(v.upper() for v in key.split("+"))
+
+
+def _breast_tensor(prepared: dict[str, Any]) -> tuple[Any, Any]:
+    """``[1, 2, 1, H, W]`` (CC, MLO) and ``present [1, 2]``, a missing view filled with the present one
+    (as :class:`~mammolab.train.views.TwoViewDataset` does)."""
+    import torch
+
+    tensors = [prepared[v].tensor if v in prepared else None for v in VIEWS]
+    fill = next(t for t in tensors if t is not None)
+    x = torch.stack([t if t is not None else fill for t in tensors])[None]
+    present = torch.tensor([[t is not None for t in tensors]])
+    return x, present
+
+
+def _breast_probs(predictor: Any, x: Any, present: Any, tta: bool) -> np.ndarray:
+    """The model's output for one breast, as :func:`mammolab.train.views.predict_breasts` computes it."""
+    import torch
+
+    run = predictor.run
+    outs = []
+    with torch.no_grad():
+        for v in ([x, x.flip(-1), x.flip(-2)] if tta else [x]):
+            logits = run.model(v.to(run.device), present.to(run.device)).float()
+            if predictor.binary and logits.shape[1] == 1:
+                outs.append(torch.sigmoid(logits[:, 0]))
+            else:
+                probs = torch.softmax(logits, dim=1)
+                outs.append(probs[:, 1] if predictor.binary else probs)
+    return torch.stack(outs).mean(0)[0].cpu().numpy()
+
+
+def predict_breast(predictor: Any, files: dict[str, str | Path], *, tta: bool = False) -> dict[str, Any]:
+    """One breast: ``files`` maps ``CC``/``MLO`` to a file (one may be absent) -> ``prob``, ``class``,
+    ``probs``, ``threshold``, ``warnings``, ``views`` (``cc+mlo``, ``cc`` or ``mlo``), ``missing_view``
+    (``None``, ``CC`` or ``MLO``), ``cc`` and ``mlo`` (the files, ``None`` when missing).
+
+    A file that cannot be read or processed raises a one-line :class:`MammoLabError` naming it.
+    """
+    from mammolab.evaluate.predict import _read_source
+
+    if not is_two_view(predictor):
+        raise MammoLabError(f"--views: {predictor.path} is a single-view model; predict its files without --views")
+    given = {str(v).upper(): f for v, f in files.items() if f is not None}
+    if not given or set(given) - set(VIEWS):
+        raise MammoLabError(f"predict: a breast needs a CC and/or an MLO file, got views {sorted(given) or 'none'}")
+    prepared: dict[str, Any] = {}
+    warnings: list[str] = []
+    for view in VIEWS:
+        if view not in given:
+            continue
+        image, name = _read_source(given[view], None)
+        pr = predictor._prepare_named(image, name, None, predictor._start_for(given[view]))
+        prepared[view] = pr
+        warnings += [f"{view}: {w}" for w in pr.warnings]
+    missing = next((v for v in VIEWS if v not in prepared), None)
+    if missing is not None:
+        present = next(v for v in VIEWS if v in prepared)
+        warnings.append(f"no {missing} view: predicted from the {present} view alone (the missing view is "
+                        "handled as in training and evaluation)")
+    x, present_mask = _breast_tensor(prepared)
+    res = predictor._result(_breast_probs(predictor, x, present_mask, tta), warnings)
+    res.update(views="+".join(v.lower() for v in VIEWS if v in prepared), missing_view=missing,
+               cc=str(given["CC"]) if "CC" in given else None, mlo=str(given["MLO"]) if "MLO" in given else None)
+    return res
+
+
+def predict_breast_files(run_dir: str | Path, files: Sequence[str | Path], views: str = "cc+mlo", *,
+                         threshold: float | str | None = None, checkpoint: str = "best",
+                         tta: bool = False) -> list[dict[str, Any]]:
+    """What ``mammolab predict RUN FILES --views V`` does: the files, in groups of the views ``V`` names
+    (one group per breast), each group one result (see :func:`predict_breast`) with ``path`` (the
+    group's files joined by `` + ``); a breast whose file fails is ``{path, cc, mlo, error}``."""
+    from mammolab.evaluate.predict import Predictor, resolve_threshold
+
+    order = parse_views(views)
+    if not files:
+        raise MammoLabError(f"predict --views {views}: give each breast's files in the order "
+                            f"{' '.join(v + '_FILE' for v in order)}")
+    if len(files) % len(order):
+        raise MammoLabError(f"predict --views {views}: {len(files)} file(s) do not split into breasts of "
+                            f"{len(order)} ({' '.join(v + '_FILE' for v in order)} per breast)")
+    if not is_two_view(run_dir):
+        raise MammoLabError(f"--views: {run_dir} is a single-view model; predict its files without --views")
+    predictor = Predictor.load(run_dir, checkpoint=checkpoint)
+    if threshold is not None and str(threshold).strip().lower() != "recipe":
+        predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
+    results: list[dict[str, Any]] = []
+    for i in range(0, len(files), len(order)):
+        group = dict(zip(order, files[i:i + len(order)], strict=True))
+        base = {"path": " + ".join(str(f) for f in group.values())}
+        try:
+            results.append({**base, **predict_breast(predictor, group, tta=tta)})
+        except MammoLabError as exc:
+            results.append({**base, "cc": str(group.get("CC")) if "CC" in group else None,
+                            "mlo": str(group.get("MLO")) if "MLO" in group else None, "error": str(exc)})
+    return results
