@@ -266,7 +266,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
     from mammolab.evaluate.predict import Predictor, predict_frame
-    from mammolab.train.datamodule import MammoDataModule
+    from mammolab.train.inference import run_datamodule
 
     folder = eval_dir(run_dir, split, tta)
     key = {"checkpoint": checkpoint_stamp(run_dir, checkpoint), "split": split, "tta": bool(tta),
@@ -284,13 +284,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
                          n_boot=n_boot, seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name,
                                                           "external": False, "unit": "breast"})
         return folder
-    if not (run.dataset_dir / "manifest.csv").is_file():
-        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more",
-                            hint="evaluate it on a dataset that is with --dataset")
-    dm = MammoDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std)
-    if tuple(dm.classes) != tuple(run.classes):
-        raise MammoLabError(f"{run.dataset_dir}: dataset classes {list(dm.classes)} differ from the run's "
-                            f"{list(run.classes)}")
+    dm = run_datamodule(run, hint="evaluate it on a dataset that is there with --dataset")
     kwargs: dict[str, Any] = {"tta": tta, "start": "preprocessed"}
     if batch_size:
         kwargs["batch_size"] = batch_size

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from mammolab.models.weights import check_checkpoint_model
 from mammolab.train.config import TrainConfig
 from mammolab.train.datamodule import MammoDataModule, preprocess_array
 
-__all__ = ["SUBGROUP_COLUMNS", "TrainedRun", "load_run", "positive_probability", "predict_split"]
+__all__ = ["SUBGROUP_COLUMNS", "TrainedRun", "load_run", "positive_probability", "predict_split", "run_datamodule"]
 
 #: Manifest columns copied into predictions so results can be broken down by subgroup.
 SUBGROUP_COLUMNS = ("view", "density", "abnormality", "side", "subtlety", "assessment", "pathology")
@@ -134,6 +135,19 @@ def positive_probability(probs: np.ndarray, classes: Sequence[str]) -> np.ndarra
     return probs[:, malignant].sum(1) if malignant else probs.max(1)
 
 
+def run_datamodule(run: TrainedRun, module: type | None = None, *,
+                   hint: str = "pass dataset=... to load_run with its new location") -> Any:
+    """The run's own dataset as a datamodule (``MammoDataModule`` unless ``module``), checked first: a moved
+    or deleted dataset, or one whose classes are not the run's, is one clear error instead of a wrong score."""
+    if not (run.dataset_dir / "manifest.csv").is_file():
+        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more", hint=hint)
+    dm = (module or MammoDataModule)(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std)
+    if tuple(dm.classes) != tuple(run.classes):
+        raise MammoLabError(f"{run.dataset_dir}: dataset classes {list(dm.classes)} differ from the run's "
+                            f"{list(run.classes)}")
+    return dm
+
+
 def predict_split(run: TrainedRun, split: str = "test", tta: bool = False, batch_size: int = 64) -> pd.DataFrame:
     """Predict every image of a split of the run's dataset (the run's own fold/subset roles).
 
@@ -143,13 +157,7 @@ def predict_split(run: TrainedRun, split: str = "test", tta: bool = False, batch
     """
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    if not (run.dataset_dir / "manifest.csv").is_file():
-        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more",
-                            hint="pass dataset=... to load_run with its new location")
-    dm = MammoDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std)
-    if tuple(dm.classes) != tuple(run.classes):
-        raise MammoLabError(f"{run.dataset_dir}: dataset classes {list(dm.classes)} differ from the run's "
-                            f"{list(run.classes)}")
+    dm = run_datamodule(run)
     frame = dm.frames[split]
     probs = np.zeros((0,) if run.binary else (0, len(run.classes)), dtype=np.float32)
     if len(frame):

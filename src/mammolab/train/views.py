@@ -193,17 +193,11 @@ def predict_breasts(run: Any, split: str = "test", tta: bool = False, batch_size
     and ``prob_<class>`` for multi-class, views (``cc+mlo``, ``cc`` or ``mlo``), cc_path, mlo_path,
     n_images, abnormality, density.
     """
-    from mammolab.train.inference import positive_probability
+    from mammolab.train.inference import positive_probability, run_datamodule
 
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    if not (run.dataset_dir / "manifest.csv").is_file():
-        raise MammoLabError(f"{run.dataset_dir}: the run's dataset is not there any more",
-                            hint="pass dataset=... to load_run with its new location")
-    dm = TwoViewDataModule(run.dataset_dir, run.config, mean=run.model.mean, std=run.model.std)
-    if tuple(dm.classes) != tuple(run.classes):
-        raise MammoLabError(f"{run.dataset_dir}: dataset classes {list(dm.classes)} differ from the run's "
-                            f"{list(run.classes)}")
+    dm = run_datamodule(run, TwoViewDataModule)
     breasts = dm.breasts[split]
     probs = np.zeros((0,) if run.binary else (0, len(run.classes)), dtype=np.float32)
     if len(breasts):
