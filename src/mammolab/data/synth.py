@@ -132,6 +132,23 @@ DIFFICULTIES: dict[str, Difficulty | None] = {
 }
 
 
+def _spicules(xs: np.ndarray, ys: np.ndarray, radius: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` thin lines radiating out of a lesion centred on (0, 0) of the local grid: their mask.
+
+    Drawn with sub-pixel precision (4 fractional bits) so small lesions still get straight spicules.
+    """
+    canvas = np.zeros(xs.shape, dtype=np.uint8)
+    cx, cy = -float(xs[0, 0]), -float(ys[0, 0])
+    thickness = max(1, int(round(radius * 0.07)))
+    for angle in (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / max(n, 1)):
+        length = radius * rng.uniform(1.2, 2.0)
+        p0 = (cx + 0.5 * radius * math.cos(angle), cy + 0.5 * radius * math.sin(angle))
+        p1 = (cx + length * math.cos(angle), cy + length * math.sin(angle))
+        cv2.line(canvas, (int(round(p0[0] * 16)), int(round(p0[1] * 16))),
+                 (int(round(p1[0] * 16)), int(round(p1[1] * 16))), 255, thickness, cv2.LINE_8, 4)
+    return canvas > 0
+
+
 def _graded_mass(xs: np.ndarray, ys: np.ndarray, radius: float, look: float, contrast: float,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A mass between benign (``look`` 0: round, smooth, soft dome) and malignant (1: irregular,
@@ -150,18 +167,9 @@ def _graded_mass(xs: np.ndarray, ys: np.ndarray, radius: float, look: float, con
     amp = contrast * ((1 - look) * rng.uniform(0.08, 0.13) + look * rng.uniform(0.18, 0.26))
     dome = np.clip(1.0 - rho**2, 0.0, 1.0)
     body_delta = amp * ((1 - look) * dome**0.4 + look * (0.8 + 0.2 * np.sqrt(dome)))
-    canvas = np.zeros(ell.shape, dtype=np.uint8)
     n = int(round(look * rng.uniform(9, 16)))
-    cx, cy = -float(xs[0, 0]), -float(ys[0, 0])
-    thickness = max(1, int(round(radius * 0.07)))
     dist = np.hypot(xs, ys)
-    for angle in (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / max(n, 1)):
-        length = radius * rng.uniform(1.2, 2.0)
-        p0 = (cx + 0.5 * radius * math.cos(angle), cy + 0.5 * radius * math.sin(angle))
-        p1 = (cx + length * math.cos(angle), cy + length * math.sin(angle))
-        cv2.line(canvas, (int(round(p0[0] * 16)), int(round(p0[1] * 16))),
-                 (int(round(p1[0] * 16)), int(round(p1[1] * 16))), 255, thickness, cv2.LINE_8, 4)
-    spic = canvas > 0
+    spic = _spicules(xs, ys, radius, n, rng)
     taper = np.clip(1.0 - (dist - radius) / (1.5 * radius), 0.3, 1.0)
     delta = np.where(body, body_delta, np.where(spic, 0.75 * amp * taper, 0.0))
     mask = body | spic
@@ -183,17 +191,7 @@ def _mass(xs: np.ndarray, ys: np.ndarray, radius: float, malignant: bool,
         amp = rng.uniform(0.18, 0.26)
         body_delta = amp * (0.8 + 0.2 * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)))
         # Spicules: thin lines radiating out of the body, fading with distance.
-        canvas = np.zeros(dist.shape, dtype=np.uint8)
-        n = int(rng.integers(9, 16))
-        cx, cy = -float(xs[0, 0]), -float(ys[0, 0])
-        thickness = max(1, int(round(radius * 0.07)))
-        for angle in (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n):
-            length = radius * rng.uniform(1.2, 2.0)
-            p0 = (cx + 0.5 * radius * math.cos(angle), cy + 0.5 * radius * math.sin(angle))
-            p1 = (cx + length * math.cos(angle), cy + length * math.sin(angle))
-            cv2.line(canvas, (int(round(p0[0] * 16)), int(round(p0[1] * 16))),
-                     (int(round(p1[0] * 16)), int(round(p1[1] * 16))), 255, thickness, cv2.LINE_8, 4)
-        spic = canvas > 0
+        spic = _spicules(xs, ys, radius, int(rng.integers(9, 16)), rng)
         taper = np.clip(1.0 - (dist - radius) / (1.5 * radius), 0.3, 1.0)
         delta = np.where(body, body_delta, np.where(spic, 0.75 * amp * taper, 0.0))
         mask = body | spic

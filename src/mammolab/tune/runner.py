@@ -18,7 +18,6 @@ that is how the shipped ``efficientnet_b3_optuna`` preset is meant to be (re)mad
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from mammolab.config import dump_yaml, load_yaml
+from mammolab.config import deep_merge, dump_yaml, load_yaml
 from mammolab.data.manifest import load_manifest, manifest_hash, read_info, write_info
 from mammolab.errors import MammoLabError
 from mammolab.io import atomic_write_bytes, atomic_write_text
@@ -64,16 +63,6 @@ class TuneResult:
     timed_out: bool = False
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _base_options(model: str, base_config: str | Path | Mapping[str, Any] | None, *, epochs: int,
                   image_size: int | None, subset: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed train options from the user's base YAML, the tuner's run-size options)."""
@@ -93,7 +82,7 @@ def tune_config(fixed: Mapping[str, Any], run_size: Mapping[str, Any], overrides
     """
     from mammolab.train.config import resolve_train_config
 
-    merged = _deep_merge(fixed, overrides)
+    merged = deep_merge(fixed, overrides)
     if "freeze_proportion" in overrides and "regime" not in overrides:
         merged["regime"] = "pft"
         merged.pop("trainable_stages", None)
@@ -262,7 +251,7 @@ def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: st
     best = best_trial(study)
     tuned = space.overrides(space.decode(best.params))
     preset: dict[str, Any] = {"model": model}
-    preset.update(_deep_merge(dict(fixed or {}), tuned))
+    preset.update(deep_merge(dict(fixed or {}), tuned))
     if "freeze_proportion" in tuned and "regime" not in tuned:
         preset["regime"] = "pft"
         preset.pop("trainable_stages", None)
