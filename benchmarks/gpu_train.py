@@ -11,8 +11,8 @@ The same model, optimiser, batch size and in-memory tensors are trained two ways
 Each is timed over ``--steps`` optimiser steps after ``--warmup`` steps (cuDNN autotuning, allocator),
 with the GPU synchronised at both ends; it prints images/s for both, the ratio engine/bare (goal:
 at least 0.9) and the peak GPU memory of each. Cases: ResNet-18 at 224, EfficientNet-B3 at 288 and
-a whole-image EfficientNet-B3 at 1152x896 (the model takes rectangles; ``mammolab train`` itself
-feeds squares). ``--quick`` runs tiny versions of the three cases on the CPU in float32 (a smoke test
+a whole-image EfficientNet-B3 at 1152x896 (height x width, configured as ``mammolab train
+--image-size 1152x896`` does). ``--quick`` runs tiny versions of the three cases on the CPU in float32 (a smoke test
 of the script: CPU figures say nothing about GPU throughput). Run:
 ``python benchmarks/gpu_train.py [--quick] [--steps 30] [--warmup 5] [--json out.json]``.
 """
@@ -121,7 +121,7 @@ def run_engine(case: Case, device: torch.device, steps: int, warmup: int, bf16: 
     from mammolab.train.scaling import apply_model_options
 
     cfg = resolve_train_config(overrides={
-        "model": case.arch, "weights": "none", "image_size": max(case.height, case.width), "batch_size": case.batch,
+        "model": case.arch, "weights": "none", "image_size": (case.height, case.width), "batch_size": case.batch,
         "epochs": 1, "lr": 1e-4, "scheduler": "none", "precision": "bf16" if bf16 else "32", "channels_last": True,
         "grad_checkpointing": case.checkpointing, "accelerator": "gpu" if device.type == "cuda" else "cpu",
         "deterministic": False})

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from mammolab.config import StrictModel, config_hash, format_validation_error
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import as_hw, parse_image_size
 from mammolab.io.atomic import read_json, write_json
 
 __all__ = [
@@ -99,14 +100,30 @@ class PreprocessStage(StrictModel):
 
 
 class TransformSpec(StrictModel):
-    """The training transform of val/test images: resize, scale by the dtype's range, normalise."""
+    """The training transform of val/test images: resize, scale by the dtype's range, normalise.
 
-    image_size: int
+    ``image_size`` is an int for a square (as in every recipe before rectangles) or ``[height, width]``.
+    """
+
+    image_size: int | tuple[int, int]
     resize: Literal["stretch", "pad"]
     scale: Literal["dtype_range"] = "dtype_range"
     mean: float
     std: float
     channels: int = 1
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int | tuple[int, int]:
+        try:
+            return parse_image_size(v)
+        except MammoLabError as exc:
+            raise ValueError(str(exc).removeprefix("--image-size: ")) from None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the model input."""
+        return as_hw(self.image_size)
 
 
 class Recipe(StrictModel):
@@ -215,7 +232,7 @@ def _source_spec(folder: Path, info: dict[str, Any]) -> SourceSpec:
 
 
 def build_recipe(dataset: str | Path, *, name: str, model: str, classes: Sequence[str], num_outputs: int,
-                 image_size: int, resize: str, mean: float, std: float) -> Recipe:
+                 image_size: int | tuple[int, int], resize: str, mean: float, std: float) -> Recipe:
     """The recipe of a run trained on ``dataset``, from the dataset chain's ``mammolab.json`` files."""
     import mammolab
     from mammolab.data.manifest import manifest_hash
@@ -252,7 +269,8 @@ def build_recipe(dataset: str | Path, *, name: str, model: str, classes: Sequenc
     return Recipe(
         mammolab_version=getattr(mammolab, "__version__", "?"), name=name, model=model, classes=list(classes),
         num_outputs=int(num_outputs), source=source, preprocess=stages,
-        transform=TransformSpec(image_size=int(image_size), resize=resize, mean=float(mean), std=float(std)),
+        transform=TransformSpec(image_size=parse_image_size(image_size), resize=resize, mean=float(mean),
+                                std=float(std)),
         complete=complete, notes=notes,
         dataset={"name": dataset.resolve().name, "path": str(dataset.resolve()), "manifest_hash": mhash,
                  "config_hash": chain[0][1].get("config_hash")},
@@ -314,7 +332,8 @@ def _cut_roi(recipe: Recipe, img: np.ndarray, box: tuple[int, int, int, int]) ->
     x0, y0, x1, y1 = box
     if x1 > w or y1 > h:
         raise MammoLabError(f"--box: {x0},{y0},{x1},{y1} lies outside the {w}x{h} image")
-    size = recipe.source.roi_size or recipe.transform.image_size
+    # organize's patch size; a recipe without it cuts a square patch of the model's longer side
+    size = recipe.source.roi_size or max(as_hw(recipe.transform.image_size))
     margin = 0.5 if recipe.source.roi_margin is None else recipe.source.roi_margin
     patch, _, _ = _roi_patch(img, np.zeros(img.shape, dtype=bool), tuple(float(v) for v in box), size, margin)
     return np.ascontiguousarray(patch)

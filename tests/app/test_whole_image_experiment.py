@@ -23,7 +23,7 @@ def test_whole_image_dry_run_plans_single_two_view_and_transfer(tmp_path: Path,
     runs = dict(resolved_runs(load_experiment(FILE)))
     for m in ("efficientnet_b3", "resnet50"):
         single, two, transfer = runs[f"{m}_single"], runs[f"{m}_two_view"], runs[f"{m}_transfer"]
-        assert single.image_size == 1152 and single.precision == "bf16-mixed" and single.channels_last
+        assert single.image_size == (1152, 896) and single.precision == "bf16-mixed" and single.channels_last
         assert single.views == "single" and two.views == "cc+mlo" and two.effective_batch == 16
         assert transfer.init_from == f"runs/patch/{m}" and transfer.head_type == "allconv"
         assert transfer.weights == "none" and transfer.model == m

@@ -34,6 +34,7 @@ from typing import Any
 
 from mammolab.app.experiment import ExperimentConfig, experiment_hash, load_experiment, resolved_runs
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import size_text
 from mammolab.io.atomic import write_json
 from mammolab.progress import console
 
@@ -235,7 +236,7 @@ class _Runner:
             return run_dir
         if self.dry_run:
             self.log(StageRecord("train", name, "planned", detail=f"{tc.display_name}, {tc.epochs} epochs, "
-                                 f"{tc.image_size}px, weights {tc.weights}"))
+                                 f"{size_text(tc.image_size)}px, weights {tc.weights}"))
             return None
         t0 = time.perf_counter()
         try:
@@ -352,7 +353,7 @@ class _Runner:
                 self.log(StageRecord("preprocess", "preprocess", "planned"))
             for name, tc in runs:
                 self.log(StageRecord("train", name, "planned", detail=f"{tc.display_name}, {tc.epochs} epochs, "
-                                     f"{tc.image_size}px, weights {tc.weights}"))
+                                     f"{size_text(tc.image_size)}px, weights {tc.weights}"))
             self.log(StageRecord("compare", "compare", "planned", detail=str(cfg.report_dir)))
             return self.result
         train_set = self.preprocess(dataset)

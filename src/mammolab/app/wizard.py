@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from mammolab.config import dump_yaml
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import as_hw, parse_image_size, size_text
 from mammolab.io.atomic import atomic_write_text
 
 __all__ = ["Asker", "build_experiment", "equivalent_commands", "run_wizard"]
@@ -107,6 +108,20 @@ class Asker:
 
         return self.ask(question, default, parse)
 
+    def image_size(self, question: str, default: int, low: int, high: int) -> int | tuple[int, int]:
+        """N (a square) or HxW (height x width, e.g. 1152x896 for whole films), each side from low to high."""
+        def parse(raw: str) -> int | tuple[int, int]:
+            try:
+                value = parse_image_size(raw, option="size")
+            except MammoLabError:
+                raise ValueError(f"{raw!r} is not N or HxW (height x width) in whole pixels") from None
+            if not all(low <= side <= high for side in as_hw(value)):
+                raise ValueError(f"expected each side from {low} to {high}")
+            return value
+
+        return self.ask(question, default, parse, hint="N for a square, or HxW (height x width), e.g. 1152x896 "
+                        "for whole films")
+
     def folder(self, question: str, default: str | None, must_exist: bool = True) -> str:
         def parse(raw: str) -> str:
             p = Path(raw).expanduser()
@@ -152,7 +167,8 @@ def build_experiment(answers: dict[str, Any]) -> dict[str, Any]:
         organize.update(abnormality=answers["abnormality"], kind=answers["kind"])
         if answers["kind"] == "roi":
             organize["roi_size"] = answers["roi_size"]
-    size = answers["image_size"]
+    height, width = as_hw(answers["image_size"])
+    size: int | list[int] = height if height == width else [height, width]  # YAML: 224 or [1152, 896]
     from mammolab.models.registry import get_model_entry, resolve_model_name
 
     runs = []
@@ -166,7 +182,7 @@ def build_experiment(answers: dict[str, Any]) -> dict[str, Any]:
     defaults: dict[str, Any] = {"image_size": size, "epochs": answers["epochs"], "weights": answers["weights"]}
     exp: dict[str, Any] = {
         "name": answers["name"], "out": answers["out"], "data": data, "organize": organize,
-        "preprocess": {"config": answers["preprocess"], "size": [size, size]} if answers["preprocess"] else None,
+        "preprocess": {"config": answers["preprocess"], "size": [height, width]} if answers["preprocess"] else None,
         "train": {"defaults": defaults, "runs": runs},
         "evaluate": {"split": "test", "tta": answers["tta"]},
         "explain": {"method": "gradcam", "split": "test", "n": 8} if answers["explain"] else None,
@@ -197,7 +213,7 @@ def equivalent_commands(exp: dict[str, Any]) -> list[str]:
     if exp.get("preprocess"):
         pp = exp["preprocess"]
         cmds.append(f"mammolab preprocess {q(str(dataset))} --out {q(str(out / 'dataset-pp'))} "
-                    f"--config {pp['config']} --size {pp['size'][0]}")
+                    f"--config {pp['config']} --size {size_text(pp['size'])}")
         dataset = out / "dataset-pp"
     d = exp["train"]["defaults"]
     run_dirs = []
@@ -208,7 +224,7 @@ def equivalent_commands(exp: dict[str, Any]) -> list[str]:
         run_dirs.append(str(run_dir))
         weights = run.get("weights", d["weights"])
         cmds.append(f"mammolab train {q(str(dataset))} --model {run['model']}{regime} --out {q(str(run_dir))} "
-                    f"--image-size {d['image_size']} --epochs {d['epochs']} --weights {weights}")
+                    f"--image-size {size_text(d['image_size'])} --epochs {d['epochs']} --weights {weights}")
         tta = " --tta" if exp["evaluate"]["tta"] else ""
         cmds.append(f"mammolab evaluate {q(str(run_dir))} --split test{tta}")
         if exp.get("explain"):
@@ -266,8 +282,8 @@ def _questions(a: Asker) -> dict[str, Any]:
     ans["weights"] = a.choice("Starting weights", ["imagenet", "none"],
                               "none" if ans["source"] == "synthetic" else "imagenet",
                               hint="imagenet needs internet once (timm / Hugging Face); none = random init")
-    ans["image_size"] = a.integer("Training image size in pixels", 64 if ans["source"] == "synthetic" else 224,
-                                  32, 2048)
+    ans["image_size"] = a.image_size("Training image size in pixels", 64 if ans["source"] == "synthetic" else 224,
+                                     32, 2048)
     ans["epochs"] = a.integer("Epochs", 5 if ans["source"] == "synthetic" else 30, 1, 1000)
     from mammolab.train.options import option_lines
 

@@ -65,8 +65,9 @@ def train(
                                        "or a local .pth/.safetensors/.ckpt file. Default: imagenet for timm "
                                        "models, none for MammoLab's CNNs."),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum number of epochs (default 20)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Square input size in pixels (default: "
-                                          "the model's, e.g. 224, 512 for mammocnn)."),
+    image_size: str | None = typer.Option(None, "--image-size", help="Input size in pixels: N for a square, or "
+                                          "HxW (height x width, e.g. 1152x896 for whole films). Default: the "
+                                          "model's, e.g. 224, 512 for mammocnn."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per batch and device (default 32)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-3, or the preset's)."),
     optimizer: str | None = typer.Option(None, "--optimizer", help="adamw, adam or sgd (default adamw)."),

@@ -40,8 +40,9 @@ def tune(
     config: Path | None = typer.Option(None, "--config", help="YAML of train options held fixed during the "
                                        "search (e.g. scheduler: none); they are also written into --export."),
     epochs: int = typer.Option(5, "--epochs", help="Epochs per trial (pruning may stop a trial earlier)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Input size in pixels for every trial "
-                                          "(default: the model's). Small sizes make a quick first search."),
+    image_size: str | None = typer.Option(None, "--image-size", help="Input size in pixels for every trial: N "
+                                          "(square) or HxW, height x width (default: the model's). Small sizes "
+                                          "make a quick first search."),
     subset: int | None = typer.Option(None, "--subset", help="Train each trial on about N training images "
                                       "(sampled by patient, label balance kept)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the TPE sampler and of every trial's training."),

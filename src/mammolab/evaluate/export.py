@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import as_hw, size_text
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 
 __all__ = ["FORMATS", "ExportResult", "export_run", "model_card"]
@@ -126,7 +127,8 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
         "name": recipe.name, "model": recipe.model, "format": fmt, "classes": recipe.classes,
         "output": ("one logit: P(" + recipe.classes[1] + ") = sigmoid(logit)") if recipe.num_outputs == 1
         else "one logit per class: probabilities = softmax(logits)",
-        "input": f"[N, 1, {recipe.transform.image_size}, {recipe.transform.image_size}] float32, made by the recipe",
+        # [N, 1, height, width]: a rectangular run (e.g. whole films at 1152x896) states both sides
+        "input": "[N, 1, {}, {}] float32, made by the recipe".format(*as_hw(recipe.transform.image_size)),
         "threshold": recipe.threshold, "threshold_source": recipe.threshold_source,
         "mammolab_version": recipe.mammolab_version,
         "data": {"dataset": recipe.dataset.get("name"), "manifest_hash": recipe.dataset.get("manifest_hash"),
@@ -141,6 +143,12 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
                          f"{recipe.source.kind} images prepared by the recipe in this folder."),
         "notice": NOTICE,
     }
+
+
+def _size_words(size: Any) -> str:
+    """``224 px`` for a square (as cards always said), ``1152x896 px (height x width)`` for a rectangle."""
+    text = size_text(size)
+    return f"{text} px" if "x" not in text else f"{text} px (height x width)"
 
 
 def _fmt_ci(d: dict[str, Any] | None) -> str:
@@ -179,8 +187,9 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"1. source: {r['source']['kind']} images, bit depth {r['source']['bit_depth'] or 'as read'}; "
               f"DICOM: {r['source']['dicom']}",
               "2. preprocessing: " + ("; ".join(steps) if steps else "none"),
-              f"3. transform: resize to {r['transform']['image_size']} px ({r['transform']['resize']}), scale by "
-              f"the bit depth's range, normalise (mean {r['transform']['mean']}, std {r['transform']['std']})", "",
+              f"3. transform: resize to {_size_words(r['transform']['image_size'])} ({r['transform']['resize']}), "
+              f"scale by the bit depth's range, normalise (mean {r['transform']['mean']}, "
+              f"std {r['transform']['std']})", "",
               "## Intended use", "", card["intended_use"], "", card["notice"], ""]
     return "\n".join(lines)
 
@@ -217,8 +226,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     predictor = Predictor.load(run_dir, checkpoint=checkpoint, device="cpu")
     recipe = predictor.recipe
     model = predictor.run.model.cpu().eval()
-    size = recipe.transform.image_size
-    example = torch.zeros(2, 1, size, size)
+    height, width = as_hw(recipe.transform.image_size)
+    example = torch.zeros(2, 1, height, width)
     model_file = out / EXPORT_FILES[fmt]
     try:
         if fmt == "onnx":
@@ -232,7 +241,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
                             f"{str(exc).strip().splitlines()[0][:200]})") from None
     write_recipe(out, recipe)
     # Check the exported model against PyTorch on a varied input before declaring success.
-    check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, size, size)).astype(np.float32))
+    check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, height, width)).astype(np.float32))
     with torch.no_grad():
         ref = model(check).float().reshape(3, -1).numpy()
     exported = Predictor.load(out)

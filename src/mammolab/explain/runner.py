@@ -32,17 +32,21 @@ from mammolab.io.atomic import atomic_write_text, read_json, write_json
 __all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
 
 
-def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int, mode: str = "stretch") -> np.ndarray:
-    """Map a heatmap at the model's input (``size x size``) back onto the original image's pixels.
+def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int | tuple[int, int] | None = None,
+                   mode: str = "stretch") -> np.ndarray:
+    """Map a heatmap at the model's input (``size``: an int square or ``(height, width)``; by default the
+    heatmap's own shape) back onto the original image's pixels.
 
     Inverts the training resize (``mammolab.train.imagecache.resize_image``): ``stretch`` is a
     plain resize; ``pad`` first cuts away the black bars the image was centred between.
     """
+    from mammolab.train.imagecache import pad_placement
+
     h, w = shape
+    if size is None:
+        size = (int(heat.shape[0]), int(heat.shape[1]))
     if mode == "pad":
-        scale = size / max(h, w)
-        th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-        y0, x0 = (size - th) // 2, (size - tw) // 2
+        y0, x0, th, tw = pad_placement((h, w), size)
         heat = heat[y0:y0 + th, x0:x0 + tw]
     elif mode != "stretch":
         raise MammoLabError(f"resize: expected 'stretch' or 'pad', got {mode!r}")
@@ -93,7 +97,7 @@ def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "g
         probs = target_probabilities(run.model, x)
         targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size])
         maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
-        size, mode = int(x.shape[-1]), getattr(run.config, "resize", "stretch")
+        size, mode = (int(x.shape[-2]), int(x.shape[-1])), getattr(run.config, "resize", "stretch")
         heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
         probs_all.append(probs)
         explained += targets

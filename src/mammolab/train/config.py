@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mammolab.config import StrictModel, config_hash, load_config, load_yaml
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import check_min_size, parse_image_size
 
 __all__ = ["RUNTIME_FIELDS", "AugmentConfig", "TrainConfig", "resolve_train_config", "result_hash"]
 
@@ -90,9 +91,11 @@ class TrainConfig(StrictModel):
         "concat", description="cc+mlo fusion of the two views' pooled features: concatenation, or attention "
         "pooling (a learnt weight per view; a missing view gets none)")
 
-    image_size: int = Field(224, ge=8, description="square input size in pixels (default: the model's)")
-    resize: Literal["stretch", "pad"] = Field("stretch", description="stretch to the square, or keep the aspect "
-                                              "ratio and pad with black")
+    image_size: int | tuple[int, int] = Field(
+        224, description="input size in pixels: N (a square) or HxW, height x width (e.g. 1152x896 for whole "
+        "films; YAML [1152, 896] or '1152x896'); default: the model's")
+    resize: Literal["stretch", "pad"] = Field("stretch", description="stretch to the input size, or keep the "
+                                              "aspect ratio and pad with black (image centred)")
     epochs: int = Field(20, ge=1, description="maximum number of epochs")
     batch_size: int = Field(32, ge=1, description="images per batch and device")
     accumulate_grad_batches: int = Field(
@@ -148,6 +151,15 @@ class TrainConfig(StrictModel):
                                 "(faster convolutions with AMP on recent GPUs)")
     grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass (timm's "
                                      "set_grad_checkpointing): less memory for high-resolution images, ~30% slower")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, v: Any) -> int | tuple[int, int]:
+        # A square pair collapses to its int: the same hash, cache and recipe as before rectangles.
+        try:
+            return parse_image_size(v, minimum=8)
+        except MammoLabError as exc:
+            raise ValueError(str(exc).removeprefix("--image-size: ")) from None
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -226,11 +238,11 @@ def resolve_train_config(config_file: str | Path | dict[str, Any] | None = None,
     merged["model"] = backbone
     entry = get_model_entry(backbone)
     merged.setdefault("image_size", entry.default_size)
+    merged["image_size"] = parse_image_size(merged["image_size"], minimum=8)  # one line naming --image-size
     # --init-from replaces the backbone's weights: no ImageNet download for weights it overwrites.
     merged.setdefault("weights", "imagenet" if entry.pretrained and not merged.get("init_from") else "none")
     cfg = load_config(TrainConfig, merged, source=source)
-    if cfg.image_size < entry.min_size:
-        raise MammoLabError(f"--image-size: {backbone} needs at least {entry.min_size} px, got {cfg.image_size}")
+    check_min_size(cfg.image_size, entry.min_size, backbone)
     if cfg.weights == "imagenet" and not entry.pretrained:
         raise MammoLabError(f"--weights imagenet: {backbone} has no ImageNet weights",
                             hint="use --weights none or --weights PATH")

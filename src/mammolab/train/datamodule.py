@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mammolab.data.manifest import dataset_classes, load_manifest
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import ImageSize, as_hw
 from mammolab.train.config import AugmentConfig, TrainConfig
 from mammolab.train.imagecache import ImageStore, build_image_store, resize_image, to_unit
 
@@ -70,15 +71,25 @@ def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (x - mean) / std
 
 
-def build_augment(cfg: AugmentConfig, size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """torchvision v2 transforms on a ``[1, H, W]`` float tensor in [0, 1], or ``None`` when off."""
+def build_augment(cfg: AugmentConfig, size: ImageSize) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision v2 transforms on a ``[1, H, W]`` float tensor in [0, 1], or ``None`` when off.
+
+    ``size`` is the training size (an int or ``(height, width)``): the random resized crop returns
+    that shape, from a region whose width/height is within 10% of the target's, so a rectangular
+    film is cropped as a rectangle, not squeezed from a square.
+    """
     if not cfg.enabled:
         return None
     from torchvision.transforms import v2
 
     ops: list[Any] = []
     if cfg.crop_scale != (1.0, 1.0):
-        ops.append(v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=(0.9, 1.1), antialias=True))
+        if isinstance(size, int):
+            ops.append(v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=(0.9, 1.1), antialias=True))
+        else:
+            h, w = as_hw(size)
+            ops.append(v2.RandomResizedCrop((h, w), scale=cfg.crop_scale, ratio=(0.9 * w / h, 1.1 * w / h),
+                                            antialias=True))
     if cfg.hflip > 0:
         ops.append(v2.RandomHorizontalFlip(cfg.hflip))
     if cfg.vflip > 0:

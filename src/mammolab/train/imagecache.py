@@ -29,11 +29,13 @@ import cv2
 import numpy as np
 
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import ImageSize, as_hw, size_text
 from mammolab.io import read_image
 from mammolab.io.atomic import TEMP_SUFFIX, read_json, remove_stale_temps, write_json
 from mammolab.progress import default_workers, make_progress
 
-__all__ = ["CACHE_VERSION", "ImageStore", "build_image_store", "default_cache_dir", "resize_image", "to_unit"]
+__all__ = ["CACHE_VERSION", "ImageStore", "build_image_store", "default_cache_dir", "pad_placement", "resize_image",
+           "to_unit"]
 
 CACHE_VERSION = 1
 _INLINE_BELOW = 48  # fewer images than this are decoded in-process (no pool start-up)
@@ -47,30 +49,45 @@ def default_cache_dir() -> Path:
     return base / "mammolab"
 
 
-def resize_image(img: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
-    """Resize a 2-D image to ``size x size`` keeping its dtype.
+def resize_image(img: np.ndarray, size: ImageSize | Sequence[int], mode: str = "stretch") -> np.ndarray:
+    """Resize a 2-D image to ``size`` (an int: a square; ``(height, width)``: a rectangle), keeping its dtype.
 
-    ``stretch`` ignores the aspect ratio (what the classic study did); ``pad`` scales the longer side
-    to ``size`` and centres the image on a black square, keeping the lesion's shape.
+    ``stretch`` ignores the aspect ratio (what the classic study did); ``pad`` scales the image by the
+    largest factor at which it fits inside ``height x width``, keeping the lesion's shape, and centres
+    it on a black canvas (bars split evenly, the odd pixel at the bottom/right). A 1152x896 target
+    holds a whole film with little or no padding where a 1152 square pads ~29% of it.
     """
     if img.ndim != 2:
         raise MammoLabError(f"expected a 2-D grayscale image, got shape {img.shape}")
+    out_h, out_w = as_hw(size)
     h, w = img.shape
     if mode == "stretch":
-        th, tw = size, size
+        th, tw = out_h, out_w
     elif mode == "pad":
-        scale = size / max(h, w)
-        th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+        _, _, th, tw = pad_placement((h, w), (out_h, out_w))
     else:
         raise MammoLabError(f"resize: expected 'stretch' or 'pad', got {mode!r}")
     interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
     out = img if (th, tw) == (h, w) else cv2.resize(img, (tw, th), interpolation=interp)
-    if mode == "pad" and (th, tw) != (size, size):
-        canvas = np.zeros((size, size), dtype=img.dtype)
-        y0, x0 = (size - th) // 2, (size - tw) // 2
+    if mode == "pad" and (th, tw) != (out_h, out_w):
+        canvas = np.zeros((out_h, out_w), dtype=img.dtype)
+        y0, x0 = (out_h - th) // 2, (out_w - tw) // 2
         canvas[y0:y0 + th, x0:x0 + tw] = out
         out = canvas
     return np.ascontiguousarray(out)
+
+
+def pad_placement(shape: tuple[int, int], size: ImageSize | Sequence[int]) -> tuple[int, int, int, int]:
+    """Where ``resize_image(img, size, "pad")`` puts an image of ``shape``: ``(y0, x0, height, width)``.
+
+    Used to map model-space outputs (heatmaps) back onto the image: the same arithmetic as the resize.
+    """
+    out_h, out_w = as_hw(size)
+    h, w = int(shape[0]), int(shape[1])
+    # For a square this is size / max(h, w), the formula of earlier versions, to the same float.
+    scale = min(out_h / h, out_w / w)
+    th, tw = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
+    return (out_h - th) // 2, (out_w - tw) // 2, th, tw
 
 
 def to_unit(arr: np.ndarray) -> np.ndarray:
@@ -88,7 +105,7 @@ def _as_dtype(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
     raise MammoLabError(f"unsupported pixel type {img.dtype} (expected uint8 or uint16)")
 
 
-def _load_one(args: tuple[str, int, str, str]) -> np.ndarray:
+def _load_one(args: tuple[str, ImageSize, str, str]) -> np.ndarray:
     path, size, mode, dtype = args
     return _as_dtype(resize_image(read_image(path), size, mode), np.dtype(dtype))
 
@@ -128,13 +145,19 @@ class ImageStore:
         return {p: i for i, p in enumerate(self.paths)}
 
 
-def cache_key(dataset_dir: Path, rel_paths: Sequence[str], image_size: int, resize: str) -> str:
-    """Everything that decides the cached pixels, hashed: manifest, dataset config, files, size, mode."""
+def cache_key(dataset_dir: Path, rel_paths: Sequence[str], image_size: ImageSize | Sequence[int], resize: str) -> str:
+    """Everything that decides the cached pixels, hashed: manifest, dataset config, files, size, mode.
+
+    A square size enters as the int it always was (existing caches stay valid); a rectangle as
+    ``[height, width]``, so 64x48 and 48x64 are different files.
+    """
     from mammolab.data.manifest import manifest_hash, read_info
 
+    hh, ww = as_hw(image_size)
+    size_key: int | list[int] = hh if hh == ww else [hh, ww]
     h = hashlib.sha256()
     info = read_info(dataset_dir)
-    h.update(json.dumps([CACHE_VERSION, manifest_hash(dataset_dir), info.get("config_hash"), image_size,
+    h.update(json.dumps([CACHE_VERSION, manifest_hash(dataset_dir), info.get("config_hash"), size_key,
                          resize]).encode())
     for rel in rel_paths:
         p = dataset_dir / rel
@@ -153,7 +176,7 @@ def _ram_budget() -> int:
         return 2 << 30
 
 
-def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], image_size: int, resize: str,
+def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], image_size: ImageSize, resize: str,
                  workers: int | None) -> dict[str, str]:
     """Decode every image into ``out``; return the unreadable ones (path -> reason), rows left zero.
     Only when none can be read is it an error."""
@@ -162,7 +185,7 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
     n = len(jobs)
     workers = default_workers() if not workers or workers <= 0 else workers
     with make_progress() as progress:
-        task = progress.add_task(f"caching {n} images at {image_size} px", total=n)
+        task = progress.add_task(f"caching {n} images at {size_text(image_size)} px", total=n)
         if workers <= 1 or n < _INLINE_BELOW:
             for i, job in enumerate(jobs):
                 try:
@@ -191,14 +214,14 @@ def _decode_into(out: np.ndarray, dataset_dir: Path, rel_paths: Sequence[str], i
     return {rel_paths[i]: msg for i, msg in errors}
 
 
-def _safe_load(job: tuple[str, int, str, str]) -> tuple[bool, object]:
+def _safe_load(job: tuple[str, ImageSize, str, str]) -> tuple[bool, object]:
     try:
         return True, _load_one(job)
     except MammoLabError as exc:
         return False, str(exc)
 
 
-def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, image_size: int,
+def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, image_size: ImageSize,
                       resize: str = "stretch", cache: str = "auto", cache_dir: str | Path | None = None,
                       workers: int | None = None) -> ImageStore:
     """Decode + resize ``rel_paths`` once (or reuse the cached file) and return the store."""
@@ -207,7 +230,7 @@ def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, imag
     t0 = time.perf_counter()
     key = cache_key(dataset_dir, rel_paths, image_size, resize)
     dtype = _probe_dtype([dataset_dir / p for p in rel_paths])
-    shape = (len(rel_paths), image_size, image_size)
+    shape = (len(rel_paths), *as_hw(image_size))  # [N, H, W]
     if cache == "ram":
         arr = np.empty(shape, dtype=dtype)
         failed = _decode_into(arr, dataset_dir, rel_paths, image_size, resize, workers)

@@ -127,7 +127,9 @@ class MammoModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_META_KEY] = {
             "model": self.model.name, "regime": self.model.regime, "preset": self.cfg.preset,
-            "classes": self.classes, "num_outputs": self.model.num_outputs, "image_size": self.cfg.image_size,
+            "classes": self.classes, "num_outputs": self.model.num_outputs,
+            # an int for a square, [height, width] for a rectangle (as config.yaml and recipe.json)
+            "image_size": size if isinstance(size := self.cfg.image_size, int) else list(size),
         }
 
     def configure_optimizers(self) -> Any:

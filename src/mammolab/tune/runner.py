@@ -30,6 +30,7 @@ import yaml
 from mammolab.config import deep_merge, dump_yaml, load_yaml
 from mammolab.data.manifest import load_manifest, manifest_hash, read_info, write_info
 from mammolab.errors import MammoLabError
+from mammolab.imagesize import size_text
 from mammolab.io import atomic_write_bytes, atomic_write_text
 from mammolab.tune.search import best_trial, create_or_load_study, run_trials, write_study_reports
 from mammolab.tune.space import SearchSpace, load_space
@@ -64,7 +65,8 @@ class TuneResult:
 
 
 def _base_options(model: str, base_config: str | Path | Mapping[str, Any] | None, *, epochs: int,
-                  image_size: int | None, subset: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                  image_size: int | str | tuple[int, int] | None, subset: int | None,
+                  seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed train options from the user's base YAML, the tuner's run-size options)."""
     fixed = load_yaml(base_config) if isinstance(base_config, (str, Path)) else dict(base_config or {})
     if fixed.get("model") not in (None, model):
@@ -105,7 +107,8 @@ def _check_run_dir(out: Path, study_name: str, storage_shown: str) -> None:
 
 def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, storage: str | None = None,
          study_name: str | None = None, space: str | Path | Mapping[str, Any] | None = None, epochs: int = 5,
-         image_size: int | None = None, subset: int | None = None, seed: int = 42, timeout: float | None = None,
+         image_size: int | str | tuple[int, int] | None = None, subset: int | None = None, seed: int = 42,
+         timeout: float | None = None,
          export: str | Path | None = None, base_config: str | Path | Mapping[str, Any] | None = None,
          n_startup_trials: int = 3, n_warmup_steps: int = 1, heartbeat_interval: int = 10,
          grace_period: int | None = None, on_event: Callable[[str], None] | None = None,
@@ -136,12 +139,13 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     base_cfg = tune_config(fixed, run_size, {})
     search_space: SearchSpace = load_space(space, config_model=TrainConfig, exclude=EXCLUDED_FIELDS)
     search_space.check(lambda ov: tune_config(fixed, run_size, ov))
-    study_name = study_name or f"{model}-{base_cfg.image_size}px"
+    size_json = base_cfg.model_dump(mode="json")["image_size"]  # a rectangle as [H, W], as the study stores it
+    study_name = study_name or f"{model}-{size_text(base_cfg.image_size)}px"
     url = storage or default_storage_url(out)
     shown = redact_url(url)
     _check_run_dir(out, study_name, shown)
     settings = {
-        "model": model, "epochs": base_cfg.epochs, "image_size": base_cfg.image_size, "subset": base_cfg.subset,
+        "model": model, "epochs": base_cfg.epochs, "image_size": size_json, "subset": base_cfg.subset,
         "seed": base_cfg.seed, "space": search_space.to_dict(),
         # Where a worker runs (GPU here, CPU there) may differ between workers; what trials learn may not.
         "fixed": {k: v for k, v in fixed.items() if k not in RUNTIME_FIELDS},
@@ -183,7 +187,7 @@ def tune(dataset: str | Path, model: str, n_trials: int, out: str | Path, *, sto
     remove_failed_trial_dirs(out, study)  # a killed worker's trial is failed (and retried) during the run
     reports = write_study_reports(study, out / "tune", decode=search_space.decode,
                                   extra={"model": model, "storage": shown, "n_trials": n_trials,
-                                         "image_size": base_cfg.image_size, "epochs": base_cfg.epochs})
+                                         "image_size": size_json, "epochs": base_cfg.epochs})
     try:
         best = best_trial(study)
         best_number, best_value, best_params = best.number, float(best.value), search_space.decode(best.params)
@@ -257,8 +261,9 @@ def export_preset(study: Any, space: SearchSpace, path: str | Path, *, model: st
         preset.pop("trainable_stages", None)
     resolve_train_config(preset)
     settings = study.user_attrs.get("mammolab_settings", {})
+    searched = size_text(settings["image_size"]) if settings.get("image_size") else "?"
     header = (f"# Best parameters of Optuna study {study.study_name!r}: trial {best.number}, validation AUC "
-              f"{best.value:.4f}\n# (searched at {settings.get('image_size', '?')} px for "
+              f"{best.value:.4f}\n# (searched at {searched} px for "
               f"{settings.get('epochs', '?')} epoch(s)). Written by 'mammolab tune --export'; train it with\n"
               f"#   mammolab train DATASET --config {Path(path).name} --out RUN [--image-size N --epochs N]\n")
     path = Path(path)
