@@ -349,10 +349,11 @@ def test_wizard_accepts_hxw() -> None:
     from mammolab.app.wizard import Asker, build_experiment, equivalent_commands
 
     said: list[str] = []
-    answers = iter(["12x", "1152x4000", "1152x896"])
+    answers = iter(["12x", "1152x4000", "10", "1152x896"])
     a = Asker(read=lambda _q: next(answers), write=said.append)
     assert a.image_size("Training image size in pixels", 224, 32, 2048) == (1152, 896)
     assert "is not N or HxW" in said[0] and "each side from 32 to 2048" in said[1]
+    assert "expected a number from 32 to 2048" in said[2]  # an int is told as before
     exp = build_experiment({
         "source": "cbis-ddsm", "download": "/d", "csv_dir": "/c", "labels": "binary", "abnormality": "mass",
         "kind": "full", "preprocess": "full", "models": ["mammocnn"], "plain_models": [], "regime": "cft",

@@ -116,7 +116,8 @@ class Asker:
             except MammoLabError:
                 raise ValueError(f"{raw!r} is not N or HxW (height x width) in whole pixels") from None
             if not all(low <= side <= high for side in as_hw(value)):
-                raise ValueError(f"expected each side from {low} to {high}")
+                raise ValueError(f"expected a number from {low} to {high}" if isinstance(value, int)
+                                 else f"expected each side from {low} to {high}")
             return value
 
         return self.ask(question, default, parse, hint="N for a square, or HxW (height x width), e.g. 1152x896 "
