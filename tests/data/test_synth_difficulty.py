@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammolab.data.synth import DIFFICULTIES, _plan, draw_lesion, synthesize
+from mammolab.data.synth import DIFFICULTIES, _plan, draw_lesion, lesion_looks, synthesize
 from mammolab.errors import MammoLabError
 
 
@@ -35,6 +35,32 @@ def test_levels_make_looks_overlap_and_views_differ() -> None:
     assert np.corrcoef(pairs.T)[0, 1] > 0.3  # ...of the same lesion
     medium = np.array([r.look for _, _, r in _rois("medium") if r.malignant])
     assert medium.mean() > mal.mean()
+
+
+def test_lesion_looks_are_the_rendered_ones_and_rank_the_levels() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rows = lesion_looks(60, seed=0, difficulty="hard")
+    drawn = {("_".join(case.split("_")[1:3]), case.split("_")[3], r.abn_id, view): (r.look, r.malignant)
+             for case, view, r in _rois("hard")}
+    got = {(r["patient_id"], r["side"], r["abn_id"], r["view"]): (r["look"], r["malignant"]) for r in rows}
+    assert got == drawn  # exactly the looks synthesize renders, lesion by lesion and view by view
+
+    def ideal(level: str, both: bool) -> float:
+        frame = lesion_looks(400, seed=1, difficulty=level)
+        by = {}
+        for r in frame:
+            by.setdefault((r["patient_id"], r["side"], r["abn_id"]), []).append((r["look"], r["malignant"]))
+        y = [v[0][1] for v in by.values()]
+        s = [np.mean([x for x, _ in v]) if both else v[0][0] for v in by.values()]
+        return float(roc_auc_score(y, s))
+
+    one_hard, two_hard, one_medium = ideal("hard", False), ideal("hard", True), ideal("medium", False)
+    assert 0.7 < one_hard < 0.88 and two_hard > one_hard + 0.03 and one_medium > one_hard + 0.08
+    with pytest.raises(MammoLabError, match="no graded look"):
+        lesion_looks(10, difficulty="easy")
+    with pytest.raises(MammoLabError, match="--difficulty: expected one of"):
+        lesion_looks(10, difficulty="extreme")
 
 
 def test_graded_lesions_are_fainter_and_blend_the_looks() -> None:

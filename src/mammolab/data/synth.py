@@ -557,6 +557,27 @@ def _looks(breasts: list[_Breast], level: Difficulty, seed: int,
     return looks
 
 
+def lesion_looks(patients: int, seed: int = 0, difficulty: str = "hard") -> list[dict[str, Any]]:
+    """The *look* each lesion was drawn with, per view, for ``synthesize(patients=..., seed=...)``.
+
+    The look is the generator's evidence of malignancy (0 benign rendering, 1 malignant), so its AUC
+    is what an ideal reader of the pixels could reach: the ceiling a benchmark compares a model to.
+    Rows: ``patient_id``, ``side``, ``abn_id``, ``view``, ``kind``, ``split``, ``pathology``,
+    ``malignant``, ``look``. Same plan as ``synthesize`` (nothing is rendered, so it is instant).
+    """
+    if difficulty not in DIFFICULTIES:
+        raise MammoLabError(f"--difficulty: expected one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    level = DIFFICULTIES[difficulty]
+    if level is None:
+        raise MammoLabError("--difficulty easy has no graded look: every lesion is fully benign or malignant")
+    breasts = _plan_breasts(patients, seed)
+    looks = _looks(breasts, level, seed, patients)
+    return [{"patient_id": b.patient, "side": b.side, "abn_id": a.abn_id, "view": view, "kind": b.kind,
+             "split": b.split, "pathology": a.pathology, "malignant": a.pathology == "MALIGNANT",
+             "look": looks[(b.patient, b.side, a.abn_id, view)]}
+            for b in breasts for a in b.abns for view in ("CC", "MLO")]
+
+
 def _plan(out: Path, patients: int, image_size: int, layout: str, seed: int, difficulty: str = "easy") -> _Plan:
     """Turn the breasts into image jobs, CSV rows and (nbia) metadata rows; all deterministic."""
     breasts = _plan_breasts(patients, seed)
