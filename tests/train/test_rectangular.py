@@ -60,6 +60,11 @@ def test_square_sizes_keep_their_hash_and_yaml_forms(tmp_path: Path) -> None:
     h32 = result_hash(resolve_train_config(overrides={**base, "image_size": 32}))
     assert h32 == result_hash(resolve_train_config(overrides={**base, "image_size": "32x32"}))
     assert h32 == result_hash(resolve_train_config(overrides={**base, "image_size": [32, 32]}))
+    # the hash a run of mammocnn at 32 px had before rectangles existed (what its run.json recorded)
+    assert result_hash(resolve_train_config(overrides={"model": "mammocnn", "image_size": 32})) == "451ac97dc7a5d19b"
+    from mammolab.config import dump_yaml
+
+    assert "image_size: 32\n" in dump_yaml(resolve_train_config(overrides={**base, "image_size": "32x32"}))
     rect = resolve_train_config(overrides={**base, "image_size": "48x32"})
     assert result_hash(rect) not in (h32, result_hash(resolve_train_config(overrides={**base, "image_size": "32x48"})))
     # YAML: a list or a string
