@@ -265,6 +265,22 @@ def test_predict_from_source_dicoms_matches_evaluate(rect_run: dict[str, Path], 
                                preds["prob"].to_numpy(), atol=1e-4, rtol=0)
 
 
+def test_serve_scores_a_film_as_predict_does(rect_run: dict[str, Path], synth_legacy) -> None:
+    from fastapi.testclient import TestClient
+
+    from mammolab.app.serve import create_app
+    from mammolab.evaluate.evaluation import load_evaluation
+    from mammolab.evaluate.predict import Predictor
+
+    _, preds = load_evaluation(rect_run["run"], "val")
+    film = _source_dicom(synth_legacy, str(preds["image_id"].iloc[0]))
+    with TestClient(create_app(Predictor.load(rect_run["run"]))) as client:
+        res = client.post("/api/predict?heatmap=1", files={"file": ("film.dcm", film.read_bytes())})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["probability"] == pytest.approx(float(preds["prob"].iloc[0]), abs=1e-4) and body.get("heatmap_png")
+
+
 def test_export_onnx_at_hxw(rect_run: dict[str, Path], synth_legacy, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
