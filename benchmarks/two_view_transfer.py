@@ -1,27 +1,32 @@
 """Benchmark: on ``--difficulty hard`` data, do two views beat one, and does patch-to-whole transfer beat scratch?
 
-Everything in one process, same backbone (``mammoresnet`` by default), same seeds and epochs:
+Everything in one process, same backbone (``resnet18`` by default), same seeds and epochs:
 
 1. ``mammolab synth --difficulty hard``; organize it twice: lesion patches (``--kind roi``) and whole
    films (``--kind full``).
-2. **Two views vs one** (on the patches, so a tiny CPU run learns something): a single-view model
-   and a two-view (``--views cc+mlo``) model. Per breast with both views the script compares the
-   two-view probability with the single-view model's probability on the CC image alone (one view),
-   and, for information, the mean of its CC and MLO probabilities (late fusion).
-3. **Transfer vs scratch** (on whole films): the same whole-image model from scratch and started
-   from the single-view patch model's backbone (``--init-from``), with the same epochs.
+2. **Two views vs one** (on the lesion patches, so a CPU run learns something): a single-view model and
+   a two-view (``--views cc+mlo``) model of the same backbone. Per test breast with both views the
+   script compares the two-view probability with the single-view model's probability on the CC image
+   (one view) and, for information, the mean of its CC and MLO probabilities (late fusion).
+3. **Transfer vs scratch** (on whole films): the same whole-image model from scratch and started from
+   the single-view patch model's backbone (``--init-from``), same epochs and schedule.
 
 Each comparison prints the test AUCs with 95% patient-bootstrap intervals and the paired DeLong test
-(difference, its CI and p). At the default tiny scale the intervals are wide: the script states
-what was measured, not a guaranteed outcome. Run:
-``python benchmarks/two_view_transfer.py [--patients 160] [--epochs 8] [--film 384] [--threads 1] [--out DIR]``.
+(difference, its CI and p), next to the *ideal reader*: the AUC of the looks the generator drew the
+lesions with (``mammolab.data.synth.lesion_looks``), the ceiling any model of the pixels can reach.
+``--quick`` runs the whole pipeline at toy size (a smoke test, no claim). Re-running with the same
+``--out`` skips the finished steps. Figures and settings go to ``OUT/results.json``. Run:
+``python benchmarks/two_view_transfer.py [--patients 1200] [--epochs 8] [--whole 160] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,94 +36,147 @@ import pandas as pd
 os.environ.setdefault("MAMMOLAB_QUIET", "1")
 
 from mammolab.data.organize import organize  # noqa: E402
-from mammolab.data.synth import synthesize  # noqa: E402
+from mammolab.data.synth import lesion_looks, synthesize  # noqa: E402
 from mammolab.evaluate.metrics import bootstrap_auc_ci, delong_test  # noqa: E402
 from mammolab.train.config import resolve_train_config  # noqa: E402
 from mammolab.train.fit import train  # noqa: E402
 from mammolab.train.inference import load_run, predict_split  # noqa: E402
 from mammolab.train.views import pair_views, predict_breasts  # noqa: E402
 
-
-def _auc_line(name: str, y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> str:
-    ci = bootstrap_auc_ci(y, p, groups, n=2000, seed=0)
-    return f"  {name:<34} AUC {ci['auc']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"
+BOOTSTRAP = 2000
 
 
-def _delong_line(a: str, b: str, y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> str:
+def _auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    ci = bootstrap_auc_ci(y, p, groups, n=BOOTSTRAP, seed=0)
+    return {"auc": float(ci["auc"]), "ci_low": float(ci["ci_low"]), "ci_high": float(ci["ci_high"])}
+
+
+def _auc_line(name: str, r: dict[str, float]) -> str:
+    return f"  {name:<40} AUC {r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def _delong(y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> dict[str, float]:
     d = delong_test(y, pa, pb)
-    return f"  DeLong {a} - {b}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p']:.3f}"
+    return {k: float(d[k]) for k in ("diff", "ci_low", "ci_high", "p")}
 
 
-def _cfg(model: str, size: int, epochs: int, **kw: Any) -> Any:
-    base = {"model": model, "weights": "none", "image_size": size, "epochs": epochs, "batch_size": 16,
+def _delong_line(a: str, b: str, d: dict[str, float]) -> str:
+    return f"  DeLong {a} - {b}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p']:.4f}"
+
+
+def _cfg(model: str, size: Any, epochs: int, batch: int, **kw: Any) -> Any:
+    base = {"model": model, "weights": "none", "image_size": size, "epochs": epochs, "batch_size": batch,
             "patience": 0, "lr": 1e-3, "accelerator": "cpu", "seed": 0}
     return resolve_train_config(overrides={**base, **kw})
 
 
+def _ideal(looks: pd.DataFrame, breasts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Ideal-reader scores per breast: the CC look of its most suspicious lesion, and its CC+MLO mean."""
+    by = looks.pivot_table(index=["patient_id", "side", "abn_id"], columns="view", values="look").reset_index()
+    by["both"] = (by["CC"] + by["MLO"]) / 2
+    best = by.groupby(["patient_id", "side"])[["CC", "both"]].max()
+    keys = list(zip(breasts["patient_id"].astype(str), breasts["side"].astype(str), strict=True))
+    return best.loc[keys, "CC"].to_numpy(), best.loc[keys, "both"].to_numpy()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patients", type=int, default=160)
+    ap.add_argument("--patients", type=int, default=1200, help="generated patients (about 20%% are test)")
     ap.add_argument("--film", type=int, default=384, help="synthetic film height in pixels")
-    ap.add_argument("--patch", type=int, default=64, help="ROI patch size (organize --roi-size, train size)")
-    ap.add_argument("--whole", type=int, default=256, help="whole-film training size (square, padded)")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--model", default="mammoresnet")
+    ap.add_argument("--patch", type=int, default=64, help="ROI patch size (organize --roi-size, training size)")
+    ap.add_argument("--whole", default="160", help="whole-film training size: N (square, padded) or HxW")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the patch models")
+    ap.add_argument("--whole-epochs", type=int, default=6, help="epochs of the two whole-image models")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--part", choices=["all", "two-view", "transfer"], default="all")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline runs, claims nothing")
     args = ap.parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.patients, args.film, args.patch, args.whole = 24, 128, 32, "48"
+        args.epochs = args.whole_epochs = 1
+        args.model = "mammocnn" if args.model == "resnet18" else args.model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    whole: Any = int(args.whole) if args.whole.isdigit() else args.whole
     work = args.out or Path(tempfile.mkdtemp(prefix="mammolab-2v-"))
+    started = time.time()
     raw = work / "raw"
     synthesize(raw, patients=args.patients, image_size=args.film, difficulty="hard", workers=1)
+    looks = pd.DataFrame(lesion_looks(args.patients, seed=0, difficulty="hard"))
     common = {"abnormality": "mass", "bit_depth": 8, "seed": 0}
-    roi = work / "roi"
-    full = work / "full"
+    roi, full = work / "roi", work / "full"
     if not (roi / "manifest.csv").is_file():
         organize(raw / "download", out=roi, csv_dir=raw / "csv", workers=1, kind="roi", roi_size=args.patch, **common)
-    if not (full / "manifest.csv").is_file():
-        organize(raw / "download", out=full, csv_dir=raw / "csv", workers=1, kind="full", **common)
     runs = work / "runs"
-    single = train(roi, _cfg(args.model, args.patch, args.epochs), runs / "patch_single")
-    two = train(roi, _cfg(args.model, args.patch, args.epochs, views="cc+mlo"), runs / "patch_two_view")
-    scratch = train(full, _cfg(args.model, args.whole, args.epochs, resize="pad"), runs / "whole_scratch")
-    transfer = train(full, _cfg(args.model, args.whole, args.epochs, resize="pad",
-                                init_from=str(single.run_dir)), runs / "whole_transfer")
+    batch = 8 if args.quick else 32
+    single = train(roi, _cfg(args.model, args.patch, args.epochs, batch), runs / "patch_single")
+    run_single = load_run(single.run_dir)
+    results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()},
+                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
 
-    # 2. two views vs one, per breast with both views
-    run_single, run_two = load_run(single.run_dir), load_run(two.run_dir)
-    images = predict_split(run_single, "test").set_index("path")["prob"]
-    fused = predict_breasts(run_two, "test").set_index("image_id")
-    breasts, counts = pair_views(run_single_frame(run_single), ("benign", "malignant"))
-    both = breasts[breasts["views"] == "cc+mlo"].set_index("breast_id")
-    y = both["target"].to_numpy()
-    groups = both["patient_id"].astype(str).to_numpy()
-    p_cc = images.loc[both["cc_path"]].to_numpy()
-    p_late = (p_cc + images.loc[both["mlo_path"]].to_numpy()) / 2
-    p_two = fused.loc[both.index, "prob"].to_numpy()
-    print(f"two views vs one ({args.model}, {args.patch} px patches, {args.epochs} epochs, hard): "
-          f"{len(both)} test breasts with both views, {len(set(groups))} patients, {int(y.sum())} malignant")
-    for name, p in (("one view (CC image)", p_cc), ("one-view model, CC+MLO averaged", p_late),
-                    ("two-view model (fusion)", p_two)):
-        print(_auc_line(name, y, p, groups))
-    print(_delong_line("two-view", "one view", y, p_two, p_cc))
-    print(_delong_line("two-view", "averaged", y, p_two, p_late))
+    if args.part in ("all", "two-view"):
+        two = train(roi, _cfg(args.model, args.patch, args.epochs, batch, views="cc+mlo"), runs / "patch_two_view")
+        images = predict_split(run_single, "test").set_index("path")["prob"]
+        fused = predict_breasts(load_run(two.run_dir), "test").set_index("image_id")
+        breasts, counts = pair_views(_test_frame(run_single), ("benign", "malignant"))
+        both = breasts[breasts["views"] == "cc+mlo"].set_index("breast_id")
+        y = both["target"].to_numpy()
+        groups = both["patient_id"].astype(str).to_numpy()
+        p_cc = images.loc[both["cc_path"]].to_numpy()
+        p_late = (p_cc + images.loc[both["mlo_path"]].to_numpy()) / 2
+        p_two = fused.loc[both.index, "prob"].to_numpy()
+        ideal_cc, ideal_both = _ideal(looks, both)
+        rows = {"ideal reader, CC look": _auc(y, ideal_cc, groups),
+                "ideal reader, CC+MLO looks averaged": _auc(y, ideal_both, groups),
+                "one view (single-view model, CC image)": _auc(y, p_cc, groups),
+                "single-view model, CC+MLO averaged": _auc(y, p_late, groups),
+                "two-view model (cc+mlo, concat fusion)": _auc(y, p_two, groups)}
+        tests = {"two-view - one view": _delong(y, p_two, p_cc), "two-view - averaged": _delong(y, p_two, p_late)}
+        print(f"two views vs one ({args.model}, {args.patch} px lesion patches, {args.epochs} epochs, hard): "
+              f"{len(both)} test breasts with both views, {len(set(groups))} patients, {int(y.sum())} malignant")
+        for name, r in rows.items():
+            print(_auc_line(name, r))
+        for name, d in tests.items():
+            a, b = name.split(" - ")
+            print(_delong_line(a, b, d))
+        results["two_view"] = {"n_breasts": len(both), "n_patients": len(set(groups)), "n_malignant": int(y.sum()),
+                               "pairing": {k: int(v) for k, v in counts.items()}, "auc": rows, "delong": tests}
 
-    # 3. transfer vs scratch, per film
-    ps = predict_split(load_run(scratch.run_dir), "test")
-    pt = predict_split(load_run(transfer.run_dir), "test").set_index("path").loc[ps["path"]]
-    yf, gf = ps["target"].to_numpy(), ps["patient_id"].astype(str).to_numpy()
-    print(f"transfer vs scratch ({args.model}, whole films at {args.whole} px, {args.epochs} epochs): "
-          f"{len(ps)} test films, {len(set(gf))} patients")
-    print(_auc_line("from scratch", yf, ps["prob"].to_numpy(), gf))
-    print(_auc_line("from the patch model (--init-from)", yf, pt["prob"].to_numpy(), gf))
-    print(_delong_line("transfer", "scratch", yf, pt["prob"].to_numpy(), ps["prob"].to_numpy()))
-    print(f"work folder: {work}")
-    return {"pairing": counts, "n_breasts": len(both), "n_films": len(ps)}
+    if args.part in ("all", "transfer"):
+        if not (full / "manifest.csv").is_file():
+            organize(raw / "download", out=full, csv_dir=raw / "csv", workers=1, kind="full", **common)
+        wbatch = 8 if args.quick else 16
+        scratch = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, resize="pad"), runs / "whole_scratch")
+        transfer = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, resize="pad",
+                                    init_from=str(single.run_dir)), runs / "whole_transfer")
+        ps = predict_split(load_run(scratch.run_dir), "test")
+        pt = predict_split(load_run(transfer.run_dir), "test").set_index("path").loc[ps["path"]]
+        yf, gf = ps["target"].to_numpy(), ps["patient_id"].astype(str).to_numpy()
+        films = ps.assign(view=ps["path"].str.extract(r"_(CC|MLO)\.png$", expand=False))
+        per_film = looks.groupby(["patient_id", "side", "view"])["look"].max()
+        ideal_film = per_film.loc[list(zip(films["patient_id"], films["side"], films["view"], strict=True))].to_numpy()
+        rows = {"ideal reader (most suspicious look)": _auc(yf, ideal_film, gf),
+                "from scratch": _auc(yf, ps["prob"].to_numpy(), gf),
+                "from the patch model (--init-from)": _auc(yf, pt["prob"].to_numpy(), gf)}
+        d = _delong(yf, pt["prob"].to_numpy(), ps["prob"].to_numpy())
+        print(f"transfer vs scratch ({args.model}, whole films at {args.whole} px, {args.whole_epochs} epochs, "
+              f"hard): {len(ps)} test films, {len(set(gf))} patients, {int(yf.sum())} malignant")
+        for name, r in rows.items():
+            print(_auc_line(name, r))
+        print(_delong_line("transfer", "scratch", d))
+        results["transfer"] = {"n_films": len(ps), "n_patients": len(set(gf)), "n_malignant": int(yf.sum()),
+                               "auc": rows, "delong": {"transfer - scratch": d}}
+    results["seconds"] = round(time.time() - started, 1)
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{results['seconds']:.0f} s; work folder and results.json: {work}")
+    return results
 
 
-def run_single_frame(run: Any) -> pd.DataFrame:
+def _test_frame(run: Any) -> pd.DataFrame:
     """The test rows of a run's dataset with their targets (the frame the single-view model predicted)."""
     from mammolab.train.datamodule import MammoDataModule
 

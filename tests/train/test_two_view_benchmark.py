@@ -1,0 +1,47 @@
+"""benchmarks/two_view_transfer.py --quick: the two-view and transfer comparison runs end to end, re-runs skip."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "two_view_transfer.py"
+
+
+def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("two_view_transfer", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["two_view_transfer"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "work"
+    results = mod.main(["--quick", "--out", str(out)])
+    printed = capsys.readouterr().out
+    two, tr = results["two_view"], results["transfer"]
+    assert two["n_breasts"] > 0 and two["pairing"] and 0 < two["n_malignant"] < two["n_breasts"]
+    assert set(two["auc"]) == {"ideal reader, CC look", "ideal reader, CC+MLO looks averaged",
+                               "one view (single-view model, CC image)", "single-view model, CC+MLO averaged",
+                               "two-view model (cc+mlo, concat fusion)"}
+    for block in (two, tr):
+        for r in block["auc"].values():
+            assert 0.0 <= r["ci_low"] <= r["auc"] <= r["ci_high"] <= 1.0
+        for d in block["delong"].values():
+            assert 0.0 <= d["p"] <= 1.0 and d["ci_low"] <= d["diff"] <= d["ci_high"]
+    assert tr["n_films"] >= two["n_breasts"]
+    assert set(tr["auc"]) >= {"from scratch", "from the patch model (--init-from)"}
+    assert f"p = {two['delong']['two-view - one view']['p']:.4f}" in printed
+    assert f"p = {tr['delong']['transfer - scratch']['p']:.4f}" in printed
+    assert json.loads((out / "results.json").read_text())["two_view"] == json.loads(json.dumps(two))
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["patch_single", "patch_two_view", "whole_scratch", "whole_transfer"]
+    # the transfer run says where its backbone came from
+    assert "patch_single" in (out / "runs" / "whole_transfer" / "config.yaml").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")}
+    again = mod.main(["--quick", "--out", str(out)])  # every step finished: skipped, same figures
+    assert again["two_view"] == results["two_view"] and again["transfer"] == results["transfer"]
+    assert stamps and {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")} == stamps
