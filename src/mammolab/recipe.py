@@ -87,6 +87,8 @@ class SourceSpec(StrictModel):
     bit_depth: Literal[8, 16] | None = Field(None, description="8 or 16; None keeps the depth the file has")
     roi_size: int | None = None
     roi_margin: float | None = None
+    roi_film_height: int | None = Field(None, description="roi: patches cut at the scale of the film resized to "
+                                        "this height (organize --roi-film-height); None: the box plus roi_margin")
     dicom: str = DICOM_CONVERSION
     config_hash: str | None = None
     sizes: SizeRange | None = None
@@ -151,7 +153,9 @@ class Recipe(StrictModel):
 
     def hash(self) -> str:
         """What decides a model input: conversion, preprocessing and transform (not the threshold)."""
-        return config_hash({"source": self.source.model_dump(exclude={"sizes"}),
+        # a field added later enters only when set, so older recipes keep their hash
+        later = {"roi_film_height"} if self.source.roi_film_height is None else set()
+        return config_hash({"source": self.source.model_dump(exclude={"sizes", *later}),
                             "preprocess": [s.steps for s in self.preprocess], "transform": self.transform})
 
     def steps(self) -> list[dict[str, dict[str, Any]]]:
@@ -227,6 +231,7 @@ def _source_spec(folder: Path, info: dict[str, Any]) -> SourceSpec:
         return SourceSpec(stage=stage, kind=kind, bit_depth=int(depth) if depth in (8, 16) else None,
                           roi_size=cfg.get("roi_size") if kind == "roi" else None,
                           roi_margin=cfg.get("roi_margin") if kind == "roi" else None,
+                          roi_film_height=cfg.get("roi_film_height") if kind == "roi" else None,
                           config_hash=info.get("config_hash"), sizes=_sizes(folder))
     return SourceSpec(stage=stage, kind="unknown", config_hash=info.get("config_hash"), sizes=_sizes(folder))
 
@@ -335,7 +340,8 @@ def _cut_roi(recipe: Recipe, img: np.ndarray, box: tuple[int, int, int, int]) ->
     # organize's patch size; a recipe without it cuts a square patch of the model's longer side
     size = recipe.source.roi_size or max(as_hw(recipe.transform.image_size))
     margin = 0.5 if recipe.source.roi_margin is None else recipe.source.roi_margin
-    patch, _, _ = _roi_patch(img, np.zeros(img.shape, dtype=bool), tuple(float(v) for v in box), size, margin)
+    patch, _, _ = _roi_patch(img, np.zeros(img.shape, dtype=bool), tuple(float(v) for v in box), size, margin,
+                             recipe.source.roi_film_height)
     return np.ascontiguousarray(patch)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,49 @@ def test_roi_kind_square_patches_with_box(synth_legacy, tmp_path: Path) -> None:
     # the lesion's longer side is half the patch (margin 0.5 each side), centred
     assert np.allclose(np.maximum(w, h), 32, atol=2)
     assert np.allclose((df["bbox_x0"] + df["bbox_x1"]) / 2, 32, atol=2)
+
+
+def test_roi_film_height_cuts_every_patch_at_one_scale(synth_legacy, tmp_path: Path) -> None:
+    """--roi-film-height 128 on 256-px films: 32-px patches of 64 source px, lesions at half their film size."""
+    from mammolab.data.organize import _roi_patch
+    from mammolab.recipe import _cut_roi, build_recipe
+
+    out = tmp_path / "fixed"
+    df = _run(synth_legacy, out, kind="roi", roi_size=32, roi_film_height=128).manifest
+    boxes = _run(synth_legacy, tmp_path / "full", kind="full", allow_degenerate=True).manifest
+    assert (df["width"] == 32).all() and (df["height"] == 32).all()
+    w, h = df["bbox_x1"] - df["bbox_x0"], df["bbox_y1"] - df["bbox_y0"]
+    assert w.max() < 32 and (np.maximum(w, h) < 31).any()  # not stretched to fill the patch as by default
+    # each patch's lesion box is the film's box at scale 32/64: one scale for every lesion
+    film_side = {}
+    for _, r in boxes.iterrows():
+        for x0, y0, x1, y1 in json.loads(r["boxes"]):
+            film_side.setdefault(r["image_id"], []).append(max(x1 - x0, y1 - y0))
+    for _, r in df.iterrows():
+        sides = film_side[r["image_id"].rsplit("_", 1)[0]]
+        assert min(abs(max(r["bbox_x1"] - r["bbox_x0"], r["bbox_y1"] - r["bbox_y0"]) - s / 2) for s in sides) <= 1.5
+    # a lesion larger than the fixed field of view gets a patch just containing its box
+    big, _, pbox = _roi_patch(np.ones((256, 150), np.uint16), np.zeros((256, 150), bool), (10, 10, 110, 60), 32, 0.5,
+                              film_height=128)
+    assert big.shape == (32, 32) and pbox[2] - pbox[0] == pytest.approx(32, abs=0.5)
+    # the recipe cuts the patch organize cut (predict --box on a film gives the training pixels)
+    recipe = build_recipe(out, name="r", model="mammocnn", classes=("benign", "malignant"), num_outputs=1,
+                          image_size=32, resize="stretch", mean=0.5, std=0.25)
+    assert recipe.source.roi_film_height == 128
+    for _, row in df.head(4).iterrows():
+        film_row = boxes[boxes["image_id"] == row["image_id"].rsplit("_", 1)[0]].iloc[0]
+        film = read_image(tmp_path / "full" / film_row["path"])
+        patch = read_image(out / row["path"])
+        cuts = [_cut_roi(recipe, film, tuple(int(v) for v in b)) for b in json.loads(film_row["boxes"])]
+        assert any(c.shape == patch.shape and np.array_equal(c, patch) for c in cuts)
+    # a dataset made without the option keeps its config hash (and recipes theirs)
+    plain = OrganizeConfig(kind="roi", roi_size=32)
+    assert plain.content_hash("organize") != OrganizeConfig(kind="roi", roi_size=32,
+                                                            roi_film_height=128).content_hash("organize")
+    from mammolab.config import config_hash
+
+    dump = plain.model_dump(exclude={"png", "allow_degenerate", "roi_film_height"})
+    assert plain.content_hash("organize") == config_hash({"stage": "organize", **dump})
 
 
 def test_bwc_switch_and_4class(synth_legacy, tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ def organize(
     roi_margin: float | None = typer.Option(
         None, "--roi-margin", help="Context around the lesion box, as a fraction of its size per side "
                                    "(--kind roi). [default: 0.5]"),
+    roi_film_height: int | None = typer.Option(
+        None, "--roi-film-height", help="Cut every ROI patch at one scale (--kind roi): the film's when resized "
+        "to this height, the input height of the whole-image model it will start (e.g. 1152 with --roi-size 224: "
+        "Shen et al.'s patches for --init-from). [default: off, the box plus --roi-margin]"),
     val_fraction: float | None = typer.Option(
         None, "--val-fraction", help="Share of the official training split held out for validation, by patient. "
                                      "[default: 0.2]"),
@@ -83,7 +87,8 @@ def organize(
     from mammolab.progress import console
 
     options = {"abnormality": abnormality, "labels": labels, "bwc": bwc, "kind": kind, "roi_size": roi_size,
-               "roi_margin": roi_margin, "val_fraction": val_fraction, "folds": folds, "bit_depth": bit_depth,
+               "roi_margin": roi_margin, "roi_film_height": roi_film_height, "val_fraction": val_fraction,
+               "folds": folds, "bit_depth": bit_depth,
                "seed": seed, "png": png, "allow_degenerate": True if allow_degenerate else None}
     if manifest is not None:
         for name in ("abnormality", "bwc"):

@@ -69,8 +69,14 @@ class _DatasetOptions(StrictModel):
         "are then undefined). Decides nothing about the data, so it is not part of the config hash.")
 
     def content_hash(self, stage: str) -> str:
-        """The hash that decides what a re-run may reuse: every option that changes pixels, labels or splits."""
-        return config_hash({"stage": stage, **self.model_dump(exclude={"png", "allow_degenerate"})})
+        """The hash that decides what a re-run may reuse: every option that changes pixels, labels or splits.
+
+        An option added later enters the hash only when set, so datasets made before it keep their hash.
+        """
+        dump = self.model_dump(exclude={"png", "allow_degenerate"})
+        if dump.get("roi_film_height") is None:
+            dump.pop("roi_film_height", None)
+        return config_hash({"stage": stage, **dump})
 
 
 class OrganizeConfig(_DatasetOptions):
@@ -81,6 +87,11 @@ class OrganizeConfig(_DatasetOptions):
     kind: Literal["full", "crop", "roi"] = "crop"
     roi_size: int = Field(512, ge=16, le=8192)
     roi_margin: float = Field(0.5, ge=0.0, le=5.0)
+    roi_film_height: int | None = Field(
+        None, ge=16, le=65536, description="roi: cut every patch at one scale, the film's when resized to this "
+        "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
+        "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
+        "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
 
 
 @dataclass
@@ -309,11 +320,22 @@ def _as_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def _roi_patch(img: np.ndarray, mask: np.ndarray, box: tuple[float, float, float, float], size: int,
-               margin: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
-    """A square patch around ``box`` with ``margin`` context per side, zero-padded, resized to ``size``."""
+               margin: float, film_height: int | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                   tuple[float, float, float, float]]:
+    """A square patch around ``box``, zero-padded, resized to ``size``.
+
+    By default the patch is the box with ``margin`` context per side, so every lesion fills the same
+    share of its patch. With ``film_height`` every patch has the scale of the film resized to that
+    height instead (side ``size * image height / film_height`` source pixels, centred on the box),
+    the scale a whole-image model at that height sees: what patch-to-whole transfer needs.
+    """
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
+    longest = max(x1 - x0, y1 - y0)
+    if film_height is None:
+        side = int(np.ceil(longest * (1 + 2 * margin)))
+    else:
+        side = max(int(round(size * img.shape[0] / film_height)), int(np.ceil(longest)))
     side = max(side, 8)
     sx, sy = int(round(cx - side / 2)), int(round(cy - side / 2))
     h, w = img.shape
@@ -457,7 +479,8 @@ def process_unit(job: _Job) -> UnitResult:
                 box = _bbox(mask) if mask is not None else None
                 if box is None:
                     continue
-                patch, pmask, pbox = _roi_patch(full_img, mask, box, job.cfg["roi_size"], job.cfg["roi_margin"])
+                patch, pmask, pbox = _roi_patch(full_img, mask, box, job.cfg["roi_size"], job.cfg["roi_margin"],
+                                              job.cfg.get("roi_film_height"))
                 res.rows.append(_row_from(u, a.roi_case_id, a.label, patch, pmask, [pbox], [a], out, bit_depth, png))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
@@ -662,6 +685,11 @@ class ImportConfig(_DatasetOptions):
         "roi: a square patch around each lesion's box or mask; crop: each lesion's box itself")
     roi_size: int = Field(512, ge=16, le=8192)
     roi_margin: float = Field(0.5, ge=0.0, le=5.0)
+    roi_film_height: int | None = Field(
+        None, ge=16, le=65536, description="roi: cut every patch at one scale, the film's when resized to this "
+        "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
+        "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
+        "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
@@ -700,6 +728,7 @@ class _ImportJob:
     cfg_hash: str
     png: str = "stored"
     source: str = ""
+    roi_film_height: int | None = None
 
 
 def _read_manifest_csv(path: Path) -> pd.DataFrame:
@@ -1001,7 +1030,8 @@ def _import_one(job: _ImportJob) -> UnitResult:
             _, box, mask = group[0]
             full_mask = mask if mask is not None else np.zeros(img.shape, dtype=bool)
             if job.kind == "roi":
-                patch, pmask, pbox = _roi_patch(img, full_mask, box, job.roi_size, job.roi_margin)
+                patch, pmask, pbox = _roi_patch(img, full_mask, box, job.roi_size, job.roi_margin,
+                                                job.roi_film_height)
             else:
                 x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
                 x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
@@ -1071,7 +1101,8 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
         lesions = [les for _, g in p["items"] for les in g]
         jobs.append(_ImportJob(p["file_id"], p["src"], lesions, base, cfg.kind, cfg.roi_size, cfg.roi_margin,
                                str(out.resolve()), cfg.bit_depth,
-                               f"{cfg_hash}:{_job_digest(p['src'], lesions, base)}", cfg.png, csv_path.name))
+                               f"{cfg_hash}:{_job_digest(p['src'], lesions, base)}", cfg.png, csv_path.name,
+                               cfg.roi_film_height))
     plan = {"files_missing": [f"{e['item']}: {e['detail']}" for e in events if e["type"] == "file_missing"],
             "events": [e for e in events if e["type"] != "file_missing"]}
     return _collect(out, jobs, plan, cfg.model_dump(), cfg_hash, cfg.labels, workers,
