@@ -128,7 +128,7 @@ class ExplainSection(StrictModel):
     def _known_target(self) -> ExplainSection:
         from mammolab.data.manifest import classes_for
 
-        allowed = ("predicted", "true", *classes_for("binary"), *classes_for("4class"))
+        allowed = ("predicted", "true", *classes_for("binary"), *classes_for("4class"), "normal")
         if self.target not in allowed:
             raise ValueError(f"target: expected one of {', '.join(allowed)}, got {self.target!r}")
         return self

@@ -50,6 +50,10 @@ def organize(
         None, "--roi-film-height", help="Cut every ROI patch at one scale (--kind roi): the film's when resized "
         "to this height, the input height of the whole-image model it will start (e.g. 1152 with --roi-size 224: "
         "Shen et al.'s patches for --init-from). [default: off, the box plus --roi-margin]"),
+    roi_background: int | None = typer.Option(
+        None, "--roi-background", help="Also cut up to N patches of normal tissue per film (--kind roi, needs "
+        "--roi-film-height: same scale as the lesion patches), class 'normal', inside the breast and away from "
+        "every lesion of the film: a patch classifier learns 'no lesion here' (Shen et al.). 0 to 50. [default: 0]"),
     val_fraction: float | None = typer.Option(
         None, "--val-fraction", help="Share of the official training split held out for validation, by patient. "
                                      "[default: 0.2]"),
@@ -87,7 +91,8 @@ def organize(
     from mammolab.progress import console
 
     options = {"abnormality": abnormality, "labels": labels, "bwc": bwc, "kind": kind, "roi_size": roi_size,
-               "roi_margin": roi_margin, "roi_film_height": roi_film_height, "val_fraction": val_fraction,
+               "roi_margin": roi_margin, "roi_film_height": roi_film_height, "roi_background": roi_background,
+               "val_fraction": val_fraction,
                "folds": folds, "bit_depth": bit_depth,
                "seed": seed, "png": png, "allow_degenerate": True if allow_degenerate else None}
     if manifest is not None:

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from mammolab.config import StrictModel, config_hash, load_config
 from mammolab.data import manifest as mf
+from mammolab.data.background import NORMAL, background_classes, cut_background, patch_side, place_background
 from mammolab.data.cbis import DownloadIndex, read_case_csvs
 from mammolab.data.splits import (
     assign_splits,
@@ -76,6 +77,8 @@ class _DatasetOptions(StrictModel):
         dump = self.model_dump(exclude={"png", "allow_degenerate"})
         if dump.get("roi_film_height") is None:
             dump.pop("roi_film_height", None)
+        if not dump.get("roi_background"):
+            dump.pop("roi_background", None)
         return config_hash({"stage": stage, **dump})
 
 
@@ -92,6 +95,10 @@ class OrganizeConfig(_DatasetOptions):
         "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
         "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
         "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
+    roi_background: int = Field(
+        0, ge=0, le=50, description="roi: also cut up to this many patches of normal tissue per film, class "
+        "'normal' (first in the class order), at the fixed scale of roi_film_height (required): inside the breast, "
+        "away from every lesion box of the film. Shen et al.'s patch classifier learns 'no lesion here' from them")
 
 
 @dataclass
@@ -127,6 +134,9 @@ class Unit:
     label: str
     conflict: bool
     source: str
+    #: Lesions of the same film (patient, side, view) that make no image here (the other abnormality kind,
+    #: rows dropped): background patches must keep away from them too. Filled only for --roi-background.
+    others: list[Abnormality] = field(default_factory=list)
 
 
 @dataclass
@@ -255,6 +265,38 @@ def _split_units(units: list[Unit], cfg: OrganizeConfig) -> None:
     for u, split, fold in zip(units, table["split"], table["fold"], strict=True):
         u.split = str(split)
         u.fold = None if pd.isna(fold) else int(fold)
+
+
+def _check_background(cfg: OrganizeConfig | ImportConfig) -> None:
+    """--roi-background needs --kind roi and --roi-film-height: one line naming the options otherwise."""
+    if not cfg.roi_background:
+        return
+    if cfg.kind != "roi":
+        raise MammoLabError(f"--roi-background: normal-tissue patches are cut for --kind roi only (got --kind "
+                            f"{cfg.kind}); use --kind roi or leave --roi-background out")
+    if cfg.roi_film_height is None:
+        raise MammoLabError("--roi-background: needs --roi-film-height (a background patch has no lesion box to "
+                            "size it by; e.g. --roi-film-height 1152 for a whole-image model 1152 px tall)")
+
+
+def _attach_other_lesions(units: list[Unit], all_rows: pd.DataFrame, index: DownloadIndex) -> None:
+    """Give each unit the lesions of its film that it does not make an image of (see ``Unit.others``).
+
+    A film is a patient's side and view: CBIS-DDSM files a film's masses and calcifications under two
+    case folders, and --abnormality, --bwc drop and the patient-overlap rule leave some of its rows out.
+    """
+    kept = {(u.case_id, a.abnormality_id) for u in units for a in u.abnormalities}
+    by_film: dict[tuple[str, str, str], list[pd.Series]] = {}
+    for _, r in all_rows.iterrows():
+        if (r["case_id"], str(r["abnormality_id"])) not in kept:
+            by_film.setdefault((str(r["patient_id"]), str(r["side"]), str(r["view"])), []).append(r)
+    for u in units:
+        for r in by_film.get((u.patient_id, u.side, u.view), []):
+            u.others.append(Abnormality(
+                abnormality_id=str(r["abnormality_id"]), label="", pathology=str(r["pathology"]),
+                abnormality=str(r["abnormality"]), assessment=str(r["assessment"]), subtlety=str(r["subtlety"]),
+                roi_case_id=str(r["roi_case_id"]), roi_files=_find_roi(index, r),
+                csv_mask_index=_file_index(r["mask_file"])))
 
 
 # -------------------------------------------------------------------------------------------- process
@@ -415,6 +457,50 @@ def _row_from(u: Unit, image_id: str, label: str, img: np.ndarray, mask: np.ndar
     }
 
 
+def _background_rows(img: np.ndarray, boxes: Sequence[tuple[float, float, float, float]], film_id: str,
+                     base: dict[str, Any], cfg: dict[str, Any], out: Path, bit_depth: int, png: str,
+                     events: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Cut and write up to ``roi_background`` normal-tissue patches of one film; a shortfall is an event."""
+    n = int(cfg["roi_background"])
+    side = patch_side(img.shape[0], int(cfg["roi_size"]), int(cfg["roi_film_height"]))
+    corners = place_background(img, boxes, n, side, int(cfg["seed"]), film_id)
+    if len(corners) < n:
+        events.append({"type": "background_short", "item": film_id,
+                       "detail": f"{len(corners)} of {n} background patches (no more room in the breast away "
+                                 "from its lesions)"})
+    rows = []
+    for k, corner in enumerate(corners, start=1):
+        patch = cut_background(img, corner, side, int(cfg["roi_size"]))
+        image_id = f"{film_id}_bg{k}"
+        rel = _rel(base["split"], NORMAL, image_id)
+        write_png(out / rel, _as_depth(patch, bit_depth), mode=png)
+        rows.append({**base, "path": rel, "label": NORMAL, "image_id": image_id, "abnormality": "",
+                     "pathology": "", "assessment": "", "subtlety": "", "mask": "",
+                     **dict.fromkeys(mf.BBOX_COLUMNS), "width": int(patch.shape[1]), "height": int(patch.shape[0]),
+                     "n_abnormalities": 0, "conflict": False, "boxes": mf.format_boxes([])})
+    return rows
+
+
+def _unit_background(u: Unit, root: Path, img: np.ndarray, rois: list[tuple[Abnormality, Any, Any]],
+                     cfg: dict[str, Any], out: Path, bit_depth: int, png: str,
+                     events: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Background patches of one CBIS film, away from its lesions of every kind; none when a box is unknown."""
+    boxes, unknown = [], []
+    for a, mask, _ in rois:
+        box = _bbox(mask) if mask is not None else None
+        (boxes.append(box) if box else unknown.append(a.roi_case_id))
+    for a in u.others:
+        mask, _, _ = _classify_roi(root, a.roi_files, img.shape, [], a)  # its own quirks are not this dataset's
+        box = _bbox(mask) if mask is not None else None
+        (boxes.append(box) if box else unknown.append(a.roi_case_id))
+    if unknown:  # a lesion of the film could be anywhere: no window of it can be called normal
+        events.append({"type": "background_short", "item": u.case_id,
+                       "detail": f"0 of {cfg['roi_background']} background patches (no readable mask for "
+                                 f"{', '.join(sorted(unknown))}, so its lesion could be anywhere)"})
+        return []
+    return _background_rows(img, boxes, u.case_id, _base_row(u), cfg, out, bit_depth, png, events)
+
+
 def _outputs_exist(out: Path, rows: list[dict[str, Any]]) -> bool:
     return all((out / r["path"]).is_file() and (not r.get("mask") or (out / r["mask"]).is_file()) for r in rows)
 
@@ -482,6 +568,8 @@ def process_unit(job: _Job) -> UnitResult:
                 patch, pmask, pbox = _roi_patch(full_img, mask, box, job.cfg["roi_size"], job.cfg["roi_margin"],
                                               job.cfg.get("roi_film_height"))
                 res.rows.append(_row_from(u, a.roi_case_id, a.label, patch, pmask, [pbox], [a], out, bit_depth, png))
+        if kind == "roi" and job.cfg.get("roi_background"):
+            res.rows.extend(_unit_background(u, root, full_img, rois, job.cfg, out, bit_depth, png, res.events))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
 
@@ -540,12 +628,15 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
     download, csv_dir, out = Path(download), Path(csv_dir), Path(out)
     if not download.is_dir():
         raise MammoLabError(f"DOWNLOAD: {download} is not a folder (expected the CBIS-DDSM download root)")
+    _check_background(cfg)
     rows = read_case_csvs(csv_dir, cfg.abnormality)
     cfg_hash = cfg.content_hash("organize")
     _prepare_out(out, cfg_hash, overwrite, [download, csv_dir])
     index = DownloadIndex.build(download, cache=out / WORK_DIR / "download_index.csv",
                                 workers=workers or 1, metadata=metadata)
     units, plan_events = plan_cbis(rows, index, cfg)
+    if cfg.roi_background:
+        _attach_other_lesions(units, read_case_csvs(csv_dir, "all"), index)
     if not any(u.image_file for u in units) and not any(a.roi_files for u in units for a in u.abnormalities):
         raise MammoLabError(f"DOWNLOAD: none of the {len(units)} images listed in the CSVs was found under "
                             f"{download} (is it the right root, and the right --csv-dir?)")
@@ -578,6 +669,8 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
         detail = f" (first error: {errors[0][1]})" if errors else ""
         raise MammoLabError(f"organize: no image could be written{detail}")
     classes = mf.classes_for(labels)
+    if cfg.get("roi_background"):
+        classes = background_classes(classes)
     df = pd.DataFrame(rows)
     df["target"] = df["label"].map({c: i for i, c in enumerate(classes)})
     df = df[df["target"].notna()] if labels == "binary" else df
@@ -586,6 +679,10 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
         raise MammoLabError(f"organize: patient overlap between splits {overlap}; this is a bug, please report it")
     mf.write_manifest(df, out)
     quality = _quality(df, events, plan_events, overlap, classes, source=source)
+    if cfg.get("roi_background"):
+        quality["background_patches"] = int((df["label"] == NORMAL).sum())
+        quality["background_short"] = sorted(f"{e['item']}: {e['detail']}" for e in events
+                                             if e["type"] == "background_short")
     write_json(out / mf.QUALITY_JSON, quality)
     atomic_write_text(out / mf.QUALITY_MD, quality_markdown(quality))
     mf.write_info(out, {"stage": "organize", "config": cfg, "config_hash": cfg_hash, "classes": list(classes),
@@ -658,9 +755,12 @@ def quality_markdown(q: dict[str, Any]) -> str:
                 ("Mask/image size mismatches (mask resized)", "mask_size_mismatch"),
                 ("Masks missing", "masks_missing"), ("Crops missing", "crops_missing"),
                 ("Unreadable files (skipped)", "unreadable"),
-                ("Images with conflicting labels (labelled malignant)", "conflicting_labels")]
+                ("Images with conflicting labels (labelled malignant)", "conflicting_labels"),
+                ("Films with fewer background patches than --roi-background", "background_short")]
     # Only the sections this source has: a manifest import has no swapped masks or BWC rows to speak of.
     lines.extend(markdown_list_sections(q, [(title, key) for title, key in sections if key in q]))
+    if "background_patches" in q:
+        lines.append(f"Background (normal-tissue) patches: {q['background_patches']}.")
     if "bwc_relabelled_benign" in q:
         lines.append(f"BENIGN_WITHOUT_CALLBACK rows labelled benign: {q.get('bwc_relabelled_benign', 0)}; "
                      f"dropped: {q.get('bwc_dropped', 0)}.")
@@ -690,6 +790,10 @@ class ImportConfig(_DatasetOptions):
         "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
         "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
         "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
+    roi_background: int = Field(
+        0, ge=0, le=50, description="roi: also cut up to this many patches of normal tissue per film, class "
+        "'normal' (first in the class order), at the fixed scale of roi_film_height (required): inside the breast, "
+        "away from every lesion box of the film. Shen et al.'s patch classifier learns 'no lesion here' from them")
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
@@ -729,6 +833,9 @@ class _ImportJob:
     png: str = "stored"
     source: str = ""
     roi_film_height: int | None = None
+    roi_background: int = 0
+    seed: int = 0
+    blind: tuple[int, ...] = ()  # CSV lines of this file skipped in the plan (a lesion of unknown place)
 
 
 def _read_manifest_csv(path: Path) -> pd.DataFrame:
@@ -860,6 +967,7 @@ def _plan_manifest(src: pd.DataFrame, csv_path: Path, cfg: ImportConfig,
     base = csv_path.parent
     size_cache: dict[str, tuple[int, int] | None] = {}
     files: dict[str, dict[str, Any]] = {}
+    blind: dict[str, list[int]] = {}  # lines of a file skipped here: lesions whose place is unknown
     carried = [c for c in src.columns if c not in _RESERVED and not c.startswith("_")]
     for _, r in src.iterrows():
         line = int(r["_line"])
@@ -877,11 +985,13 @@ def _plan_manifest(src: pd.DataFrame, csv_path: Path, cfg: ImportConfig,
                     events.append({"type": "box_clipped", "item": where, "detail": note})
         if problem is not None:
             events.append({"type": "row_skipped", "item": where, "detail": f"{problem}; row skipped"})
+            blind.setdefault(path, []).append(line)
             continue
         mask = str(r.get("mask", "")).strip()
         if cfg.kind != "full" and box is None and not mask:
             events.append({"type": "row_skipped", "item": where,
                            "detail": f"no box and no mask (--kind {cfg.kind} cuts around the lesion); row skipped"})
+            blind.setdefault(path, []).append(line)
             continue
         f = files.setdefault(path, {"path": r["path"], "patient": {}, "split": {}, "lesions": []})
         f["patient"].setdefault(r["patient_id"], line)
@@ -923,7 +1033,7 @@ def _plan_manifest(src: pd.DataFrame, csv_path: Path, cfg: ImportConfig,
                                "detail": f"{f['path']}: {what}; labelled {_conflict_label(labels)} "
                                          "(the CBIS-DDSM rule: malignant if any lesion is)"})
         planned.append({"file_id": file_id, "src": path, "patient_id": next(iter(f["patient"])),
-                        "split": next(iter(f["split"])), "items": items})
+                        "split": next(iter(f["split"])), "items": items, "blind": blind.get(path, [])})
     if not planned:
         raise MammoLabError(f"--manifest: {name}: no usable row (e.g. "
                             f"{'; '.join(e['item'] + ': ' + e['detail'] for e in events[:3])})")
@@ -1039,8 +1149,34 @@ def _import_one(job: _ImportJob) -> UnitResult:
                 pbox = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
             res.rows.append(_import_row(job, ids[key], lesions, patch, pmask if mask is not None else None,
                                         [pbox], out))
+        if job.kind == "roi" and job.roi_background:
+            res.rows.extend(_import_background(job, img, kept, out, res.events))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
+
+
+def _import_background(job: _ImportJob, img: np.ndarray, kept: Sequence[tuple[_Lesion, Any, Any]], out: Path,
+                       events: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Background patches of one listed file, away from every lesion row of that file.
+
+    A row of the file without a usable box or mask (skipped in the plan or when reading) leaves its
+    lesion's place unknown, so such a file gets no background patch (counted in the quality report).
+    """
+    located = {id(les) for les, box, _ in kept if box is not None}
+    blind = sorted({*job.blind, *(les.line for les in job.lesions if id(les) not in located)})
+    if blind:  # a lesion of the file could be anywhere: no window of it can be called normal
+        events.append({"type": "background_short", "item": job.image_id,
+                       "detail": f"0 of {job.roi_background} background patches (line(s) "
+                                 f"{', '.join(map(str, blind))} give no usable box or mask, so a lesion could "
+                                 "be anywhere)"})
+        return []
+    boxes = [box for _, box, _ in kept if box is not None]
+    # Columns every row of the file agrees on (side, view, ...) describe the film, and so the patch.
+    shared = {k: v for k, v in job.lesions[0].values.items() if all(les.values.get(k) == v for les in job.lesions)}
+    base = {**shared, **job.base, "source": job.source}
+    cfg = {"roi_background": job.roi_background, "roi_size": job.roi_size, "roi_film_height": job.roi_film_height,
+           "seed": job.seed}
+    return _background_rows(img, boxes, job.image_id, base, cfg, out, job.bit_depth, job.png, events)
 
 
 def _job_digest(src: str, lesions: Sequence[_Lesion], base: dict[str, Any]) -> str:
@@ -1058,6 +1194,7 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
     pixel is written, so a bad manifest never leaves a half-written dataset.
     """
     cfg = config or ImportConfig()
+    _check_background(cfg)
     csv_path, out = Path(csv_path), Path(out)
     if csv_path.is_dir():
         raise MammoLabError(f"--manifest: {csv_path} is a folder; expected a CSV file listing the images "
@@ -1101,8 +1238,11 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
         lesions = [les for _, g in p["items"] for les in g]
         jobs.append(_ImportJob(p["file_id"], p["src"], lesions, base, cfg.kind, cfg.roi_size, cfg.roi_margin,
                                str(out.resolve()), cfg.bit_depth,
-                               f"{cfg_hash}:{_job_digest(p['src'], lesions, base)}", cfg.png, csv_path.name,
-                               cfg.roi_film_height))
+                               f"{cfg_hash}:{_job_digest(p['src'], lesions, base)}"
+                               + (f":{p['blind']}" if cfg.roi_background and p["blind"] else ""), cfg.png,
+                               csv_path.name,
+                               cfg.roi_film_height, cfg.roi_background, cfg.seed,
+                               tuple(p["blind"]) if cfg.roi_background else ()))
     plan = {"files_missing": [f"{e['item']}: {e['detail']}" for e in events if e["type"] == "file_missing"],
             "events": [e for e in events if e["type"] != "file_missing"]}
     return _collect(out, jobs, plan, cfg.model_dump(), cfg_hash, cfg.labels, workers,
@@ -1160,6 +1300,10 @@ def summary_lines(result: OrganizeResult) -> list[str]:
     for s, row in q["counts"].items():
         lines.append(f"  {s:5s} " + "  ".join(f"{k}={v}" for k, v in row.items()) + f"  patients={q['patients'][s]}")
     lines.append(f"  patient overlap between splits: {q['patient_overlap_total']}")
+    if "background_patches" in q:
+        lines.append(f"  background (normal-tissue) patches: {q['background_patches']}"
+                     + (f"; films with fewer than asked: {len(q['background_short'])}" if q["background_short"]
+                        else ""))
     for w in q.get("split_warnings", []):
         lines.append(f"  warning: {w}")
     for key, label in (("files_missing", "files missing"), ("duplicate_rows_dropped", "repeated CSV rows dropped"),
