@@ -477,7 +477,9 @@ def _background_rows(img: np.ndarray, boxes: Sequence[tuple[float, float, float,
         rows.append({**base, "path": rel, "label": NORMAL, "image_id": image_id, "abnormality": "",
                      "pathology": "", "assessment": "", "subtlety": "", "mask": "",
                      **dict.fromkeys(mf.BBOX_COLUMNS), "width": int(patch.shape[1]), "height": int(patch.shape[0]),
-                     "n_abnormalities": 0, "conflict": False, "boxes": mf.format_boxes([])})
+                     "n_abnormalities": 0, "conflict": False, "boxes": mf.format_boxes([]),
+                     # where on the film it was cut (film pixels): the patch's provenance, for checks
+                     "film_box": mf.format_boxes([(corner[0], corner[1], corner[0] + side, corner[1] + side)])})
     return rows
 
 
