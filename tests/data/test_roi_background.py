@@ -274,19 +274,26 @@ def test_a_three_class_dataset_trains_and_evaluates(synth_legacy, tmp_path: Path
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAMMOLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MAMMOLAB_QUIET", "1")
+    from mammolab import compare, preprocess
+
     ds = tmp_path / "ds"
     _run(synth_legacy, ds, allow_degenerate=True, bit_depth=8, **BG)
+    pp = preprocess(ds, tmp_path / "pp", "patch", size=(32, 32), workers=1)
+    assert read_info(pp.out)["classes"] == ["normal", "benign", "malignant"]
+    assert (pp.manifest["target"] == pp.manifest["label"].map({"normal": 0, "benign": 1, "malignant": 2})).all()
     runner = CliRunner()
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", str(ds), "--model", "mammocnn", "--weights", "none", "--image-size", "32",
+    r = runner.invoke(app, ["train", str(pp.out), "--model", "mammocnn", "--weights", "none", "--image-size", "32",
                             "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu", "--out", str(run)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["evaluate", str(run), "--n-boot", "50"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-    test = load_manifest(ds).query("split == 'test'")
+    test = load_manifest(pp.out).query("split == 'test'")
     assert metrics["n"] == len(test)
-    text = json.dumps(metrics)
-    assert all(c in text for c in ("normal", "benign", "malignant"))
+    assert metrics["classes"] == ["normal", "benign", "malignant"] and len(metrics["auc_per_class"]) == 3
     preds = pd.read_csv(run / "eval" / "test" / "predictions.csv")
     assert len(preds) == len(test)
+    assert set(preds["label"]) == set(test["label"]) == {"normal", "benign", "malignant"}
+    rep = compare([run], tmp_path / "report")
+    assert rep.html.is_file() and len(rep.table) == 1
