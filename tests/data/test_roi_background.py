@@ -297,3 +297,12 @@ def test_a_three_class_dataset_trains_and_evaluates(synth_legacy, tmp_path: Path
     assert set(preds["label"]) == set(test["label"]) == {"normal", "benign", "malignant"}
     rep = compare([run], tmp_path / "report")
     assert rep.html.is_file() and len(rep.table) == 1
+    # the 3-class patch model's backbone starts a binary whole-film model (patch-to-whole transfer)
+    _run(synth_legacy, tmp_path / "films", kind="full", allow_degenerate=True, bit_depth=8)
+    r = runner.invoke(app, ["train", str(tmp_path / "films"), "--model", "mammocnn", "--init-from", str(run),
+                            "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu",
+                            "--out", str(tmp_path / "xfer")])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "xfer" / "run.json").read_text())
+    assert info["init_from"]["source_classes"] == ["normal", "benign", "malignant"]
+    assert info["classes"] == ["benign", "malignant"]
