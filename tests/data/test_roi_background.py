@@ -131,6 +131,19 @@ def test_dropped_rows_are_avoided_too(synth_legacy, films, tmp_path: Path) -> No
     _check_patches(df, films, out, 3)
 
 
+def test_4class_all_kinds_gives_five_classes(synth_legacy, films, tmp_path: Path) -> None:
+    """Shen et al.'s five classes; the training rows dropped for patient overlap are avoided as well."""
+    out = tmp_path / "five"
+    res = _run(synth_legacy, out, labels="4class", abnormality="all", allow_degenerate=True, **BG)
+    assert res.quality["dropped_for_patient_overlap"]["rows"] > 0
+    classes = ["normal", "benign_calc", "benign_mass", "malignant_calc", "malignant_mass"]
+    assert read_info(out)["classes"] == classes
+    df = res.manifest
+    assert (df["target"] == df["label"].map({c: i for i, c in enumerate(classes)})).all()
+    assert set(df["label"]) == set(classes)
+    _check_patches(df, films, out, 3)
+
+
 def test_a_calcification_on_a_mass_film_stays_out_of_its_normal_patches(synth_legacy, films,
                                                                          tmp_path: Path) -> None:
     """Move a calcification case onto a mass film (same patient, side, view in the CSV) where a normal patch
