@@ -319,3 +319,13 @@ def test_a_three_class_dataset_trains_and_evaluates(synth_legacy, tmp_path: Path
     info = json.loads((tmp_path / "xfer" / "run.json").read_text())
     assert info["init_from"]["source_classes"] == ["normal", "benign", "malignant"]
     assert info["classes"] == ["benign", "malignant"]
+
+
+def test_an_experiment_may_explain_the_normal_class() -> None:
+    from pydantic import ValidationError
+
+    from mammolab.app.experiment import ExplainSection
+
+    assert ExplainSection(target="normal").target == "normal"
+    with pytest.raises(ValidationError, match="expected one of .*normal"):
+        ExplainSection(target="healthy")
