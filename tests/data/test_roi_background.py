@@ -187,6 +187,17 @@ def test_a_calcification_on_a_mass_film_stays_out_of_its_normal_patches(synth_le
     assert not any(_overlap(_film_box(r), b) for _, r in mine.iterrows() for b in calc_boxes)
     assert not any(_overlap(_film_box(r), b) for _, r in mine.iterrows()
                    for b in _boxes_of(films, target["key"], fw, fh))
+    # --abnormality all: the film is two cases (units); one of them cuts its normal patches, off both kinds
+    both = _run(synth_legacy, tmp_path / "both", csv_dir=csv_dir, abnormality="all", allow_degenerate=True,
+                **BG).manifest
+    bg = both[both["label"] == "normal"]
+    cut_from = set(bg["image_id"].str.rsplit("_bg", n=1).str[0])
+    assert len({film, calc["image_id"]} & cut_from) == 1
+    cw, ch = calc["width"], calc["height"]
+    for _, r in bg[bg["image_id"].str.rsplit("_bg", n=1).str[0].isin([film, calc["image_id"]])].iterrows():
+        w, h = (fw, fh) if r["image_id"].startswith(film) else (cw, ch)
+        lesions = _boxes_of(films, calc["key"], w, h) + _boxes_of(films, target["key"], w, h)
+        assert not any(_overlap(_film_box(r), b) for b in lesions)
 
 
 def test_deterministic_across_runs_and_workers(synth_legacy, tmp_path: Path) -> None:

@@ -137,6 +137,9 @@ class Unit:
     #: Lesions of the same film (patient, side, view) that make no image here (the other abnormality kind,
     #: rows dropped): background patches must keep away from them too. Filled only for --roi-background.
     others: list[Abnormality] = field(default_factory=list)
+    #: Whether this unit cuts its film's background patches: with --abnormality all a film filed under a
+    #: Mass- and a Calc- case is two units, and only the first (by case id) cuts them, so none repeats.
+    background: bool = True
 
 
 @dataclass
@@ -283,15 +286,23 @@ def _attach_other_lesions(units: list[Unit], all_rows: pd.DataFrame, index: Down
     """Give each unit the lesions of its film that it does not make an image of (see ``Unit.others``).
 
     A film is a patient's side and view: CBIS-DDSM files a film's masses and calcifications under two
-    case folders, and --abnormality, --bwc drop and the patient-overlap rule leave some of its rows out.
+    case folders (two units under --abnormality all, each of which must avoid the other's lesions), and
+    --abnormality, --bwc drop and the patient-overlap rule leave some of its rows out.
     """
-    kept = {(u.case_id, a.abnormality_id) for u in units for a in u.abnormalities}
     by_film: dict[tuple[str, str, str], list[pd.Series]] = {}
     for _, r in all_rows.iterrows():
-        if (r["case_id"], str(r["abnormality_id"])) not in kept:
-            by_film.setdefault((str(r["patient_id"]), str(r["side"]), str(r["view"])), []).append(r)
-    for u in units:
-        for r in by_film.get((u.patient_id, u.side, u.view), []):
+        by_film.setdefault((str(r["patient_id"]), str(r["side"]), str(r["view"])), []).append(r)
+    seen: set[tuple[str, str, str]] = set()
+    for u in sorted(units, key=lambda u: u.case_id):
+        key = (u.patient_id, u.side, u.view)
+        u.background = key not in seen
+        seen.add(key)
+        if not u.background:
+            continue
+        own = {a.abnormality_id for a in u.abnormalities}
+        for r in by_film.get(key, []):
+            if r["case_id"] == u.case_id and str(r["abnormality_id"]) in own:
+                continue  # a lesion of this unit: its box is read with it
             u.others.append(Abnormality(
                 abnormality_id=str(r["abnormality_id"]), label="", pathology=str(r["pathology"]),
                 abnormality=str(r["abnormality"]), assessment=str(r["assessment"]), subtlety=str(r["subtlety"]),
@@ -570,7 +581,7 @@ def process_unit(job: _Job) -> UnitResult:
                 patch, pmask, pbox = _roi_patch(full_img, mask, box, job.cfg["roi_size"], job.cfg["roi_margin"],
                                               job.cfg.get("roi_film_height"))
                 res.rows.append(_row_from(u, a.roi_case_id, a.label, patch, pmask, [pbox], [a], out, bit_depth, png))
-        if kind == "roi" and job.cfg.get("roi_background"):
+        if kind == "roi" and job.cfg.get("roi_background") and u.background:
             res.rows.extend(_unit_background(u, root, full_img, rois, job.cfg, out, bit_depth, png, res.events))
     write_json(record, {"config_hash": job.cfg_hash, "rows": res.rows, "events": res.events})
     return res
