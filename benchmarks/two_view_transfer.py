@@ -118,6 +118,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()},
                                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
 
+    # the calibration of hard: the single-view model on every test patch, next to the ideal reader
+    per_image = predict_split(run_single, "test")
+    keyed = looks.set_index(["patient_id", "side", "abn_id", "view"])["look"]
+    abn = per_image["image_id"].astype(str).str.rsplit("_", n=1).str[1].astype(int)
+    ideal_img = keyed.loc[list(zip(per_image["patient_id"].astype(str), per_image["side"].astype(str), abn,
+                                   per_image["view"].astype(str), strict=True))].to_numpy()
+    yi, gi = per_image["target"].to_numpy(), per_image["patient_id"].astype(str).to_numpy()
+    calib = {"ideal reader (the drawn look)": _auc(yi, ideal_img, gi),
+             "single-view model": _auc(yi, per_image["prob"].to_numpy(), gi)}
+    print(f"calibration of hard ({args.model}, {args.patch} px lesion patches, {args.epochs} epochs): "
+          f"{len(per_image)} test patches, {len(set(gi))} patients, {int(yi.sum())} malignant")
+    for name, r in calib.items():
+        print(_auc_line(name, r))
+    results["calibration"] = {"n_images": len(per_image), "n_patients": len(set(gi)), "n_malignant": int(yi.sum()),
+                              "auc": calib}
+
     if args.part in ("all", "two-view"):
         two = train(roi, _cfg(args.model, args.patch, args.epochs, batch, views="cc+mlo"), runs / "patch_two_view")
         images = predict_split(run_single, "test").set_index("path")["prob"]

@@ -32,7 +32,11 @@ def test_levels_make_looks_overlap_and_views_differ() -> None:
         by_lesion.setdefault((case.rsplit("_", 1)[0], r.abn_id), {})[view] = r.look
     pairs = np.array([[v["CC"], v["MLO"]] for v in by_lesion.values() if len(v) == 2])
     assert len(pairs) > 20 and np.abs(pairs[:, 0] - pairs[:, 1]).mean() > 0.1  # each view its own evidence
-    assert np.corrcoef(pairs.T)[0, 1] > 0.3  # ...of the same lesion
+    many: dict[tuple[str, int], dict[str, float]] = {}
+    for case, view, r in _rois("hard", 300):
+        many.setdefault((case.rsplit("_", 1)[0], r.abn_id), {})[view] = r.look
+    both = np.array([[v["CC"], v["MLO"]] for v in many.values() if len(v) == 2])
+    assert np.corrcoef(both.T)[0, 1] > 0.2  # ...of the same lesion (about 0.3; independent views: 0 +- 0.05)
     medium = np.array([r.look for _, _, r in _rois("medium") if r.malignant])
     assert medium.mean() > mal.mean()
 

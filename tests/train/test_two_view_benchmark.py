@@ -22,15 +22,17 @@ def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
     out = tmp_path / "work"
     results = mod.main(["--quick", "--out", str(out)])
     printed = capsys.readouterr().out
-    two, tr = results["two_view"], results["transfer"]
+    two, tr, cal = results["two_view"], results["transfer"], results["calibration"]
+    assert cal["n_images"] >= 2 * two["n_breasts"] and set(cal["auc"]) == {"ideal reader (the drawn look)",
+                                                                           "single-view model"}
     assert two["n_breasts"] > 0 and two["pairing"] and 0 < two["n_malignant"] < two["n_breasts"]
     assert set(two["auc"]) == {"ideal reader, CC look", "ideal reader, CC+MLO looks averaged",
                                "one view (single-view model, CC image)", "single-view model, CC+MLO averaged",
                                "two-view model (cc+mlo, concat fusion)"}
-    for block in (two, tr):
+    for block in (cal, two, tr):
         for r in block["auc"].values():
             assert 0.0 <= r["ci_low"] <= r["auc"] <= r["ci_high"] <= 1.0
-        for d in block["delong"].values():
+        for d in block.get("delong", {}).values():
             assert 0.0 <= d["p"] <= 1.0 and d["ci_low"] <= d["diff"] <= d["ci_high"]
     assert tr["n_films"] >= two["n_breasts"]
     assert set(tr["auc"]) >= {"from scratch", "from the patch model (--init-from)"}
