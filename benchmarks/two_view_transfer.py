@@ -8,15 +8,18 @@ Everything in one process, same backbone (``resnet18`` by default), same seeds a
    a two-view (``--views cc+mlo``) model of the same backbone. Per test breast with both views the
    script compares the two-view probability with the single-view model's probability on the CC image
    (one view) and, for information, the mean of its CC and MLO probabilities (late fusion).
-3. **Transfer vs scratch** (on whole films): the same whole-image model from scratch and started from
-   the single-view patch model's backbone (``--init-from``), same epochs and schedule.
+3. **Transfer vs scratch** (on whole films at ``--whole`` HxW): the same whole-image model (Shen et
+   al.'s all-convolutional top) from scratch and started (``--init-from``) from a patch classifier
+   trained as Shen et al. trained theirs: lesion patches and ``--background`` normal-tissue patches per
+   film, all at the whole films' scale (``organize --roi-film-height H --roi-background N``; classes
+   normal/benign/malignant); same epochs and schedule.
 
 Each comparison prints the test AUCs with 95% patient-bootstrap intervals and the paired DeLong test
 (difference, its CI and p), next to the *ideal reader*: the AUC of the looks the generator drew the
 lesions with (``mammolab.data.synth.lesion_looks``), the ceiling any model of the pixels can reach.
 ``--quick`` runs the whole pipeline at toy size (a smoke test, no claim). Re-running with the same
 ``--out`` skips the finished steps. Figures and settings go to ``OUT/results.json``. Run:
-``python benchmarks/two_view_transfer.py [--patients 1200] [--epochs 8] [--whole 160] [--out DIR]``.
+``python benchmarks/two_view_transfer.py [--patients 1600] [--epochs 8] [--whole 160x96] [--part ...] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ os.environ.setdefault("MAMMOLAB_QUIET", "1")
 from mammolab.data.organize import organize  # noqa: E402
 from mammolab.data.synth import lesion_looks, synthesize  # noqa: E402
 from mammolab.evaluate.metrics import bootstrap_auc_ci, delong_test  # noqa: E402
+from mammolab.imagesize import as_hw, parse_image_size  # noqa: E402
 from mammolab.train.config import resolve_train_config  # noqa: E402
 from mammolab.train.fit import train  # noqa: E402
 from mammolab.train.inference import load_run, predict_split  # noqa: E402
@@ -81,10 +85,13 @@ def _ideal(looks: pd.DataFrame, breasts: pd.DataFrame) -> tuple[np.ndarray, np.n
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patients", type=int, default=1200, help="generated patients (about 20%% are test)")
+    ap.add_argument("--patients", type=int, default=1600, help="generated patients (about 20%% are test)")
     ap.add_argument("--film", type=int, default=384, help="synthetic film height in pixels")
     ap.add_argument("--patch", type=int, default=64, help="ROI patch size (organize --roi-size, training size)")
-    ap.add_argument("--whole", default="160", help="whole-film training size: N (square, padded) or HxW")
+    ap.add_argument("--whole", default="160x96", help="whole-film training size, HxW (films stretched to it)")
+    ap.add_argument("--whole-lr", type=float, default=3e-4, help="learning rate of the two whole-image models")
+    ap.add_argument("--background", type=int, default=2, help="normal-tissue patches per film of the patch "
+                    "model that starts the transfer (organize --roi-background)")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the patch models")
     ap.add_argument("--whole-epochs", type=int, default=6, help="epochs of the two whole-image models")
     ap.add_argument("--model", default="resnet18")
@@ -96,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     if args.quick:
-        args.patients, args.film, args.patch, args.whole = 24, 128, 32, "48"
+        args.patients, args.film, args.patch, args.whole = 24, 128, 32, "64x40"
         args.epochs = args.whole_epochs = 1
-        args.model = "mammocnn" if args.model == "resnet18" else args.model
+        args.model = "mammoresnet" if args.model == "resnet18" else args.model
     if args.threads:
         torch.set_num_threads(args.threads)
     whole: Any = int(args.whole) if args.whole.isdigit() else args.whole
@@ -165,10 +172,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.part in ("all", "transfer"):
         if not (full / "manifest.csv").is_file():
             organize(raw / "download", out=full, csv_dir=raw / "csv", workers=1, kind="full", **common)
+        # Shen et al.'s patch classifier: lesion and normal-tissue patches at the scale of the whole films
+        height = as_hw(parse_image_size(whole))[0]
+        shen = work / "roi_shen"
+        if not (shen / "manifest.csv").is_file():
+            organize(raw / "download", out=shen, csv_dir=raw / "csv", workers=1, kind="roi", roi_size=args.patch,
+                     roi_film_height=height, roi_background=args.background, **common)
+        patch = train(shen, _cfg(args.model, args.patch, args.epochs, batch), runs / "patch_shen")
         wbatch = 8 if args.quick else 16
-        scratch = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, resize="pad"), runs / "whole_scratch")
-        transfer = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, resize="pad",
-                                    init_from=str(single.run_dir)), runs / "whole_transfer")
+        recipe = {"resize": "stretch", "head_type": "allconv", "lr": args.whole_lr}
+        scratch = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, **recipe), runs / "whole_scratch")
+        transfer = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, **recipe,
+                                    init_from=str(patch.run_dir)), runs / "whole_transfer")
         ps = predict_split(load_run(scratch.run_dir), "test")
         pt = predict_split(load_run(transfer.run_dir), "test").set_index("path").loc[ps["path"]]
         yf, gf = ps["target"].to_numpy(), ps["patient_id"].astype(str).to_numpy()
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "from scratch": _auc(yf, ps["prob"].to_numpy(), gf),
                 "from the patch model (--init-from)": _auc(yf, pt["prob"].to_numpy(), gf)}
         d = _delong(yf, pt["prob"].to_numpy(), ps["prob"].to_numpy())
-        print(f"transfer vs scratch ({args.model}, whole films at {args.whole} px, {args.whole_epochs} epochs, "
+        print(f"transfer vs scratch ({args.model}, whole films at {args.whole}, {args.whole_epochs} epochs, "
               f"hard): {len(ps)} test films, {len(set(gf))} patients, {int(yf.sum())} malignant")
         for name, r in rows.items():
             print(_auc_line(name, r))

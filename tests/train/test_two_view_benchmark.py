@@ -40,9 +40,11 @@ def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
     assert f"p = {tr['delong']['transfer - scratch']['p']:.4f}" in printed
     assert json.loads((out / "results.json").read_text())["two_view"] == json.loads(json.dumps(two))
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["patch_single", "patch_two_view", "whole_scratch", "whole_transfer"]
+    assert runs == ["patch_shen", "patch_single", "patch_two_view", "whole_scratch", "whole_transfer"]
     # the transfer run says where its backbone came from
-    assert "patch_single" in (out / "runs" / "whole_transfer" / "config.yaml").read_text()
+    assert "patch_shen" in (out / "runs" / "whole_transfer" / "config.yaml").read_text()
+    shen = json.loads((out / "roi_shen" / "mammolab.json").read_text())
+    assert shen["classes"] == ["normal", "benign", "malignant"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")}
     again = mod.main(["--quick", "--out", str(out)])  # every step finished: skipped, same figures
     assert again["two_view"] == results["two_view"] and again["transfer"] == results["transfer"]
