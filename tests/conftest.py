@@ -39,3 +39,20 @@ def synth_nbia(tmp_path_factory: pytest.TempPathFactory):
 
     return synthesize(tmp_path_factory.mktemp("synth-nbia"), patients=12, image_size=256, layout="nbia",
                       seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` as a module (they are scripts, not a package): ``load_benchmark(name)``."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_train.py"
 
-
-def test_quick_benchmark_prints_both_loops_and_the_ratio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_train"] = mod
-    spec.loader.exec_module(mod)
+def test_quick_benchmark_prints_both_loops_and_the_ratio(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         load_benchmark) -> None:
+    mod = load_benchmark("gpu_train")
     out_json = tmp_path / "r.json"
     results = mod.main(["--quick", "--steps", "2", "--warmup", "1", "--json", str(out_json)])
     printed = capsys.readouterr().out

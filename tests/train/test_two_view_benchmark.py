@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "two_view_transfer.py"
-
 
 def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("two_view_transfer", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["two_view_transfer"] = mod
-    spec.loader.exec_module(mod)
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], load_benchmark) -> None:
+    mod = load_benchmark("two_view_transfer")
     out = tmp_path / "work"
     results = mod.main(["--quick", "--out", str(out)])
     printed = capsys.readouterr().out

@@ -68,6 +68,18 @@ class _DatasetOptions(StrictModel):
     allow_degenerate: bool = Field(
         False, description="Go on when the validation or test split lacks a class (its AUC and Youden threshold "
         "are then undefined). Decides nothing about the data, so it is not part of the config hash.")
+    # --kind roi (the kind itself differs in default and meaning between the two ways)
+    roi_size: int = Field(512, ge=16, le=8192)
+    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
+    roi_film_height: int | None = Field(
+        None, ge=16, le=65536, description="roi: cut every patch at one scale, the film's when resized to this "
+        "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
+        "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
+        "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
+    roi_background: int = Field(
+        0, ge=0, le=50, description="roi: also cut up to this many patches of normal tissue per film, class "
+        "'normal' (first in the class order), at the fixed scale of roi_film_height (required): inside the breast, "
+        "away from every lesion box of the film. Shen et al.'s patch classifier learns 'no lesion here' from them")
 
     def content_hash(self, stage: str) -> str:
         """The hash that decides what a re-run may reuse: every option that changes pixels, labels or splits.
@@ -88,17 +100,6 @@ class OrganizeConfig(_DatasetOptions):
     abnormality: Literal["mass", "calc", "all"] = "mass"
     bwc: Literal["benign", "drop"] = "benign"
     kind: Literal["full", "crop", "roi"] = "crop"
-    roi_size: int = Field(512, ge=16, le=8192)
-    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
-    roi_film_height: int | None = Field(
-        None, ge=16, le=65536, description="roi: cut every patch at one scale, the film's when resized to this "
-        "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
-        "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
-        "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
-    roi_background: int = Field(
-        0, ge=0, le=50, description="roi: also cut up to this many patches of normal tissue per film, class "
-        "'normal' (first in the class order), at the fixed scale of roi_film_height (required): inside the breast, "
-        "away from every lesion box of the film. Shen et al.'s patch classifier learns 'no lesion here' from them")
 
 
 @dataclass
@@ -796,17 +797,6 @@ class ImportConfig(_DatasetOptions):
     kind: Literal["full", "crop", "roi"] = Field(
         "full", description="full: one image per file with all its lesion boxes, malignant if any lesion is; "
         "roi: a square patch around each lesion's box or mask; crop: each lesion's box itself")
-    roi_size: int = Field(512, ge=16, le=8192)
-    roi_margin: float = Field(0.5, ge=0.0, le=5.0)
-    roi_film_height: int | None = Field(
-        None, ge=16, le=65536, description="roi: cut every patch at one scale, the film's when resized to this "
-        "height (a whole-image model's input height, e.g. 1152): the patch covers roi_size x film height / this "
-        "source pixels around the lesion, whatever its size (Shen et al.'s patches for patch-to-whole transfer); "
-        "a lesion larger than that gets a patch just containing its box. Default: the box plus roi_margin")
-    roi_background: int = Field(
-        0, ge=0, le=50, description="roi: also cut up to this many patches of normal tissue per film, class "
-        "'normal' (first in the class order), at the fixed scale of roi_film_height (required): inside the breast, "
-        "away from every lesion box of the film. Shen et al.'s patch classifier learns 'no lesion here' from them")
 
 
 _LABEL_ALIASES = {"0": "benign", "1": "malignant", "b": "benign", "m": "malignant", "benign": "benign",
