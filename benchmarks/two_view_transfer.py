@@ -194,17 +194,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "from scratch": _auc(yf, ps["prob"].to_numpy(), gf),
                 "from the patch model (--init-from)": _auc(yf, pt["prob"].to_numpy(), gf)}
         d = _delong(yf, pt["prob"].to_numpy(), ps["prob"].to_numpy())
+        probe = _patch_model_on_films(load_run(patch.run_dir), full, ps, as_hw(parse_image_size(whole)))
         print(f"transfer vs scratch ({args.model}, whole films at {args.whole}, {args.whole_epochs} epochs, "
               f"hard): {len(ps)} test films, {len(set(gf))} patients, {int(yf.sum())} malignant")
         for name, r in rows.items():
             print(_auc_line(name, r))
         print(_delong_line("transfer", "scratch", d))
+        print(f"  the patch model on the test films: {probe['centred']:.3f} on windows centred on their lesions, "
+              f"{probe['slid']:.3f} slid over the film (most malignant window)")
         results["transfer"] = {"n_films": len(ps), "n_patients": len(set(gf)), "n_malignant": int(yf.sum()),
-                               "auc": rows, "delong": {"transfer - scratch": d}}
+                               "auc": rows, "delong": {"transfer - scratch": d}, "patch_model_on_films": probe}
     results["seconds"] = round(time.time() - started, 1)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{results['seconds']:.0f} s; work folder and results.json: {work}")
     return results
+
+
+def _patch_model_on_films(run: Any, full: Path, films: pd.DataFrame, hw: tuple[int, int]) -> dict[str, float]:
+    """AUC of the patch model's p(malignant) on the test films, at the whole-image scale (films resized to ``hw``).
+
+    ``centred``: its highest score over windows centred on the film's lesion boxes (what it can judge
+    when told where to look); ``slid``: its highest score over windows every quarter patch across the
+    film (what it can find by itself). The gap says whether a whole-image model could start from it.
+    """
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from mammolab.io import read_image
+    from mammolab.train.imagecache import resize_image, to_unit
+
+    model, size = run.model.eval(), as_hw(run.config.image_size)[0]
+    boxes = pd.read_csv(full / "manifest.csv", dtype={"path": str}).set_index("path")["boxes"]
+    step, half = max(1, size // 4), size // 2
+
+    def score(windows: list[np.ndarray]) -> float:
+        x = torch.from_numpy((np.stack(windows) - model.mean) / model.std)[:, None].float()
+        with torch.no_grad():
+            logits = model(x)
+        probs = logits.softmax(-1)[:, -1] if logits.shape[-1] > 1 else torch.sigmoid(logits).reshape(-1)
+        return float(probs.max())
+
+    centred, slid = [], []
+    for path in films["path"]:
+        img = read_image(full / path)
+        sy, sx = hw[0] / img.shape[0], hw[1] / img.shape[1]
+        small = np.pad(to_unit(resize_image(img, hw, "stretch")), half)
+        wins = []
+        for x0, y0, x1, y1 in json.loads(boxes[path]):
+            cx, cy = int(round((x0 + x1) / 2 * sx)) + half, int(round((y0 + y1) / 2 * sy)) + half
+            wins.append(small[cy - half:cy - half + size, cx - half:cx - half + size])
+        centred.append(score(wins))
+        # windows inside the film (the padding only serves the centred ones near an edge)
+        grid = [(y, x) for y in range(half, max(half, hw[0] + half - size) + 1, step)
+                for x in range(half, max(half, hw[1] + half - size) + 1, step)]
+        slid.append(score([small[y:y + size, x:x + size] for y, x in grid]))
+    y = films["target"].to_numpy()
+    return {"centred": float(roc_auc_score(y, centred)), "slid": float(roc_auc_score(y, slid))}
 
 
 def _test_frame(run: Any) -> pd.DataFrame:

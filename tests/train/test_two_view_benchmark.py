@@ -28,6 +28,9 @@ def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
             assert 0.0 <= d["p"] <= 1.0 and d["ci_low"] <= d["diff"] <= d["ci_high"]
     assert tr["n_films"] >= two["n_breasts"]
     assert set(tr["auc"]) >= {"from scratch", "from the patch model (--init-from)"}
+    assert set(tr["patch_model_on_films"]) == {"centred", "slid"}
+    assert all(0.0 <= v <= 1.0 for v in tr["patch_model_on_films"].values())
+    assert f"{tr['patch_model_on_films']['slid']:.3f} slid over the film" in printed
     assert f"p = {two['delong']['two-view - one view']['p']:.4f}" in printed
     assert f"p = {tr['delong']['transfer - scratch']['p']:.4f}" in printed
     assert json.loads((out / "results.json").read_text())["two_view"] == json.loads(json.dumps(two))
