@@ -109,9 +109,10 @@ class Difficulty:
     ``easy`` is the original generator: every malignant lesion looks fully malignant, every benign
     one fully benign (same bytes as before the option existed). Harder levels give each lesion a
     *look* in [0, 1] (0 = the benign rendering, 1 = the malignant one, in between a blend: outline
-    irregularity, number of spicules or specks, density profile): a per-lesion base drawn from
-    overlapping ranges for the two classes, plus independent noise per view, so the CC and MLO
-    images of one lesion carry partly independent evidence and two views tell more than one.
+    irregularity, number of spicules or specks, density profile): a per-lesion base drawn from a
+    range per class (adjacent in ``medium``, apart in ``hard``; the classes overlap through the
+    view noise), plus independent noise per view, so the CC and MLO images of one lesion carry
+    partly independent evidence and two views tell more than one.
     Lesions are also smaller (``radius``) and fainter (``contrast``).
     """
 
