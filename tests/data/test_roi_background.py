@@ -219,7 +219,9 @@ def test_errors_and_hash(synth_legacy, tmp_path: Path, monkeypatch: pytest.Monke
         _run(synth_legacy, tmp_path / "x", kind="roi", roi_size=32, roi_background=2)
     with pytest.raises(MammoLabError, match=r"--roi-background: .*--kind roi only \(got --kind full\)"):
         _run(synth_legacy, tmp_path / "y", kind="full", roi_film_height=128, roi_background=2)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(MammoLabError, match=r"--roi-film-height: .*--kind roi only \(got --kind crop\)"):
+        _run(synth_legacy, tmp_path / "w", kind="crop", roi_film_height=128)
+    assert not any((tmp_path / n).exists() for n in "wxy")
     # the real console entry point: one line, exit code 2, nothing written
     monkeypatch.setattr("sys.argv", ["mammolab", "organize", str(synth_legacy.download_dir), "--csv-dir",
                                      str(synth_legacy.csv_dir), "--out", str(tmp_path / "z"), "--kind", "roi",

@@ -272,15 +272,19 @@ def _split_units(units: list[Unit], cfg: OrganizeConfig) -> None:
 
 
 def _check_background(cfg: OrganizeConfig | ImportConfig) -> None:
-    """--roi-background needs --kind roi and --roi-film-height: one line naming the options otherwise."""
-    if not cfg.roi_background:
-        return
-    if cfg.kind != "roi":
+    """--roi-film-height and --roi-background need --kind roi (and the latter the former): one line otherwise.
+
+    Checked before anything is read, so a fixed scale asked for a kind without patches is not silently ignored.
+    """
+    if cfg.roi_background and cfg.kind != "roi":
         raise MammoLabError(f"--roi-background: normal-tissue patches are cut for --kind roi only (got --kind "
                             f"{cfg.kind}); use --kind roi or leave --roi-background out")
-    if cfg.roi_film_height is None:
+    if cfg.roi_background and cfg.roi_film_height is None:
         raise MammoLabError("--roi-background: needs --roi-film-height (a background patch has no lesion box to "
                             "size it by; e.g. --roi-film-height 1152 for a whole-image model 1152 px tall)")
+    if cfg.roi_film_height is not None and cfg.kind != "roi":
+        raise MammoLabError(f"--roi-film-height: fixed-scale patches are cut for --kind roi only (got --kind "
+                            f"{cfg.kind}); use --kind roi or leave --roi-film-height out")
 
 
 def _attach_other_lesions(units: list[Unit], all_rows: pd.DataFrame, index: DownloadIndex) -> None:
