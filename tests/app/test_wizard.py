@@ -131,3 +131,28 @@ def test_equivalent_commands_cover_every_stage() -> None:
     assert "mammolab train o/dataset --model resnet18 --regime opw --out o/runs/resnet18_opw" in cmds[1]
     assert cmds[2] == "mammolab evaluate o/runs/resnet18_opw --split test --tta"
     assert cmds[-1] == "mammolab compare o/runs/resnet18_opw --out o/report"
+
+
+def test_a_manifest_study_asks_the_image_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest of whole films gets the whole-film preprocessing; one with boxes can be cut into patches."""
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "films.csv"
+    manifest.write_text("path,label,patient_id\n")
+    prompts: list[str] = []
+
+    def study(kind_answer: str, *roi: str) -> dict:
+        answers = iter(["", "", "3", str(manifest), "", kind_answer, *roi] + [""] * 30)
+        path = run_wizard(asker=Asker(read=lambda prompt: prompts.append(prompt) or next(answers),
+                                      write=lambda line: None))
+        written = yaml.safe_load(path.read_text())
+        path.unlink()
+        return written
+
+    whole = study("")
+    assert any(p.startswith("Image kind") and "[full]" in p for p in prompts)
+    assert whole["organize"] == {"labels": "binary", "kind": "full"}
+    assert whole["preprocess"]["config"] == "full"
+    patches = study("roi", "96")
+    assert patches["organize"] == {"labels": "binary", "kind": "roi", "roi_size": 96}
+    assert patches["preprocess"]["config"] == "patch"
+    assert not any(p.startswith("Abnormality type") for p in prompts)  # a CBIS question, not a manifest's

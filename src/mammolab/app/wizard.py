@@ -165,7 +165,9 @@ def build_experiment(answers: dict[str, Any]) -> dict[str, Any]:
         data = {"manifest": answers["manifest"]}
     organize: dict[str, Any] = {"labels": answers["labels"]}
     if answers["source"] != "manifest":
-        organize.update(abnormality=answers["abnormality"], kind=answers["kind"])
+        organize["abnormality"] = answers["abnormality"]
+    if answers.get("kind"):  # a manifest without the answer (older answer sets) keeps organize's default, full
+        organize["kind"] = answers["kind"]
         if answers["kind"] == "roi":
             organize["roi_size"] = answers["roi_size"]
     height, width = as_hw(answers["image_size"])
@@ -263,8 +265,13 @@ def _questions(a: Asker) -> dict[str, Any]:
         ans["kind"] = a.choice("Image kind", ["crop", "roi", "full"], "crop" if ans["source"] != "synthetic" else "roi",
                                hint="crop: CBIS lesion crops; roi: square patch around each lesion (keeps its box "
                                     "for heatmap scores); full: whole mammograms")
-        if ans["kind"] == "roi":
-            ans["roi_size"] = a.integer("ROI patch size in pixels", 224, 16, 4096)
+    else:  # the manifest's images are whole films unless its boxes are to be cut out
+        ans["kind"] = a.choice("Image kind", ["full", "crop", "roi"], "full",
+                               hint="full: the images as they are (whole mammograms); crop: each lesion's box cut "
+                                    "out; roi: a square patch around each lesion (crop and roi need the manifest's "
+                                    "bbox_x0..bbox_y1 or mask columns)")
+    if ans["kind"] == "roi":
+        ans["roi_size"] = a.integer("ROI patch size in pixels", 224, 16, 4096)
     a.write("\nStep 3 - preprocess")
     ans["preprocess"] = "patch" if a.yes("Preprocess the images (resize, denoise, CLAHE)", True) else None
     if ans["preprocess"] and ans.get("kind") == "full":
