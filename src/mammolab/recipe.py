@@ -146,6 +146,9 @@ class Recipe(StrictModel):
     complete: bool = True
     notes: list[str] = Field(default_factory=list)
     dataset: dict[str, Any] = Field(default_factory=dict, description="provenance: name, manifest and config hash")
+    views: Literal["cc+mlo"] | None = Field(None, description="cc+mlo: an exported two-view breast model (input "
+                                            "[N, 2, 1, H, W] CC then MLO, and present [N, 2]); None: one image. "
+                                            "Left out of the file when None, so single-view recipes are unchanged")
 
     @property
     def binary(self) -> bool:
@@ -285,7 +288,7 @@ def build_recipe(dataset: str | Path, *, name: str, model: str, classes: Sequenc
 def write_recipe(folder: str | Path, recipe: Recipe) -> Path:
     """Write ``folder/recipe.json`` atomically."""
     path = Path(folder) / RECIPE_NAME
-    write_json(path, recipe.model_dump(mode="json"))
+    write_json(path, recipe.model_dump(mode="json", exclude={"views"} if recipe.views is None else None))
     return path
 
 

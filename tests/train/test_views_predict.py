@@ -1,5 +1,5 @@
-"""Two-view runs outside evaluation: breast-level ``predict`` agrees with ``evaluate``, and the
-single-image commands (serve, export, explain) refuse them with one line."""
+"""Two-view runs outside evaluation: breast-level ``predict`` agrees with ``evaluate``, and ``explain``
+(single-image heatmaps) refuses them with one line."""
 
 from __future__ import annotations
 
@@ -82,18 +82,16 @@ def test_breast_predict_errors(two_view_run: tuple[Path, Path], tmp_path: Path) 
         predict_breast_files(single, [any_png], "cc")
 
 
-def test_single_image_commands_refuse_two_view_runs(two_view_run: tuple[Path, Path], tmp_path: Path) -> None:
-    from mammolab.app.serve import make_server
-    from mammolab.evaluate.export import export_run
+def test_explain_refuses_two_view_runs(two_view_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """explain draws single-image heatmaps; serve and export take two-view runs (test_views_export.py,
+    tests/app/test_serve_two_view.py)."""
     from mammolab.explain.runner import explain_run
 
     run, _ = two_view_run
-    for command, call in (("serve", lambda: make_server(run, port=0)),
-                          ("export", lambda: export_run(run, tmp_path / "exp", "torchscript")),
-                          ("explain", lambda: explain_run(run, out_dir=tmp_path / "explain"))):
-        with pytest.raises(MammoLabError) as info:
-            call()
-        msg = str(info.value)
-        assert msg.startswith(f"{command}: {run} is a two-view (CC + MLO) breast model") and "\n" not in msg
-        assert f"{command} takes single images only" in msg
-    assert not (tmp_path / "exp").exists() and not (tmp_path / "explain").exists()
+    with pytest.raises(MammoLabError) as info:
+        explain_run(run, out_dir=tmp_path / "explain")
+    msg = str(info.value)
+    assert msg.startswith(f"explain: {run} is a two-view (CC + MLO) breast model") and "\n" not in msg
+    assert "explain draws heatmaps of single-image models only" in msg
+    assert "predict, serve or export it instead" in (info.value.hint or "")
+    assert not (tmp_path / "explain").exists()

@@ -9,8 +9,10 @@ organized image gets the probability ``evaluate`` gave its breast), and a breast
 view is filled with the present one and flagged absent, so attention fusion gives it no weight and
 concat fusion sees the present view's features twice. The result says which view was missing.
 
-The commands that take single images (``serve``, ``export``, ``explain``) cannot run a breast model;
-:func:`refuse_two_view` is their one-line guard.
+The same functions run an exported breast model (``mammolab export`` of a two-view run: inputs
+``x [N, 2, 1, H, W]`` and ``present [N, 2]``, ``recipe.json`` saying ``views: cc+mlo``) through its
+ONNX or TorchScript backend, and ``mammolab serve`` scores uploaded breasts with them. ``explain``
+draws heatmaps of single images only and refuses a breast model with :func:`refuse_two_view`.
 """
 
 from __future__ import annotations
@@ -32,31 +34,37 @@ VIEW_CHOICES = ("cc+mlo", "cc", "mlo")
 
 
 def run_views(path: str | Path) -> str:
-    """``views`` of a run folder's ``config.yaml`` (``single`` for an exported model or an older run),
-    read without loading the model, so a command can refuse a two-view run before any work."""
+    """``views`` of a run folder's ``config.yaml``, or of an exported folder's ``recipe.json``
+    (``single`` for a single-view model or an older run), read without loading the model, so a
+    command can tell a breast model before any work."""
     from mammolab.config import load_yaml
+    from mammolab.io.atomic import read_json
+    from mammolab.recipe import RECIPE_NAME
 
     cfg = Path(path) / "config.yaml"
     if not cfg.is_file():
-        return "single"
+        recipe = read_json(Path(path) / RECIPE_NAME)  # an exported folder: written by mammolab export
+        return str(recipe.get("views") or "single") if isinstance(recipe, dict) else "single"
     data = load_yaml(cfg) or {}
     return str(data.get("views") or "single") if isinstance(data, dict) else "single"
 
 
 def is_two_view(predictor_or_path: Any) -> bool:
-    """Whether a :class:`~mammolab.evaluate.predict.Predictor` (or a run folder) holds a breast model."""
+    """Whether a :class:`~mammolab.evaluate.predict.Predictor` (or a run or exported folder) holds a breast model."""
     if isinstance(predictor_or_path, (str, Path)):
         return run_views(predictor_or_path) != "single"
+    if getattr(getattr(predictor_or_path, "recipe", None), "views", None):  # an exported breast model
+        return True
     run = getattr(predictor_or_path, "run", None)
     return str(getattr(getattr(run, "config", None), "views", "single")) != "single"
 
 
-def refuse_two_view(predictor_or_path: Any, command: str, alternative: str) -> None:
-    """One-line :class:`MammoLabError` when ``command`` is given a two-view run (it takes single images)."""
+def refuse_two_view(predictor_or_path: Any, command: str, reason: str, alternative: str) -> None:
+    """One-line :class:`MammoLabError` when ``command`` (which works on single images: ``reason`` says
+    how) is given a two-view breast model."""
     if is_two_view(predictor_or_path):
         where = getattr(predictor_or_path, "path", predictor_or_path)
-        raise MammoLabError(f"{command}: {where} is a two-view (CC + MLO) breast model; {command} takes single "
-                            f"images only (not supported for two-view runs yet)", hint=alternative)
+        raise MammoLabError(f"{command}: {where} is a two-view (CC + MLO) breast model; {reason}", hint=alternative)
 
 
 def parse_views(views: str) -> tuple[str, ...]:
@@ -81,27 +89,22 @@ def _breast_tensor(prepared: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _breast_probs(predictor: Any, x: Any, present: Any, tta: bool) -> np.ndarray:
-    """The model's output for one breast, as :func:`mammolab.train.views.predict_breasts` computes it."""
-    import torch
+    """The model's output for one breast, as :func:`mammolab.train.views.predict_breasts` computes it,
+    through the predictor's backend (the run's PyTorch model, or an exported ONNX / TorchScript one)."""
+    from mammolab.evaluate.predict import _probabilities
 
-    run = predictor.run
-    outs = []
-    with torch.no_grad():
-        for v in ([x, x.flip(-1), x.flip(-2)] if tta else [x]):
-            logits = run.model(v.to(run.device), present.to(run.device)).float()
-            if predictor.binary and logits.shape[1] == 1:
-                outs.append(torch.sigmoid(logits[:, 0]))
-            else:
-                probs = torch.softmax(logits, dim=1)
-                outs.append(probs[:, 1] if predictor.binary else probs)
-    return torch.stack(outs).mean(0)[0].cpu().numpy()
+    outs = [_probabilities(predictor.backend.logits(v, present), predictor.binary)
+            for v in ([x, x.flip(-1), x.flip(-2)] if tta else [x])]
+    return np.mean(outs, axis=0)[0]
 
 
-def predict_breast(predictor: Any, files: dict[str, str | Path], *, tta: bool = False) -> dict[str, Any]:
+def predict_breast(predictor: Any, files: dict[str, str | Path | bytes], *, tta: bool = False,
+                   names: dict[str, str] | None = None) -> dict[str, Any]:
     """One breast: ``files`` maps ``CC``/``MLO`` to a file (one may be absent) -> ``prob``, ``class``,
     ``probs``, ``threshold``, ``warnings``, ``views`` (``cc+mlo``, ``cc`` or ``mlo``), ``missing_view``
     (``None``, ``CC`` or ``MLO``), ``cc`` and ``mlo`` (the files, ``None`` when missing).
 
+    A file may be an upload's bytes (``mammolab serve``); ``names`` then gives its file name per view.
     A file that cannot be read or processed raises a one-line :class:`MammoLabError` naming it.
     """
     from mammolab.evaluate.predict import _read_source
@@ -116,7 +119,7 @@ def predict_breast(predictor: Any, files: dict[str, str | Path], *, tta: bool = 
     for view in VIEWS:
         if view not in given:
             continue
-        image, name = _read_source(given[view], None)
+        image, name = _read_source(given[view], (names or {}).get(view))
         pr = predictor._prepare_named(image, name, None, predictor._start_for(given[view]))
         prepared[view] = pr
         warnings += [f"{view}: {w}" for w in pr.warnings]
@@ -127,8 +130,9 @@ def predict_breast(predictor: Any, files: dict[str, str | Path], *, tta: bool = 
                         "handled as in training and evaluation)")
     x, present_mask = _breast_tensor(prepared)
     res = predictor._result(_breast_probs(predictor, x, present_mask, tta), warnings)
+    shown = {v: (names or {}).get(v) or str(f) for v, f in given.items()}
     res.update(views="+".join(v.lower() for v in VIEWS if v in prepared), missing_view=missing,
-               cc=str(given["CC"]) if "CC" in given else None, mlo=str(given["MLO"]) if "MLO" in given else None)
+               cc=shown.get("CC"), mlo=shown.get("MLO"))
     return res
 
 

@@ -10,6 +10,12 @@ The folder holds everything a prediction needs and nothing of the training setup
 ``mammolab predict DIR FILES`` (and :meth:`mammolab.evaluate.predict.Predictor.load`) runs it with
 the same recipe code as the run, so the probabilities match the run's (checked at export time on
 a test input, and in the tests to 1e-4).
+
+A two-view run (``--views cc+mlo``) exports its breast model: inputs ``x [N, 2, 1, H, W]`` (the
+breast's CC then MLO image, each made by the recipe) and ``present [N, 2]`` float32 (1 = the view
+is there; a missing view's slot holds the present view's image, as :mod:`mammolab.evaluate.breast`
+fills it), logits out, dynamic batch. ``recipe.json`` says ``views: cc+mlo`` and the card states the
+inputs, so ``predict DIR CC_FILE MLO_FILE --views cc+mlo`` and ``serve DIR`` run it as they run the run.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ def _atomic_file(path: Path, write: Any) -> None:
 
 
 def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
+    """``example``: one image batch, or ``(x, present)`` for a two-view model (inputs named x and present)."""
     import torch
 
     try:
@@ -58,6 +65,8 @@ def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
     except ModuleNotFoundError as exc:
         raise MammoLabError(f"--format onnx needs the {exc.name} package",
                             hint="pip install 'mammolab[export]'") from None
+
+    args, names = (tuple(example), ["x", "present"]) if isinstance(example, tuple) else ((example,), ["image"])
 
     def write(tmp: Path) -> None:
         import logging
@@ -72,12 +81,13 @@ def _export_onnx(model: Any, example: Any, path: Path, opset: int) -> None:
                 try:
                     # The TorchScript-based exporter: ~5 s for these CNNs against 20-40 s for the dynamo one,
                     # the same logits (checked after export either way). Newer torch may drop it: then dynamo.
-                    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                    torch.onnx.export(model, args, str(tmp), input_names=names, output_names=["logits"],
+                                      dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}},
                                       opset_version=opset, dynamo=False)
                 except (TypeError, RuntimeError, AttributeError, NotImplementedError):
-                    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                    batch = torch.export.Dim("batch", min=1, max=4096)
+                    torch.onnx.export(model, args, str(tmp), input_names=names, output_names=["logits"],
+                                      dynamic_shapes=tuple({0: batch} for _ in names),
                                       opset_version=opset, dynamo=True, external_data=False, verbose=False)
         finally:
             for n, lvl in levels.items():
@@ -120,10 +130,25 @@ def _metrics_summary(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _two_view_card(recipe: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """What a two-view card adds: the views, the two inputs, and how many breasts training paired."""
+    height, width = as_hw(recipe.transform.image_size)
+    return {
+        "views": "cc+mlo",
+        "input": f"x [N, 2, 1, {height}, {width}] float32 (view order CC, MLO; each image made by the recipe) "
+                 "and present [N, 2] float32 (1 = view present, 0 = missing; a missing view's slot holds the "
+                 "present view's image)",
+        "inputs": {"x": {"shape": ["N", 2, 1, height, width], "dtype": "float32", "views": ["CC", "MLO"]},
+                   "present": {"shape": ["N", 2], "dtype": "float32", "meaning": "1 = view present, 0 = missing"}},
+        "unit": "breast (patient_id + side): one probability from its CC and MLO images",
+        "n_breasts": info.get("n_breasts"), "pairing": info.get("pairing"),
+    }
+
+
 def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dict[str, Any]:
     """What a reader of the exported model needs to know, as data (the Markdown card is made from it)."""
     info = read_json(run_dir / "run.json") or {}
-    return {
+    card = {
         "name": recipe.name, "model": recipe.model, "format": fmt, "classes": recipe.classes,
         "output": ("one logit: P(" + recipe.classes[1] + ") = sigmoid(logit)") if recipe.num_outputs == 1
         else "one logit per class: probabilities = softmax(logits)",
@@ -137,12 +162,16 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
         "training": {k: info.get(k) for k in ("epochs_run", "best_epoch", "best_val_auc", "seed", "regime",
                                                "parameters") if k in info},
         "metrics": _metrics_summary(run_dir),
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.model_dump(mode="json", exclude={"views"}),
         "export_check": {"max_abs_diff_vs_pytorch": max_abs_diff},
         "intended_use": ("Research on breast-lesion classification: reproducing and comparing models on "
                          f"{recipe.source.kind} images prepared by the recipe in this folder."),
         "notice": NOTICE,
     }
+    if recipe.views:  # a single-view card stays exactly as it was
+        card["recipe"] = recipe.model_dump(mode="json")
+        card.update(_two_view_card(recipe, info))
+    return card
 
 
 def _size_words(size: Any) -> str:
@@ -165,6 +194,9 @@ def card_markdown(card: dict[str, Any]) -> str:
              for name, params in s.items()]
     lines = [f"# Model card: {card['name']} ({card['model']})", "", f"> {card['notice']}", "",
              "## Model", "", f"- format: {card['format']}; input {card['input']}", f"- output: {card['output']}",
+             *([f"- two-view breast model (views {card['views']}): one probability per breast from its CC and MLO "
+                "images; `mammolab predict DIR CC_FILE MLO_FILE --views cc+mlo`, or `--views cc` / `mlo` for a "
+                "breast filmed in one view"] if card.get("views") else []),
              f"- classes: {', '.join(card['classes'])}",
              f"- operating threshold: {card['threshold']:.4f} ({card['threshold_source']})",
              f"- trained with MammoLab {card['mammolab_version']}; exported model vs PyTorch: max |difference| "
@@ -173,7 +205,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"images: {card['data']['kind']}", f"- split sizes: {card['data']['split_sizes']}", "",
              "## Metrics", ""]
     if card["metrics"]:
-        lines += ["| evaluation | images (patients) | AUC | sensitivity / specificity at the threshold |",
+        unit = "breasts" if card.get("views") else "images"
+        lines += [f"| evaluation | {unit} (patients) | AUC | sensitivity / specificity at the threshold |",
                   "|---|---|---|---|"]
         for name, m in card["metrics"].items():
             op = m.get("at_threshold") or {}
@@ -194,6 +227,19 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_two_view(model: Any, exported: Any, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exported vs PyTorch logits on breasts with both views, CC only and MLO only (a batch of 4, not
+    the traced 2), the missing slot filled with the present view's image as breast.py fills it."""
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (4, 2, 1, height, width)).astype(np.float32))
+    present = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]], dtype=torch.float32)
+    x[1, 1], x[2, 0] = x[1, 0], x[2, 1]
+    with torch.no_grad():
+        ref = model(x, present.bool()).float().reshape(4, -1).numpy()
+    return exported.backend.logits(x, present), ref
+
+
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, checkpoint: str = "best",
                opset: int = 18, overwrite: bool = False) -> ExportResult:
     """Export a run to ``out`` (see the module docstring); ``overwrite`` replaces an earlier export there."""
@@ -207,10 +253,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.yaml").is_file():
         raise MammoLabError(f"{run_dir}: not a training run (no config.yaml)")
-    from mammolab.evaluate.breast import refuse_two_view
+    from mammolab.evaluate.breast import is_two_view
 
-    refuse_two_view(run_dir, "export", "predict its breasts from the run folder: 'mammolab predict RUN CC_FILE "
-                    "MLO_FILE --views cc+mlo'")
+    two_view = is_two_view(run_dir)
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise MammoLabError(f"--out: {out} is inside the run {run_dir}; choose a folder outside it")
     if out.exists() and any(out.iterdir()):
@@ -225,9 +270,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     remove_stale_temps(out)  # an export killed mid-write left its temp file here
     predictor = Predictor.load(run_dir, checkpoint=checkpoint, device="cpu")
     recipe = predictor.recipe
+    if two_view:  # the exported folder must say it holds a breast model (is_two_view reads this)
+        recipe = recipe.model_copy(update={"views": "cc+mlo"})
     model = predictor.run.model.cpu().eval()
     height, width = as_hw(recipe.transform.image_size)
-    example = torch.zeros(2, 1, height, width)
+    example: Any = torch.zeros(2, 1, height, width)
+    if two_view:  # traced once; dynamic batch, any present pattern (the graph has no branch on it)
+        example = (torch.zeros(2, 2, 1, height, width), torch.ones(2, 2))
     model_file = out / EXPORT_FILES[fmt]
     try:
         if fmt == "onnx":
@@ -241,11 +290,14 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
                             f"{str(exc).strip().splitlines()[0][:200]})") from None
     write_recipe(out, recipe)
     # Check the exported model against PyTorch on a varied input before declaring success.
-    check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, height, width)).astype(np.float32))
-    with torch.no_grad():
-        ref = model(check).float().reshape(3, -1).numpy()
-    exported = Predictor.load(out)
-    got = exported.backend.logits(check)
+    if two_view:
+        got, ref = _check_two_view(model, Predictor.load(out), height, width)
+    else:
+        check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, height, width)).astype(np.float32))
+        with torch.no_grad():
+            ref = model(check).float().reshape(3, -1).numpy()
+        exported = Predictor.load(out)
+        got = exported.backend.logits(check)
     diff = float(np.abs(got - ref).max())
     if not diff <= 1e-3:
         raise MammoLabError(f"{model_file}: the exported model differs from the run's by {diff:.2e} in the logits; "

@@ -65,13 +65,14 @@ def resolve_threshold(run_dir: str | Path, threshold: float | str | None) -> flo
 # ----------------------------------------------------------------------------------------- backends
 
 class _Backend(ABC):
-    """Logits ``[N, outputs]`` (float32 numpy) for a ``[N, 1, H, W]`` float32 batch."""
+    """Logits ``[N, outputs]`` (float32 numpy) for a ``[N, 1, H, W]`` float32 batch, or for a two-view
+    model's breasts: ``x [N, 2, 1, H, W]`` (CC, MLO) with ``present [N, 2]`` (1 = the view is there)."""
 
     kind = "?"
 
     @abstractmethod
-    def logits(self, x: Any) -> np.ndarray:
-        """The model's raw outputs for the batch ``x`` (a torch tensor)."""
+    def logits(self, x: Any, present: Any = None) -> np.ndarray:
+        """The model's raw outputs for the batch ``x`` (a torch tensor; ``present`` for breasts)."""
 
 
 class _TorchBackend(_Backend):
@@ -80,11 +81,13 @@ class _TorchBackend(_Backend):
     def __init__(self, model: Any, device: Any) -> None:
         self.model, self.device = model, device
 
-    def logits(self, x: Any) -> np.ndarray:
+    def logits(self, x: Any, present: Any = None) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.model(x.to(self.device)).float().reshape(x.shape[0], -1).cpu().numpy()
+            out = self.model(x.to(self.device)) if present is None else \
+                self.model(x.to(self.device), present.to(self.device))
+            return out.float().reshape(x.shape[0], -1).cpu().numpy()
 
 
 class _ScriptBackend(_Backend):
@@ -93,11 +96,15 @@ class _ScriptBackend(_Backend):
     def __init__(self, module: Any, device: Any) -> None:
         self.module, self.device = module, device
 
-    def logits(self, x: Any) -> np.ndarray:
+    def logits(self, x: Any, present: Any = None) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.module(x.to(self.device)).float().reshape(x.shape[0], -1).cpu().numpy()
+            if present is None:
+                return self.module(x.to(self.device)).float().reshape(x.shape[0], -1).cpu().numpy()
+            # the traced breast model takes present as float32 (1 = view there), as the ONNX one does
+            out = self.module(x.to(self.device), present.to(self.device, torch.float32))
+            return out.float().reshape(x.shape[0], -1).cpu().numpy()
 
 
 class _OnnxBackend(_Backend):
@@ -106,10 +113,15 @@ class _OnnxBackend(_Backend):
     def __init__(self, session: Any) -> None:
         self.session = session
         self.input = session.get_inputs()[0].name
+        self.inputs = [i.name for i in session.get_inputs()]
 
-    def logits(self, x: Any) -> np.ndarray:
+    def logits(self, x: Any, present: Any = None) -> np.ndarray:
         arr = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
-        out = self.session.run(None, {self.input: arr})[0]
+        if present is None:
+            out = self.session.run(None, {self.input: arr})[0]
+        else:  # a two-view export: inputs x [N, 2, 1, H, W] and present [N, 2] float32
+            mask = np.ascontiguousarray(present.cpu().numpy(), dtype=np.float32)
+            out = self.session.run(None, dict(zip(self.inputs, (arr, mask), strict=True)))[0]
         return np.asarray(out, dtype=np.float32).reshape(arr.shape[0], -1)
 
 
@@ -247,6 +259,17 @@ class Predictor:
     def format(self) -> str:
         return self.backend.kind
 
+    def _single_images_only(self) -> None:
+        """A two-view breast model scores a breast's CC and MLO images together: a lone image would go
+        through the head without the fusion (a wrong number, or a shape error deep in the exported graph)."""
+        from mammolab.evaluate.breast import is_two_view
+
+        if is_two_view(self):
+            raise MammoLabError(f"predict: {self.path} is a two-view (CC + MLO) breast model; it scores a breast's "
+                                "CC and MLO images together, not single images",
+                                hint="mammolab predict MODEL CC_FILE MLO_FILE --views cc+mlo "
+                                     "(mammolab.evaluate.breast.predict_breast)")
+
     # -------------------------------------------------------------------------------- core
     def prepare(self, image: np.ndarray, *, box: tuple[int, int, int, int] | None = None,
                 start: str = "source") -> Prepared:
@@ -260,6 +283,7 @@ class Predictor:
         """
         import torch
 
+        self._single_images_only()
         out = []
         for i in range(0, len(tensors), batch_size):
             x = torch.stack(list(tensors[i:i + batch_size]))
@@ -312,6 +336,7 @@ class Predictor:
 
         A file that cannot be read or processed raises a one-line :class:`MammoLabError`.
         """
+        self._single_images_only()
         image, name = _read_source(source, filename)
         prepared = self._prepare_named(image, name, box, self._start_for(source))
         res = self._result(self.probabilities([prepared.tensor], tta=tta)[0], prepared.warnings)
@@ -345,6 +370,7 @@ class Predictor:
         """One result per file, in order, each with its ``path``; a file that fails is ``{path, error}``."""
         from mammolab.io.memory import retain_freed_memory
 
+        self._single_images_only()
         retain_freed_memory()  # full-size temporaries reused from file to file (see mammolab.io.memory)
         results: list[dict[str, Any]] = []
         prepared: list[tuple[int, Prepared]] = []
@@ -454,7 +480,9 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
     if not files:
         raise MammoLabError("predict: give at least one image file")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
-    if getattr(getattr(predictor.run, "config", None), "views", "single") != "single":  # two-view (train/views.py)
+    from mammolab.evaluate.breast import is_two_view
+
+    if is_two_view(predictor):  # a two-view run or exported breast model (train/views.py, evaluate/breast.py)
         raise MammoLabError(f"predict: {run_dir} is a two-view (CC + MLO) breast model; give each breast's files "
                             "with --views", hint="mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo "
                             "(mammolab.evaluate.breast)")

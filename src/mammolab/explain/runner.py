@@ -209,7 +209,10 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
     from mammolab.evaluate.breast import refuse_two_view
 
-    refuse_two_view(Path(run_dir), "explain", "explain a single-view run of the same dataset instead")
+    refuse_two_view(Path(run_dir), "explain", "explain draws heatmaps of single-image models only (a heatmap of a "
+                    "breast's fused CC + MLO prediction is not implemented)",
+                    "predict, serve or export it instead ('mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo'); "
+                    "for heatmaps, explain a single-view run of the same dataset")
     run = load_run(run_dir, checkpoint=checkpoint)
     if limit is not None and limit < 1:
         raise MammoLabError(f"--limit: expected a positive number of images, got {limit}")
