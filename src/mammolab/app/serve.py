@@ -7,7 +7,8 @@ upload into the model's input exactly as ``mammolab predict`` and ``evaluate`` d
 
 Routes: ``GET /`` the page (its script, ``/page.js``, calls the API like any client);
 ``POST /api/predict`` (multipart field ``file``; ``?heatmap=1`` adds a base64 PNG overlay);
-``GET /health``; ``GET /docs`` and ``/openapi.json``.
+``GET /health``; ``GET /docs`` and ``/openapi.json``. A two-view (CC + MLO) breast model takes the
+fields ``cc`` and ``mlo`` instead and its page shows two file inputs (:mod:`mammolab.app.serve_breast`).
 
 Limits, enforced here rather than trusted to clients:
 
@@ -254,6 +255,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     import mammolab
+    from mammolab.evaluate.breast import is_two_view
     from mammolab.io.header import check_pixels, max_pixels_limit, read_header
 
     settings = (settings or ServeSettings()).check()
@@ -281,58 +283,69 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
         with cam_lock:
             return predictor.predict_file(data, filename=name, heatmap=True, method=method)
 
-    @app.post("/api/predict", response_model=Prediction, responses=errors, summary="Score one image")
-    async def api_predict(file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
-                          heatmap: bool = Query(False, description="also return the heatmap overlay as a PNG")
-                          ) -> Any:
-        name = Path(file.filename or "upload").name or "upload"
-        data = await file.read()
-        if not data:
-            raise HTTPException(422, "no file was chosen (or the file is empty)")
-        try:
-            header = read_header(data, name)
-        except MammoLabError as exc:
-            raise HTTPException(422, str(exc)) from None
-        if header is None:
-            raise HTTPException(422, f"{name}: not a DICOM, PNG, JPEG, PGM or TIFF image (judged by its content, "
-                                     "not its name)")
-        try:
-            check_pixels(header, name, settings.max_pixels)
-        except MammoLabError as exc:
-            raise HTTPException(413, str(exc)) from None
-        try:
-            await asyncio.wait_for(slots.acquire(), settings.queue_timeout)
-        except asyncio.TimeoutError:
-            raise HTTPException(503, f"busy: {settings.max_concurrent} prediction(s) running and none finished "
-                                     f"within {settings.queue_timeout:g} s; try again",
-                                headers={"Retry-After": "5"}) from None
-        busy["now"] += 1
-        try:
-            res = await run_in_threadpool(predict, data, name, heatmap)
-        except MammoLabError as exc:
-            raise HTTPException(422, str(exc)) from None
-        finally:
-            busy["now"] -= 1
-            slots.release()
-        overlay = res.get("heatmap") if heatmap else None
-        return Prediction(file=name, probability=float(res["prob"]), predicted_class=str(res["class"]),
-                          probs={k: float(v) for k, v in res["probs"].items()}, threshold=float(res["threshold"]),
-                          warnings=[str(w) for w in res.get("warnings", [])], model=model_label, run=predictor.name,
-                          version=predictor.version, mammolab_version=serving_version,
-                          heatmap_method=method if overlay is not None else None,
-                          heatmap_png=base64.b64encode(_png_bytes(overlay)).decode("ascii")
-                          if overlay is not None else None)
+    if is_two_view(predictor):  # a breast model: fields cc and mlo, the same limits (mammolab.app.serve_breast)
+        from mammolab.app.serve_breast import add_breast_route
+
+        add_breast_route(app, predictor, settings, slots=slots, busy=busy, model_label=model_label,
+                         serving_version=serving_version, errors=errors)
+    else:
+        @app.post("/api/predict", response_model=Prediction, responses=errors, summary="Score one image")
+        async def api_predict(file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
+                              heatmap: bool = Query(False, description="also return the heatmap overlay as a PNG")
+                              ) -> Any:
+            name = Path(file.filename or "upload").name or "upload"
+            data = await file.read()
+            if not data:
+                raise HTTPException(422, "no file was chosen (or the file is empty)")
+            try:
+                header = read_header(data, name)
+            except MammoLabError as exc:
+                raise HTTPException(422, str(exc)) from None
+            if header is None:
+                raise HTTPException(422, f"{name}: not a DICOM, PNG, JPEG, PGM or TIFF image (judged by its content, "
+                                         "not its name)")
+            try:
+                check_pixels(header, name, settings.max_pixels)
+            except MammoLabError as exc:
+                raise HTTPException(413, str(exc)) from None
+            try:
+                await asyncio.wait_for(slots.acquire(), settings.queue_timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(503, f"busy: {settings.max_concurrent} prediction(s) running and none finished "
+                                         f"within {settings.queue_timeout:g} s; try again",
+                                    headers={"Retry-After": "5"}) from None
+            busy["now"] += 1
+            try:
+                res = await run_in_threadpool(predict, data, name, heatmap)
+            except MammoLabError as exc:
+                raise HTTPException(422, str(exc)) from None
+            finally:
+                busy["now"] -= 1
+                slots.release()
+            overlay = res.get("heatmap") if heatmap else None
+            return Prediction(file=name, probability=float(res["prob"]), predicted_class=str(res["class"]),
+                              probs={k: float(v) for k, v in res["probs"].items()}, threshold=float(res["threshold"]),
+                              warnings=[str(w) for w in res.get("warnings", [])], model=model_label, run=predictor.name,
+                              version=predictor.version, mammolab_version=serving_version,
+                              heatmap_method=method if overlay is not None else None,
+                              heatmap_png=base64.b64encode(_png_bytes(overlay)).decode("ascii")
+                              if overlay is not None else None)
 
     @app.get("/health", response_model=Health, summary="Liveness and load")
     async def health() -> Health:
         return Health(status="ok", model=model_label, run=predictor.name, version=predictor.version,
                       busy=busy["now"], max_concurrent=settings.max_concurrent)
 
-    page = _PAGE.format(model=html.escape(model_label), run=html.escape(predictor.name),
-                        version=html.escape(predictor.version), serving=html.escape(serving_version),
-                        classes=html.escape(", ".join(predictor.classes)), threshold=f"{predictor.threshold:.3f}",
-                        limit=f"{settings.max_bytes / 1024 / 1024:g} MB",
-                        pixels=f"{max_pixels_limit(settings.max_pixels) / 1e6:g} megapixels")
+    page_text, page_script, extra = _PAGE, _PAGE_JS, {}
+    if is_two_view(predictor):
+        from mammolab.app.serve_breast import BREAST_PAGE, BREAST_PAGE_JS, NO_HEATMAP
+
+        page_text, page_script, extra = BREAST_PAGE, BREAST_PAGE_JS, {"no_heatmap": NO_HEATMAP}
+    page = page_text.format(model=html.escape(model_label), run=html.escape(predictor.name),
+                            version=html.escape(predictor.version), serving=html.escape(serving_version),
+                            classes=html.escape(", ".join(predictor.classes)), threshold=f"{predictor.threshold:.3f}",
+                            limit=f"{settings.max_bytes / 1024 / 1024:g} MB",
+                            pixels=f"{max_pixels_limit(settings.max_pixels) / 1e6:g} megapixels", **extra)
     page_headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                     "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
                                                "img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -344,7 +357,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
 
     @app.get("/page.js", include_in_schema=False)
     async def page_js() -> Response:
-        return Response(_PAGE_JS, media_type="text/javascript", headers=page_headers)
+        return Response(page_script, media_type="text/javascript", headers=page_headers)
 
     @app.exception_handler(404)
     async def not_found(request: Any, exc: Any) -> JSONResponse:
@@ -422,15 +435,10 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
     settings = ServeSettings(max_bytes=max_bytes, max_pixels=max_pixels, max_concurrent=max_concurrent,
                              queue_timeout=queue_timeout, header_timeout=header_timeout, read_timeout=read_timeout,
                              keep_alive=keep_alive, method=method).check()
-    from mammolab.evaluate.breast import refuse_two_view
-
-    alternative = "predict its breasts with 'mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo'"
-    refuse_two_view(run_dir if predictor is None else predictor, "serve", alternative)  # before loading the model
     if predictor is None:
         from mammolab.evaluate.predict import Predictor
 
-        predictor = Predictor.load(run_dir)
-        refuse_two_view(predictor, "serve", alternative)
+        predictor = Predictor.load(run_dir)  # a two-view run or export serves breasts (mammolab.app.serve_breast)
     app = create_app(predictor, settings)
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
