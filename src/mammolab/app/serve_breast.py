@@ -137,7 +137,7 @@ BREAST_PAGE = """<!doctype html>
 body{{font-family:system-ui,sans-serif;max-width:60rem;margin:1.5rem auto;padding:0 1rem;color:#222}}
 h1{{font-size:1.4rem;margin-bottom:.2rem}} .sub{{color:#666;margin-top:0}}
 form{{border:1px solid #ccc;border-radius:6px;padding:1rem;margin:1rem 0;background:#fafafa}}
-.views{{display:flex;gap:1.5rem;flex-wrap:wrap;margin:.6rem 0}} .views label{{font-weight:600}}
+form p{{margin-top:0}} .views{{display:flex;gap:1.5rem;flex-wrap:wrap;margin:.6rem 0}} .views label{{font-weight:600}}
 .views div{{flex:1 1 16rem}}
 .error{{background:#fde8e8;border:1px solid #e0a0a0;color:#8a1010;padding:.6rem 1rem;border-radius:6px}}
 .prob{{font-size:1.2rem}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2rem .6rem}}
@@ -192,10 +192,8 @@ BREAST_PAGE_JS = r"""'use strict';
              ' \u2014 predicted class: ', el('strong', {id: 'predicted'}, r['class']),
              ' (threshold ' + r.threshold.toFixed(3) + ')');
     sec.appendChild(p);
-    const views = r.missing_view
-      ? r.views_present.join(' and ') + ' only (no ' + r.missing_view + ' view: predicted from the ' +
-        r.views_present.join(' and ') + ' view alone)'
-      : r.views_present.join(' and ');
+    const views = r.missing_view ? r.views_present.join(' and ') + ' only (' + r.missing_view + ' missing)'
+                                 : r.views_present.join(' and ');
     sec.appendChild(el('p', {id: 'views'}, 'views: ' + views));
     const w = el('p', {id: 'warnings', class: r.warnings.length ? 'warnings' : 'meta'},
                  r.warnings.length ? '\u26a0 ' + r.warnings.join(' \u2022 ') : 'no warnings about these inputs');

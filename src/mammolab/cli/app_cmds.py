@@ -58,7 +58,7 @@ def wizard(
 @app.command(epilog="Example: mammolab serve demo/runs/resnet18_cft --port 8000   (then open http://127.0.0.1:8000/)")
 def serve(
     run: Path = typer.Argument(..., help="Trained run folder (from 'mammolab train' or OUT/runs/NAME of "
-                               "'mammolab run')."),
+                               "'mammolab run'), or a folder from 'mammolab export'."),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on (0 = any free port)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default is this machine only. "
                              "Use 0.0.0.0 only on a trusted network: there is no authentication."),
@@ -79,7 +79,8 @@ def serve(
     """A local web page and JSON API: upload a DICOM or image, get P(malignant), the class and the heatmap.
 
     Open the printed address in a browser; the API is POST /api/predict, documented at /docs.
-    Press Ctrl-C to stop.
+    A two-view (--views cc+mlo) model scores a breast: the page takes its CC and MLO images (fields
+    cc and mlo; either may be missing, not both) and shows no heatmap. Press Ctrl-C to stop.
     """
     import os
 

@@ -227,6 +227,8 @@ def export(
 
     'mammolab predict OUT FILES' runs it with the same recipe as the run (the same probabilities);
     the exported network is checked against the run's PyTorch model before the command succeeds.
+    A two-view (--views cc+mlo) run exports its breast model (inputs x [N, 2, 1, H, W], CC then MLO,
+    and present [N, 2]): 'mammolab predict OUT CC_FILE MLO_FILE --views cc+mlo', or 'mammolab serve OUT'.
     """
     from mammolab.evaluate.export import export_run
     from mammolab.progress import console
