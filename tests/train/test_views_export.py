@@ -119,6 +119,11 @@ def test_exported_breast_model_from_the_cli_and_single_image_refusals(two_view_r
     res = CliRunner().invoke(app, ["predict", str(exports["onnx"]), str(cc)])
     assert res.exit_code != 0 and isinstance(res.exception, MammoLabError)
     assert "give each breast's files with --views" in str(res.exception)
+    from mammolab.explain.runner import explain_run
+
+    with pytest.raises(MammoLabError, match="explain draws heatmaps of single-image models only") as info:
+        explain_run(exports["onnx"], out_dir=exports["onnx"].parent / "explain")
+    assert str(info.value).startswith(f"explain: {exports['onnx']} is a two-view (CC + MLO) breast model")
 
 
 def test_single_view_recipes_keep_their_bytes(tmp_path: Path) -> None:
