@@ -8,11 +8,15 @@ Everything in one process, same backbone (``resnet18`` by default), same seeds a
    a two-view (``--views cc+mlo``) model of the same backbone. Per test breast with both views the
    script compares the two-view probability with the single-view model's probability on the CC image
    (one view) and, for information, the mean of its CC and MLO probabilities (late fusion).
-3. **Transfer vs scratch** (on whole films at ``--whole`` HxW): the same whole-image model (Shen et
-   al.'s all-convolutional top) from scratch and started (``--init-from``) from a patch classifier
-   trained as Shen et al. trained theirs: lesion patches and ``--background`` normal-tissue patches per
-   film, all at the whole films' scale (``organize --roi-film-height H --roi-background N``; classes
-   normal/benign/malignant); same epochs and schedule.
+3. **Transfer vs scratch** (on whole films at ``--whole`` HxW, by default the films' own scale): the
+   same whole-image model (``--transfer-model``, Shen et al.'s all-convolutional top) from scratch and
+   started (``--init-from``) from a patch classifier of the same architecture trained as Shen et al.
+   trained theirs: lesion patches and ``--background`` normal-tissue patches per film, all at the
+   whole films' scale (``organize --roi-film-height H --roi-background N``; classes
+   normal/benign/malignant); same epochs and schedule. The transfer model defaults to
+   ``mammoresnet`` (the registry's small residual CNN for whole films) because whole films at their
+   own scale must train on 2 CPU cores: at 320x192 it takes 19 ms per image and step there, ResNet-18
+   178 ms.
 
 Each comparison prints the test AUCs with 95% patient-bootstrap intervals and the paired DeLong test
 (difference, its CI and p), next to the *ideal reader*: the AUC of the looks the generator drew the
@@ -21,7 +25,8 @@ lesions with (``mammolab.data.synth.lesion_looks``), the ceiling any model of th
 ``--out`` skips the finished steps. Figures and settings go to ``OUT/results.json``. Run:
 ``python benchmarks/two_view_transfer.py [--patients 3200] [--epochs 8] [--whole 160x96] [--part ...] [--out DIR]``.
 The README's figures: ``--patients 3200 --part two-view`` (19 min on 2 CPU cores) and
-``--patients 600 --part transfer``.
+``--patients 3200 --part transfer`` (56 min). Folders are named by the settings that shape them, so one
+``--out`` holds runs of several settings side by side.
 """
 
 from __future__ import annotations
@@ -66,8 +71,13 @@ def _delong(y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> dict[str, float]:
     return {k: float(d[k]) for k in ("diff", "ci_low", "ci_high", "p")}
 
 
+def p_text(p: float) -> str:
+    """``p = 0.0123``, or ``p < 0.0001`` (four decimals would print a p of 1e-9 as 0.0000)."""
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
+
+
 def _delong_line(a: str, b: str, d: dict[str, float]) -> str:
-    return f"  DeLong {a} - {b}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p = {d['p']:.4f}"
+    return f"  DeLong {a} - {b}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], {p_text(d['p'])}"
 
 
 def _cfg(model: str, size: Any, epochs: int, batch: int, **kw: Any) -> Any:
@@ -90,13 +100,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--patients", type=int, default=3200, help="generated patients (about 20%% are test)")
     ap.add_argument("--film", type=int, default=384, help="synthetic film height in pixels")
     ap.add_argument("--patch", type=int, default=64, help="ROI patch size (organize --roi-size, training size)")
-    ap.add_argument("--whole", default="160x96", help="whole-film training size, HxW (films stretched to it)")
+    ap.add_argument("--whole", default="384x224", help="whole-film training size, HxW (films stretched to it; "
+                    "the default is the films' own scale)")
     ap.add_argument("--whole-lr", type=float, default=3e-4, help="learning rate of the two whole-image models")
-    ap.add_argument("--background", type=int, default=2, help="normal-tissue patches per film of the patch "
+    ap.add_argument("--background", type=int, default=4, help="normal-tissue patches per film of the patch "
                     "model that starts the transfer (organize --roi-background)")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the patch models")
-    ap.add_argument("--whole-epochs", type=int, default=6, help="epochs of the two whole-image models")
-    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--shen-epochs", type=int, default=10, help="epochs of Shen's patch model (--transfer-model)")
+    ap.add_argument("--whole-epochs", type=int, default=10, help="epochs of the two whole-image models")
+    ap.add_argument("--model", default="resnet18", help="backbone of the calibration and two-view models")
+    ap.add_argument("--transfer-model", default="mammoresnet", help="backbone of Shen's patch model and of the "
+                    "two whole-image models (the same architecture, as --init-from requires)")
     ap.add_argument("--part", choices=["all", "two-view", "transfer"], default="all")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -106,8 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.quick:
         args.patients, args.film, args.patch, args.whole = 24, 128, 32, "64x40"
-        args.epochs = args.whole_epochs = 1
+        args.epochs = args.whole_epochs = args.shen_epochs = 1
         args.model = "mammoresnet" if args.model == "resnet18" else args.model
+        args.transfer_model = "mammoresnet"
     if args.threads:
         torch.set_num_threads(args.threads)
     whole: Any = int(args.whole) if args.whole.isdigit() else args.whole
@@ -117,12 +132,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     synthesize(raw, patients=args.patients, image_size=args.film, difficulty="hard", workers=1)
     looks = pd.DataFrame(lesion_looks(args.patients, seed=0, difficulty="hard"))
     common = {"abnormality": "mass", "bit_depth": 8, "seed": 0}
-    roi, full = work / "roi", work / "full"
+    roi, full = work / f"roi_{args.patch}px", work / "full"
     if not (roi / "manifest.csv").is_file():
         organize(raw / "download", out=roi, csv_dir=raw / "csv", workers=1, kind="roi", roi_size=args.patch, **common)
     runs = work / "runs"
     batch = 8 if args.quick else 32
-    single = train(roi, _cfg(args.model, args.patch, args.epochs, batch), runs / "patch_single")
+    tag = f"{args.model}_{args.patch}px_{args.epochs}ep"
+    single = train(roi, _cfg(args.model, args.patch, args.epochs, batch), runs / f"patch_single_{tag}")
     run_single = load_run(single.run_dir)
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()},
                                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}
@@ -144,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "auc": calib}
 
     if args.part in ("all", "two-view"):
-        two = train(roi, _cfg(args.model, args.patch, args.epochs, batch, views="cc+mlo"), runs / "patch_two_view")
+        two = train(roi, _cfg(args.model, args.patch, args.epochs, batch, views="cc+mlo"),
+                    runs / f"patch_two_view_{tag}")
         images = predict_split(run_single, "test").set_index("path")["prob"]
         fused = predict_breasts(load_run(two.run_dir), "test").set_index("image_id")
         breasts, counts = pair_views(_test_frame(run_single), ("benign", "malignant"))
@@ -176,16 +193,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             organize(raw / "download", out=full, csv_dir=raw / "csv", workers=1, kind="full", **common)
         # Shen et al.'s patch classifier: lesion and normal-tissue patches at the scale of the whole films
         height = as_hw(parse_image_size(whole))[0]
-        shen = work / "roi_shen"
+        shen = work / f"roi_shen_{height}h_{args.patch}px_bg{args.background}"
         if not (shen / "manifest.csv").is_file():
             organize(raw / "download", out=shen, csv_dir=raw / "csv", workers=1, kind="roi", roi_size=args.patch,
                      roi_film_height=height, roi_background=args.background, **common)
-        patch = train(shen, _cfg(args.model, args.patch, args.epochs, batch), runs / "patch_shen")
+        tm = args.transfer_model
+        patch = train(shen, _cfg(tm, args.patch, args.shen_epochs, batch),
+                      runs / f"patch_shen_{tm}_{shen.name[9:]}_{args.shen_epochs}ep")
         wbatch = 8 if args.quick else 16
         recipe = {"resize": "stretch", "head_type": "allconv", "lr": args.whole_lr}
-        scratch = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, **recipe), runs / "whole_scratch")
-        transfer = train(full, _cfg(args.model, whole, args.whole_epochs, wbatch, **recipe,
-                                    init_from=str(patch.run_dir)), runs / "whole_transfer")
+        wtag = f"{tm}_{args.whole}_{args.whole_epochs}ep_lr{args.whole_lr:g}"
+        scratch = train(full, _cfg(tm, whole, args.whole_epochs, wbatch, **recipe), runs / f"whole_scratch_{wtag}")
+        transfer = train(full, _cfg(tm, whole, args.whole_epochs, wbatch, **recipe, init_from=str(patch.run_dir)),
+                         runs / f"whole_transfer_{wtag}_from_{patch.run_dir.name}")
         ps = predict_split(load_run(scratch.run_dir), "test")
         pt = predict_split(load_run(transfer.run_dir), "test").set_index("path").loc[ps["path"]]
         yf, gf = ps["target"].to_numpy(), ps["patient_id"].astype(str).to_numpy()
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "from the patch model (--init-from)": _auc(yf, pt["prob"].to_numpy(), gf)}
         d = _delong(yf, pt["prob"].to_numpy(), ps["prob"].to_numpy())
         probe = _patch_model_on_films(load_run(patch.run_dir), full, ps, as_hw(parse_image_size(whole)))
-        print(f"transfer vs scratch ({args.model}, whole films at {args.whole}, {args.whole_epochs} epochs, "
+        print(f"transfer vs scratch ({tm}, whole films at {args.whole}, {args.whole_epochs} epochs, "
               f"hard): {len(ps)} test films, {len(set(gf))} patients, {int(yf.sum())} malignant")
         for name, r in rows.items():
             print(_auc_line(name, r))

@@ -31,14 +31,18 @@ def test_quick_benchmark_compares_both_claims_and_reruns_from_its_folder(
     assert set(tr["patch_model_on_films"]) == {"centred", "slid"}
     assert all(0.0 <= v <= 1.0 for v in tr["patch_model_on_films"].values())
     assert f"{tr['patch_model_on_films']['slid']:.3f} slid over the film" in printed
-    assert f"p = {two['delong']['two-view - one view']['p']:.4f}" in printed
-    assert f"p = {tr['delong']['transfer - scratch']['p']:.4f}" in printed
+    assert mod.p_text(two['delong']['two-view - one view']['p']) in printed
+    assert mod.p_text(tr['delong']['transfer - scratch']['p']) in printed
+    assert mod.p_text(0.01234) == "p = 0.0123" and mod.p_text(3e-9) == "p < 0.0001"
     assert json.loads((out / "results.json").read_text())["two_view"] == json.loads(json.dumps(two))
-    runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["patch_shen", "patch_single", "patch_two_view", "whole_scratch", "whole_transfer"]
+    runs = sorted(p.name for p in (out / "runs").iterdir())  # named by the settings that shape them
+    shen_run = "patch_shen_mammoresnet_64h_32px_bg4_1ep"
+    assert runs == [shen_run, "patch_single_mammoresnet_32px_1ep", "patch_two_view_mammoresnet_32px_1ep",
+                    "whole_scratch_mammoresnet_64x40_1ep_lr0.0003",
+                    f"whole_transfer_mammoresnet_64x40_1ep_lr0.0003_from_{shen_run}"]
     # the transfer run says where its backbone came from
-    assert "patch_shen" in (out / "runs" / "whole_transfer" / "config.yaml").read_text()
-    shen = json.loads((out / "roi_shen" / "mammolab.json").read_text())
+    assert f"init_from: {out / 'runs' / shen_run}" in (out / "runs" / runs[-1] / "config.yaml").read_text()
+    shen = json.loads((out / "roi_shen_64h_32px_bg4" / "mammolab.json").read_text())
     assert shen["classes"] == ["normal", "benign", "malignant"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.ckpt")}
     again = mod.main(["--quick", "--out", str(out)])  # every step finished: skipped, same figures
