@@ -109,3 +109,15 @@ def test_occlusion_of_a_callable_matches_the_module_and_errors() -> None:
         breast_heatmaps(model, x[:, 0], present, "occlusion", [1])
     with pytest.raises(MammoLabError, match="--method: expected one of"):
         breast_heatmaps(model, x, present, "lime", [1])
+
+
+def test_named_layer_is_the_breast_models_name() -> None:
+    model = _breast_model("concat")
+    x = torch.randn(1, 2, 1, 32, 32)
+    present = torch.tensor([[True, True]])
+    by_name = breast_heatmaps(model, x, present, "gradcam", [1], layer="backbone.body.layer3")[0]
+    short = breast_heatmaps(model, x, present, "gradcam", [1], layer="body.layer3")[0]
+    for a, b in zip(by_name, short, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(MammoLabError, match="--layer: MammoNet has no module named 'layer9'"):
+        breast_heatmaps(model, x, present, "gradcam", [1], layer="layer9")

@@ -1,5 +1,5 @@
 """Two-view runs outside evaluation: breast-level ``predict`` agrees with ``evaluate``, and ``explain``
-(single-image heatmaps) refuses them with one line."""
+draws breasts (chosen files are refused with one line)."""
 
 from __future__ import annotations
 
@@ -82,16 +82,17 @@ def test_breast_predict_errors(two_view_run: tuple[Path, Path], tmp_path: Path) 
         predict_breast_files(single, [any_png], "cc")
 
 
-def test_explain_refuses_two_view_runs(two_view_run: tuple[Path, Path], tmp_path: Path) -> None:
-    """explain draws single-image heatmaps; serve and export take two-view runs (test_views_export.py,
-    tests/app/test_serve_two_view.py)."""
+def test_explain_of_two_view_runs_draws_breasts(two_view_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """explain draws one figure per breast (tests/train/test_views_explain.py); chosen files go through
+    predict --views --heatmap instead, said in one line."""
     from mammolab.explain.runner import explain_run
 
-    run, _ = two_view_run
+    run, ds = two_view_run
     with pytest.raises(MammoLabError) as info:
-        explain_run(run, out_dir=tmp_path / "explain")
+        explain_run(run, [next(ds.rglob("*.png"))], out_dir=tmp_path / "explain")
     msg = str(info.value)
     assert msg.startswith(f"explain: {run} is a two-view (CC + MLO) breast model") and "\n" not in msg
-    assert "explain draws heatmaps of single-image models only" in msg
-    assert "predict, serve or export it instead" in (info.value.hint or "")
+    assert "--views cc+mlo --heatmap DIR" in msg
     assert not (tmp_path / "explain").exists()
+    s = explain_run(run, out_dir=tmp_path / "explain", method="occlusion", grid=2, limit=1)
+    assert s["n_breasts"] == 1 and len(list((tmp_path / "explain" / "overlays").glob("*.png"))) == 1

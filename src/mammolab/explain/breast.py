@@ -39,13 +39,15 @@ class OneViewModel(nn.Module):
     """A PyTorch breast model as a single-image model of view ``view``; the other views' pooled features fixed.
 
     ``fixed`` is ``[1, V, D]`` (the breast's pooled features per view) and ``present`` ``[1, V]``.
-    ``backbone`` is exposed (not registered twice) so the CAM layer search runs on the shared backbone.
+    The model's children are registered under their own names, so ``--layer`` names and the CAM
+    layer search (on ``backbone``) are the breast model's, and errors name the breast model's class.
     """
 
     def __init__(self, model: nn.Module, fixed: torch.Tensor, present: torch.Tensor, view: int) -> None:
         super().__init__()
-        self.net = model
-        object.__setattr__(self, "backbone", model.backbone)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "net", model)  # not registered: its modules are the children above
         self.fixed, self.present, self.view = fixed.detach(), present.bool(), int(view)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,7 @@ def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: 
     indices explained per breast (default: each breast's predicted class), as in
     :func:`~mammolab.explain.cam.compute_heatmaps`, which computes every map.
     """
-    from mammolab.explain.cam import METHODS, compute_heatmaps, predicted_targets
+    from mammolab.explain.cam import METHODS, compute_heatmaps, find_target_layer, predicted_targets
 
     if method not in METHODS:
         raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -121,6 +123,8 @@ def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: 
         raise MammoLabError(f"{len(targets)} targets for {len(x)} breasts")
     if torch_model:
         model.eval()
+        if layer and method != "occlusion":  # checked on the breast model itself, so an error names it
+            find_target_layer(model, x[0, 0][None], layer)
     out: list[list[np.ndarray | None]] = []
     for n in range(len(x)):
         maps: list[np.ndarray | None] = []
@@ -138,3 +142,31 @@ def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: 
                                          batch_size=batch_size, layer=layer)[0])
         out.append(maps)
     return out
+
+
+def _image_maps(maps: Sequence[np.ndarray | None], images: Sequence[np.ndarray | None], size: tuple[int, int],
+                mode: str) -> list[np.ndarray | None]:
+    """Each view's map (at the model input ``size``) back onto that view's own image pixels."""
+    from mammolab.explain.runner import to_image_space
+
+    return [None if m is None or im is None else to_image_space(m, im.shape, size, mode)
+            for m, im in zip(maps, images, strict=True)]
+
+
+def breast_figure(model: Any, x: torch.Tensor, present: torch.Tensor, images: Sequence[np.ndarray | None], *,
+                  method: str = "gradcam", target: int | None = None, resize: str = "stretch",
+                  boxes: Sequence[Sequence[Sequence[float]]] | None = None, caption: str = "",
+                  grid: int = 8, layer: str | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """One breast (``x [1, V, 1, H, W]``, ``images``: each view's preprocessed image or ``None``) -> the
+    side-by-side RGB figure (:func:`~mammolab.explain.overlay.breast_panel`) and each view's map in its
+    image's pixels."""
+    from mammolab.explain.overlay import breast_panel
+    from mammolab.train.views import VIEWS
+
+    maps = breast_heatmaps(model, x, present, method, None if target is None else [target], grid=grid,
+                           layer=layer)[0]
+    heats = _image_maps(maps, images, (int(x.shape[-2]), int(x.shape[-1])), resize)
+    boxes = boxes or [[] for _ in VIEWS]
+    panel = breast_panel([(v, im, h, b) for v, im, h, b in zip(VIEWS, images, heats, boxes, strict=True)],
+                         caption=caption)
+    return panel, heats

@@ -16,7 +16,7 @@ from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
 from mammolab.io.images import to_uint8
 
-__all__ = ["caption_strip", "colorize", "colour_bar", "overlay_panel", "wrap_caption", "write_rgb_png"]
+__all__ = ["breast_panel", "caption_strip", "colorize", "colour_bar", "overlay_panel", "wrap_caption", "write_rgb_png"]
 
 BOX_RGB = (0, 255, 0)
 _MIN_SIDE = 256
@@ -87,6 +87,47 @@ def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[
 
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def breast_panel(views: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, Sequence[Sequence[float]]]], *,
+                 caption: str = "", alpha: float = 0.45) -> np.ndarray:
+    """RGB figure of one breast: each view's :func:`overlay_panel` (titled by the view), side by side.
+
+    ``views`` holds ``(name, image, heat, boxes)`` per view in model order (CC, MLO); a missing view
+    (``image`` ``None``) gets a grey tile saying so, so the figure always shows both slots. Panels of
+    different heights are padded with white at the bottom; ``caption`` (the breast's line) goes on top.
+    """
+    if not views:
+        raise MammoLabError("a breast figure needs at least one view")
+    tiles = []
+    for name, image, heat, boxes in views:
+        if image is None or heat is None:
+            tiles.append(None)
+            continue
+        tiles.append(overlay_panel(image, heat, boxes, caption=name, alpha=alpha))
+    shown = [t for t in tiles if t is not None]
+    if not shown:
+        raise MammoLabError("a breast figure needs at least one view with an image and its heatmap")
+    height = max(t.shape[0] for t in shown)
+    for k, (name, *_rest) in enumerate(views):
+        if tiles[k] is None:
+            tile = np.full((height, max(_MIN_SIDE, height // 2), 3), 235, dtype=np.uint8)
+            text = f"no {name} view"
+            scale = max(0.5, tile.shape[1] / 500)
+            (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
+            cv2.putText(tile, text, (max(4, (tile.shape[1] - tw) // 2), height // 2 + th // 2), _FONT, scale,
+                        (60, 60, 60), 1, cv2.LINE_AA)
+            tiles[k] = tile
+    padded = [np.concatenate([t, np.full((height - t.shape[0], t.shape[1], 3), 255, dtype=np.uint8)], axis=0)
+              for t in tiles if t is not None]
+    sep = np.full((height, max(12, height // 25), 3), 255, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for t in padded:
+        parts += [sep, t] if parts else [t]
+    panel = np.concatenate(parts, axis=1)
+    if caption:
+        panel = np.concatenate([caption_strip(caption, panel.shape[1]), panel], axis=0)
+    return panel
 
 
 def colour_bar(height: int) -> np.ndarray:

@@ -207,15 +207,19 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    from mammolab.evaluate.breast import refuse_two_view
-
-    refuse_two_view(Path(run_dir), "explain", "explain draws heatmaps of single-image models only (a heatmap of a "
-                    "breast's fused CC + MLO prediction is not implemented)",
-                    "predict, serve or export it instead ('mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo'); "
-                    "for heatmaps, explain a single-view run of the same dataset")
-    run = load_run(run_dir, checkpoint=checkpoint)
+    run = load_run(run_dir, checkpoint=checkpoint)  # an exported folder has no PyTorch model: refused here
     if limit is not None and limit < 1:
         raise MammoLabError(f"--limit: expected a positive number of images, got {limit}")
+    if str(getattr(run.config, "views", "single")) != "single":  # a two-view breast model: one figure per breast
+        if images:
+            raise MammoLabError(f"explain: {run_dir} is a two-view (CC + MLO) breast model; explain works on its "
+                                "--split (breasts paired as in training); for chosen files use "
+                                "'mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo --heatmap DIR'")
+        from mammolab.explain.breast_runner import explain_breasts
+
+        return explain_breasts(run, split=split, method=method, out_dir=Path(out_dir), grid=grid,
+                               batch_size=batch_size, tolerance=tolerance, force=force, target=target, layer=layer,
+                               limit=limit)
     entries = _entries_for_files(run, images) if images else _entries_for_split(run, split, limit)
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
