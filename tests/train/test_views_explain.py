@@ -90,3 +90,51 @@ def test_explain_two_view_occlusion_limit_cli_and_errors(boxed_run: tuple[Path, 
     assert "--views cc+mlo --heatmap DIR" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(MammoLabError, match="--layer: MammoNet has no module named 'layer9'"):
         explain_run(run, out_dir=tmp_path / "bad-layer", layer="layer9", force=True)
+
+
+def test_predict_views_heatmap_writes_breast_figures(boxed_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from mammolab.cli import app
+    from mammolab.evaluate.breast import predict_breast_files
+
+    run, ds = boxed_run
+    _, preds = load_evaluation(run, "test")
+    both = preds[preds["views"] == "cc+mlo"].iloc[0]
+    one = preds[preds["views"] == "cc"].iloc[0]
+    cc, mlo, lone = ds / both["cc_path"], ds / both["mlo_path"], ds / one["cc_path"]
+    res = CliRunner().invoke(app, ["predict", str(run), str(cc), str(mlo), "--views", "cc+mlo", "--heatmap",
+                                   str(tmp_path / "maps"), "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout[res.stdout.index("["):])
+    assert abs(payload[0]["prob"] - both["prob"]) < 1e-4
+    fig = Path(payload[0]["heatmap"])
+    assert fig == tmp_path / "maps" / f"{cc.stem}+{mlo.stem}_gradcam.png" and fig.is_file()
+    single = predict_breast_files(run, [lone], "cc", heatmap_dir=tmp_path / "maps", method="occlusion")[0]
+    assert single["missing_view"] == "MLO" and Path(single["heatmap"]).name == f"{lone.stem}_occlusion.png"
+    two, lonely = cv2.imread(str(fig)), cv2.imread(single["heatmap"])
+    assert lonely.shape[1] < two.shape[1]  # the missing MLO view is a narrow "no MLO view" tile, not a map
+    # the breast's gradcam figure changes when its MLO lesion is blanked out (the MLO map follows the MLO image)
+    blank = cv2.imread(str(mlo), cv2.IMREAD_UNCHANGED)
+    blank[8:24, 8:24] = int(blank.mean())
+    cv2.imwrite(str(tmp_path / "mlo_blank.png"), blank)
+    other = predict_breast_files(run, [cc, tmp_path / "mlo_blank.png"], heatmap_dir=tmp_path / "maps2")[0]
+    assert not (cv2.imread(other["heatmap"]).shape == two.shape and (cv2.imread(other["heatmap"]) == two).all())
+    with pytest.raises(MammoLabError, match="--method: expected one of"):
+        predict_breast_files(run, [cc, mlo], heatmap_dir=tmp_path / "maps3", method="lime")
+
+
+def test_predict_heatmap_of_an_exported_breast_model(boxed_run: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from mammolab.evaluate.breast import predict_breast_files
+    from mammolab.evaluate.export import export_run
+
+    run, ds = boxed_run
+    _, preds = load_evaluation(run, "test")
+    both = preds[preds["views"] == "cc+mlo"].iloc[0]
+    files = [ds / both["cc_path"], ds / both["mlo_path"]]
+    onnx = export_run(run, tmp_path / "onnx", "onnx").out
+    from_run = predict_breast_files(run, files, heatmap_dir=tmp_path / "run", method="occlusion")[0]
+    exported = predict_breast_files(onnx, files, heatmap_dir=tmp_path / "onnx-maps", method="occlusion")[0]
+    a, b = cv2.imread(from_run["heatmap"]).astype(int), cv2.imread(exported["heatmap"]).astype(int)
+    assert a.shape == b.shape and abs(a - b).max() <= 3  # the same occlusion maps through ONNX (rounding only)
+    refused = predict_breast_files(onnx, files, heatmap_dir=tmp_path / "onnx-maps", method="gradcam")[0]
+    assert "has no layers to hook; use --method occlusion" in refused["error"]

@@ -143,7 +143,8 @@ def predict(
     files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit). With "
                                        "--views: each breast's files in that order (CC_FILE MLO_FILE ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of a table."),
-    heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file."),
+    heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file (with "
+                                        "--views: one figure per breast, CC and MLO maps side by side)."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method for --heatmap: gradcam, gradcam++ or "
                                "occlusion."),
     threshold: str = typer.Option("recipe", "--threshold", help="Binary runs: P(malignant) at or above which a "
@@ -177,10 +178,10 @@ def predict(
         from mammolab.errors import MammoLabError
         from mammolab.evaluate.breast import predict_breast_files
 
-        for name, given in (("--heatmap", heatmap is not None), ("--box", box is not None)):
-            if given:
-                raise MammoLabError(f"{name}: not available with --views (two-view breast predictions)")
-        results = predict_breast_files(run, files, views, threshold=threshold, tta=tta)
+        if box is not None:
+            raise MammoLabError("--box: not available with --views (two-view breast predictions)")
+        results = predict_breast_files(run, files, views, threshold=threshold, tta=tta, heatmap_dir=heatmap,
+                                       method=method)
     else:
         results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta,
                                 box=parse_box(box))

@@ -11,8 +11,10 @@ concat fusion sees the present view's features twice. The result says which view
 
 The same functions run an exported breast model (``mammolab export`` of a two-view run: inputs
 ``x [N, 2, 1, H, W]`` and ``present [N, 2]``, ``recipe.json`` saying ``views: cc+mlo``) through its
-ONNX or TorchScript backend, and ``mammolab serve`` scores uploaded breasts with them. ``explain``
-draws heatmaps of single images only and refuses a breast model with :func:`refuse_two_view`.
+ONNX or TorchScript backend, and ``mammolab serve`` scores uploaded breasts with them. With
+``heatmap`` a breast also gets its figure: each view's map of the breast score
+(:mod:`mammolab.explain.breast`), CC and MLO side by side; an exported model has no layers to hook,
+so occlusion is its only method, as for single images.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from mammolab.errors import MammoLabError
 from mammolab.train.views import VIEWS
 
-__all__ = ["VIEW_CHOICES", "is_two_view", "parse_views", "predict_breast", "predict_breast_files",
+__all__ = ["VIEW_CHOICES", "breast_heatmap", "is_two_view", "parse_views", "predict_breast", "predict_breast_files",
            "refuse_two_view", "run_views"]
 
 #: What ``--views`` of ``predict`` accepts: the views of each breast's files, in order.
@@ -98,11 +100,36 @@ def _breast_probs(predictor: Any, x: Any, present: Any, tta: bool) -> np.ndarray
     return np.mean(outs, axis=0)[0]
 
 
+def breast_heatmap(predictor: Any, prepared: dict[str, Any], x: Any, present: Any, method: str,
+                   caption: str) -> np.ndarray:
+    """The breast's RGB figure: each present view's map of the breast score on its preprocessed image,
+    CC and MLO side by side (:func:`mammolab.explain.breast.breast_figure`)."""
+    import torch
+
+    from mammolab.explain.breast import breast_figure
+
+    model = predictor._torch_model
+    if model is None:
+        if method != "occlusion":
+            raise MammoLabError(f"--method {method}: an exported {predictor.format} model has no layers to hook; "
+                                "use --method occlusion, or the run folder")
+
+        def model(xb: Any, pb: Any) -> Any:
+            return torch.from_numpy(predictor.backend.logits(xb, pb))
+    device = predictor._device or "cpu"
+    panel, _ = breast_figure(model, x.to(device), present.to(device),
+                             [prepared[v].image if v in prepared else None for v in VIEWS], method=method,
+                             resize=predictor.recipe.transform.resize, caption=caption)
+    return panel
+
+
 def predict_breast(predictor: Any, files: dict[str, str | Path | bytes], *, tta: bool = False,
-                   names: dict[str, str] | None = None) -> dict[str, Any]:
+                   names: dict[str, str] | None = None, heatmap: bool = False,
+                   method: str = "gradcam") -> dict[str, Any]:
     """One breast: ``files`` maps ``CC``/``MLO`` to a file (one may be absent) -> ``prob``, ``class``,
     ``probs``, ``threshold``, ``warnings``, ``views`` (``cc+mlo``, ``cc`` or ``mlo``), ``missing_view``
-    (``None``, ``CC`` or ``MLO``), ``cc`` and ``mlo`` (the files, ``None`` when missing).
+    (``None``, ``CC`` or ``MLO``), ``cc`` and ``mlo`` (the files, ``None`` when missing); with
+    ``heatmap``, ``heatmap`` (the RGB figure of :func:`breast_heatmap`, the predicted class explained).
 
     A file may be an upload's bytes (``mammolab serve``); ``names`` then gives its file name per view.
     A file that cannot be read or processed raises a one-line :class:`MammoLabError` naming it.
@@ -133,16 +160,30 @@ def predict_breast(predictor: Any, files: dict[str, str | Path | bytes], *, tta:
     shown = {v: (names or {}).get(v) or str(f) for v, f in given.items()}
     res.update(views="+".join(v.lower() for v in VIEWS if v in prepared), missing_view=missing,
                cc=shown.get("CC"), mlo=shown.get("MLO"))
+    if heatmap:
+        label = " + ".join(Path(str(shown[v])).name for v in VIEWS if v in shown)
+        res["heatmap"] = breast_heatmap(predictor, prepared, x, present_mask, method,
+                                        f"{label}  P(malignant)={res['prob']:.2f}  {res['class']}  [{method}]")
     return res
 
 
 def predict_breast_files(run_dir: str | Path, files: Sequence[str | Path], views: str = "cc+mlo", *,
                          threshold: float | str | None = None, checkpoint: str = "best",
-                         tta: bool = False) -> list[dict[str, Any]]:
+                         tta: bool = False, heatmap_dir: str | Path | None = None,
+                         method: str = "gradcam") -> list[dict[str, Any]]:
     """What ``mammolab predict RUN FILES --views V`` does: the files, in groups of the views ``V`` names
     (one group per breast), each group one result (see :func:`predict_breast`) with ``path`` (the
-    group's files joined by `` + ``); a breast whose file fails is ``{path, cc, mlo, error}``."""
+    group's files joined by `` + ``); a breast whose file fails is ``{path, cc, mlo, error}``.
+    With ``heatmap_dir`` each breast's figure is written there as ``<cc stem>+<mlo stem>_<method>.png``
+    and its path is the result's ``heatmap``."""
     from mammolab.evaluate.predict import Predictor, resolve_threshold
+    from mammolab.explain.cam import METHODS
+    from mammolab.explain.overlay import write_rgb_png
+
+    if heatmap_dir is not None and method not in METHODS:
+        raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if heatmap_dir is not None:
+        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
 
     order = parse_views(views)
     if not files:
@@ -157,11 +198,20 @@ def predict_breast_files(run_dir: str | Path, files: Sequence[str | Path], views
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
     results: list[dict[str, Any]] = []
+    used: set[str] = set()
     for i in range(0, len(files), len(order)):
         group = dict(zip(order, files[i:i + len(order)], strict=True))
         base = {"path": " + ".join(str(f) for f in group.values())}
         try:
-            results.append({**base, **predict_breast(predictor, group, tta=tta)})
+            res = {**base, **predict_breast(predictor, group, tta=tta, heatmap=heatmap_dir is not None,
+                                            method=method)}
+            if heatmap_dir is not None:
+                name = "+".join(Path(str(f)).stem for f in group.values()) or "breast"
+                while name in used:
+                    name += "_"
+                used.add(name)
+                res["heatmap"] = str(write_rgb_png(Path(heatmap_dir) / f"{name}_{method}.png", res["heatmap"]))
+            results.append(res)
         except MammoLabError as exc:
             results.append({**base, "cc": str(group.get("CC")) if "CC" in group else None,
                             "mlo": str(group.get("MLO")) if "MLO" in group else None, "error": str(exc)})
