@@ -114,7 +114,7 @@ def test_breast_api_gives_the_run_probability(server: MammoServer, breast_run: t
     assert res["views_present"] == ["CC", "MLO"] and res["missing_view"] is None and res["warnings"] == []
     assert res["file"] == "left_cc.png + left_mlo.png" and (res["cc"], res["mlo"]) == ("left_cc.png", "left_mlo.png")
     assert res["class"] == ("malignant" if res["probability"] >= res["threshold"] else "benign")
-    assert res["heatmap_png"] is None and res["heatmap_method"] is None  # not drawn for breast models, not faked
+    assert res["heatmap_method"] == "gradcam" and res["heatmap_png"]  # the breast's figure (see *_heatmap.py)
     assert res["run"] == "run" and res["model"] == "mammoresnet_cft_ccmlo"
 
     # A breast filmed in CC only: the evaluation's probability, the missing view named.
@@ -154,9 +154,9 @@ def test_page_shows_two_inputs_and_says_why_no_heatmap(server: MammoServer) -> N
     status, page = _get(server.url + "/")
     assert status == 200 and b'id="cc" name="cc"' in page and b'id="mlo" name="mlo"' in page
     assert b'id="file"' not in page and b"two-view breast model (CC + MLO)" in page
-    assert b"Heatmaps are not drawn for two-view breast models" in page
+    assert b"Heatmaps: per view maps of the breast's score" in page
     _, script = _get(server.url + "/page.js")
-    assert b"['cc', 'mlo']" in script and b"heatmap=1" not in script
+    assert b"['cc', 'mlo']" in script and b"heatmap=1" in script
     spec = json.loads(_get(server.url + "/openapi.json")[1])
     op = spec["paths"]["/api/predict"]["post"]
     ref = op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
@@ -228,7 +228,7 @@ def test_exported_breast_model_is_served(breast_run: tuple[Path, Path, pd.DataFr
         srv.stop()
     assert status == 200, res
     assert abs(res["probability"] - row["prob"]) < 1e-4 and res["views_present"] == ["CC", "MLO"]
-    assert res["heatmap_png"] is None and b'id="mlo"' in page
+    assert res["heatmap_method"] == "occlusion" and res["heatmap_png"] and b'id="mlo"' in page  # no layers to hook
 
 
 def _chromedriver() -> tuple[str, str] | None:
@@ -271,7 +271,8 @@ def test_breast_upload_in_headless_chromium(server: MammoServer, breast_run: tup
         WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "probability")))
         assert abs(float(driver.find_element(By.ID, "probability").text) - row["prob"]) < 1e-3
         assert driver.find_element(By.ID, "views").text == "views: CC and MLO"
-        assert "heatmap: none (not drawn for two-view models)" in driver.find_element(By.ID, "model").text
+        assert "heatmap: gradcam of the breast score, per view" in driver.find_element(By.ID, "model").text
+        assert driver.find_element(By.ID, "overlay").size["width"] > 300
         shot = tmp_path / "serve_two_view.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 5000

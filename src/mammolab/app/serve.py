@@ -287,7 +287,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
         from mammolab.app.serve_breast import add_breast_route
 
         add_breast_route(app, predictor, settings, slots=slots, busy=busy, model_label=model_label,
-                         serving_version=serving_version, errors=errors)
+                         serving_version=serving_version, errors=errors, method=method, cam_lock=cam_lock)
     else:
         @app.post("/api/predict", response_model=Prediction, responses=errors, summary="Score one image")
         async def api_predict(file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
@@ -338,9 +338,9 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
 
     page_text, page_script, extra = _PAGE, _PAGE_JS, {}
     if is_two_view(predictor):
-        from mammolab.app.serve_breast import BREAST_PAGE, BREAST_PAGE_JS, NO_HEATMAP
+        from mammolab.app.serve_breast import BREAST_PAGE, BREAST_PAGE_JS, HEATMAP_NOTE
 
-        page_text, page_script, extra = BREAST_PAGE, BREAST_PAGE_JS, {"no_heatmap": NO_HEATMAP}
+        page_text, page_script, extra = BREAST_PAGE, BREAST_PAGE_JS, {"heatmap_note": HEATMAP_NOTE}
     page = page_text.format(model=html.escape(model_label), run=html.escape(predictor.name),
                             version=html.escape(predictor.version), serving=html.escape(serving_version),
                             classes=html.escape(", ".join(predictor.classes)), threshold=f"{predictor.threshold:.3f}",

@@ -8,14 +8,18 @@ not both) and the page shows two file inputs. Every limit of the single-image se
 body-size middleware counts both files together, each file's header is checked against the pixel
 limit before anything is decoded, and one breast takes one prediction slot.
 
-Heatmaps are not drawn: the CAM code explains single images, and a map of the fused CC + MLO
-prediction is not implemented (``explain`` refuses breast models too), so ``heatmap_png`` is always
-null and the page says so rather than showing a single-view map that would not explain this score.
+With ``?heatmap=1`` the response's ``heatmap_png`` is the breast's figure: each uploaded view's map
+of the *breast* score (:mod:`mammolab.explain.breast`: the gradients of the fused prediction with
+respect to that view's feature map, or occlusion of that view with the other held fixed), CC and MLO
+side by side, a missing view shown as a "no ... view" tile. The page asks for it and shows it. An
+exported model has no layers to hook, so its maps are occlusion maps, as for single images.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,12 @@ from mammolab.app.serve import Prediction
 from mammolab.errors import MammoLabError
 from mammolab.train.views import VIEWS
 
-__all__ = ["BREAST_PAGE", "BREAST_PAGE_JS", "BreastPrediction", "add_breast_route"]
+__all__ = ["BREAST_PAGE", "BREAST_PAGE_JS", "HEATMAP_NOTE", "BreastPrediction", "add_breast_route"]
 
 #: The upload field of each view.
 FIELDS = {"CC": "cc", "MLO": "mlo"}
-NO_HEATMAP = ("not drawn for two-view breast models (a heatmap of the fused CC + MLO prediction is not "
-              "implemented)")
+HEATMAP_NOTE = ("per view maps of the breast's score (CC and MLO side by side; where in each view the evidence "
+                "for the predicted class lies; a missing view has none)")
 
 
 class BreastPrediction(Prediction):
@@ -42,6 +46,9 @@ class BreastPrediction(Prediction):
                                      "predicted from the other view, as training and evaluation handle it)")
     cc: str | None = Field(description="the CC file's name (null when missing)")
     mlo: str | None = Field(description="the MLO file's name (null when missing)")
+    heatmap_png: str | None = Field(None, description="with heatmap=1: base64 PNG of the breast's figure: the CC "
+                                    "and MLO views side by side, each as image | overlay of its map of the breast "
+                                    "score (a missing view is a 'no CC/MLO view' tile)")
 
 
 async def _upload(field: str, file: UploadFile | None) -> tuple[str, bytes] | None:
@@ -59,13 +66,19 @@ async def _upload(field: str, file: UploadFile | None) -> tuple[str, bytes] | No
 
 
 def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.Semaphore, busy: dict[str, int],
-                     model_label: str, serving_version: str, errors: dict[int | str, dict[str, Any]]) -> None:
-    """Register ``POST /api/predict`` for a breast model on ``app`` (the single-image app's limits and slots)."""
+                     model_label: str, serving_version: str, errors: dict[int | str, dict[str, Any]],
+                     method: str = "gradcam", cam_lock: threading.Lock | None = None) -> None:
+    """Register ``POST /api/predict`` for a breast model on ``app`` (the single-image app's limits and slots).
+
+    ``method`` is the heatmap method (occlusion for an exported model) and ``cam_lock`` the lock the
+    single-image route holds while hooks sit on the model (one heatmap at a time)."""
     from starlette.concurrency import run_in_threadpool
 
+    from mammolab.app.serve import _png_bytes
     from mammolab.evaluate.breast import predict_breast
     from mammolab.io.header import check_pixels, read_header
 
+    lock = cam_lock or threading.Lock()
     errors = {**errors, 422: {"model": errors[422]["model"],
                               "description": "neither field given, a field other than cc/mlo, or not a readable "
                                              "DICOM, PNG, JPEG, PGM or TIFF image"}}
@@ -78,8 +91,7 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
                                                        "PGM or TIFF (by content); may be missing if mlo is given"),
         mlo: UploadFile | None = File(None, description="the breast's mediolateral oblique (MLO) image; may be "
                                                         "missing if cc is given"),
-        heatmap: bool = Query(False, description=f"accepted for the single-image API's sake; heatmaps are "
-                                                 f"{NO_HEATMAP}: heatmap_png is always null"),
+        heatmap: bool = Query(False, description=f"also return heatmap_png: {HEATMAP_NOTE}"),
     ) -> Any:
         form = await request.form()  # already parsed by FastAPI for cc/mlo: the cached form
         unknown = sorted({str(k) for k in form} - set(FIELDS.values()))
@@ -113,9 +125,15 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
                                      f"within {settings.queue_timeout:g} s; try again",
                                 headers={"Retry-After": "5"}) from None
         busy["now"] += 1
+        def run() -> dict[str, Any]:
+            kwargs = {"names": {v: name for v, (name, _) in given.items()}, "heatmap": heatmap, "method": method}
+            if not heatmap or lock is None:
+                return predict_breast(predictor, {v: data for v, (_, data) in given.items()}, **kwargs)
+            with lock:
+                return predict_breast(predictor, {v: data for v, (_, data) in given.items()}, **kwargs)
+
         try:
-            res = await run_in_threadpool(predict_breast, predictor, {v: data for v, (_, data) in given.items()},
-                                          names={v: name for v, (name, _) in given.items()})
+            res = await run_in_threadpool(run)
         except MammoLabError as exc:
             raise HTTPException(422, str(exc)) from None
         finally:
@@ -126,7 +144,9 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
             predicted_class=str(res["class"]), probs={k: float(v) for k, v in res["probs"].items()},
             threshold=float(res["threshold"]), warnings=[str(w) for w in res.get("warnings", [])],
             model=model_label, run=predictor.name, version=predictor.version, mammolab_version=serving_version,
-            heatmap_method=None, heatmap_png=None, views_present=[v for v in VIEWS if v in given],
+            heatmap_method=method if heatmap else None,
+            heatmap_png=base64.b64encode(_png_bytes(res["heatmap"])).decode("ascii") if heatmap else None,
+            views_present=[v for v in VIEWS if v in given],
             missing_view=res["missing_view"], cc=res["cc"], mlo=res["mlo"])
 
 
@@ -141,7 +161,7 @@ form p{{margin-top:0}} .views{{display:flex;gap:1.5rem;flex-wrap:wrap;margin:.6r
 .views div{{flex:1 1 16rem}}
 .error{{background:#fde8e8;border:1px solid #e0a0a0;color:#8a1010;padding:.6rem 1rem;border-radius:6px}}
 .prob{{font-size:1.2rem}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2rem .6rem}}
-.meta{{color:#555;font-size:.9rem}}
+.meta{{color:#555;font-size:.9rem}} #overlay{{max-width:100%;margin-top:.8rem}}
 .warn{{color:#7a5b00;font-size:.85rem}} .warnings{{background:#fff6dc;border:1px solid #e8d28a;padding:.4rem .8rem;
 border-radius:6px;color:#6b5000}} [hidden]{{display:none}}
 </style></head><body>
@@ -161,7 +181,7 @@ then predicted from that view alone, as training and evaluation handle it.</p>
 </form>
 <p class="error" id="error" role="alert" hidden></p>
 <section id="result-area"></section>
-<p class="meta" id="heatmap-note">Heatmaps are {no_heatmap}.</p>
+<p class="meta" id="heatmap-note">Heatmaps: {heatmap_note}.</p>
 <p class="meta">The page calls the JSON API <code>POST /api/predict</code> (fields <code>cc</code> and
 <code>mlo</code>); see <a href="/docs">/docs</a>.</p>
 <script src="/page.js"></script>
@@ -209,7 +229,12 @@ BREAST_PAGE_JS = r"""'use strict';
     }
     sec.appendChild(table);
     sec.appendChild(el('p', {class: 'meta', id: 'model'}, 'model ' + r.model + ' \u00b7 run ' + r.run +
-      ' \u00b7 trained with MammoLab ' + r.version + ' \u00b7 heatmap: none (not drawn for two-view models)'));
+      ' \u00b7 trained with MammoLab ' + r.version + ' \u00b7 heatmap: ' + (r.heatmap_method || 'none') +
+      ' of the breast score, per view'));
+    if (r.heatmap_png) {
+      sec.appendChild(el('img', {id: 'overlay', alt: 'CC and MLO views with their heatmaps of the breast score',
+                                 src: 'data:image/png;base64,' + r.heatmap_png}));
+    }
     area.replaceChildren(sec);
   }
   form.addEventListener('submit', async function (ev) {
@@ -228,7 +253,7 @@ BREAST_PAGE_JS = r"""'use strict';
     status.textContent = 'predicting\u2026';
     let resp;
     try {
-      resp = await fetch('/api/predict', {method: 'POST', body: body});
+      resp = await fetch('/api/predict?heatmap=1', {method: 'POST', body: body});
     } catch (e) {
       status.textContent = '';
       showError('the server could not be reached (' + e + ')');
