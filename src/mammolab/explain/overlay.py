@@ -89,6 +89,15 @@ def overlay_panel(image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """``panel`` under a bold one-word title (the view's name), large enough to read beside the caption."""
+    scale = max(0.6, panel.shape[0] / 400)
+    (_, th), base = cv2.getTextSize(title, _FONT, scale, 2)
+    strip = np.full((th + base + 10, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, title, (6, th + 5), _FONT, scale, (20, 20, 20), 2, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
 def breast_panel(views: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, Sequence[Sequence[float]]]], *,
                  caption: str = "", alpha: float = 0.45) -> np.ndarray:
     """RGB figure of one breast: each view's :func:`overlay_panel` (titled by the view), side by side.
@@ -104,7 +113,7 @@ def breast_panel(views: Sequence[tuple[str, np.ndarray | None, np.ndarray | None
         if image is None or heat is None:
             tiles.append(None)
             continue
-        tiles.append(overlay_panel(image, heat, boxes, caption=name, alpha=alpha))
+        tiles.append(_titled(overlay_panel(image, heat, boxes, alpha=alpha), name))
     shown = [t for t in tiles if t is not None]
     if not shown:
         raise MammoLabError("a breast figure needs at least one view with an image and its heatmap")
