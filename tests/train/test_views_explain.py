@@ -79,6 +79,7 @@ def test_explain_two_view_occlusion_limit_cli_and_errors(boxed_run: tuple[Path, 
     res = CliRunner().invoke(app, ["explain", str(run), "--method", "occlusion", "--grid", "4", "--limit", "2",
                                    "--out", str(tmp_path / "occ")])
     assert res.exit_code == 0, res.output
+    assert "explain (occlusion): 2 breast(s)" in res.output
     s = json.loads((tmp_path / "occ" / "localisation.json").read_text())
     assert s["n_breasts"] == 2 and s["method"] == "occlusion"
     assert len(list((tmp_path / "occ" / "overlays").glob("*.png"))) == 2

@@ -127,6 +127,9 @@ def explain(
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
     line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"
+    if s.get("n_breasts") is not None:  # a two-view run: one figure per breast, localisation per view
+        line = (f"explain ({method}): {s['n_breasts']} breast(s), {s['n_images']} view image(s), "
+                f"figures in {s['overlays']}")
     if s.get("energy_in_box_mean") is not None:
         line += (f"; {s['n_with_box']} with a lesion box: energy in box {s['energy_in_box_mean']:.3f} (box area "
                  f"{s['box_area_fraction_mean']:.3f}), pointing game {s['pointing_game_hit_rate']:.3f}")
