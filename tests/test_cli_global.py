@@ -63,7 +63,7 @@ def test_shell_completion() -> None:
         env = {"_MAMMOLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - (
             0 if words.endswith(" ") else 1))}
         res = runner.invoke(app, [], prog_name="mammolab", env=env)
-        assert res.exit_code == 0
+        assert res.exit_code == 0, (words, res.output, repr(res.exception))
         return res.output.split()
 
     assert complete("mammolab tr") == ["train"]
