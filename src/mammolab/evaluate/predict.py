@@ -480,12 +480,11 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
     if not files:
         raise MammoLabError("predict: give at least one image file")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
-    from mammolab.evaluate.breast import is_two_view
+    from mammolab.evaluate.breast import refuse_two_view
 
-    if is_two_view(predictor):  # a two-view run or exported breast model (train/views.py, evaluate/breast.py)
-        raise MammoLabError(f"predict: {run_dir} is a two-view (CC + MLO) breast model; give each breast's files "
-                            "with --views", hint="mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo "
-                            "(mammolab.evaluate.breast)")
+    # a two-view run or exported breast model (train/views.py, evaluate/breast.py)
+    refuse_two_view(predictor, "predict", "give each breast's files with --views",
+                    "mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo; one view only: --views cc FILE")
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
     results = predictor.predict_files(files, box=box, heatmap=heatmap_dir is not None, method=method, tta=tta,
