@@ -84,6 +84,9 @@ def test_resolve_targets() -> None:
     # ``true`` uses the label; a file with no label falls back to its prediction.
     assert resolve_targets("true", CLASSES, probs, ["malignant", "", "malignant"]) == [1, 1, 1]
     assert resolve_targets("true", CLASSES, probs, ["benign", "benign", ""]) == [0, 0, 0]
+    # ``predicted`` decides at the run's operating point, as the printed class does (0.35 here: 0.4 is malignant).
+    assert resolve_targets("predicted", CLASSES, probs, threshold=0.35) == [0, 1, 1]
+    assert resolve_targets("true", CLASSES, probs, ["", "", ""], threshold=0.75) == [0, 0, 0]
     four = np.array([[0.1, 0.2, 0.6, 0.1]])
     assert resolve_targets("predicted", ("a", "b", "c", "d"), four) == [2]
     with pytest.raises(MammoLabError, match="--target: expected predicted, true or a class of the run"):

@@ -96,3 +96,22 @@ def test_explain_of_two_view_runs_draws_breasts(two_view_run: tuple[Path, Path],
     assert not (tmp_path / "explain").exists()
     s = explain_run(run, out_dir=tmp_path / "explain", method="occlusion", grid=2, limit=1)
     assert s["n_breasts"] == 1 and len(list((tmp_path / "explain" / "overlays").glob("*.png"))) == 1
+
+
+def test_two_view_recipe_threshold_is_the_evaluation_threshold(two_view_run: tuple[Path, Path]) -> None:
+    """evaluate records a two-view run's validation-chosen (Youden) threshold in its recipe, so predict and
+    serve decide breasts at the threshold the report uses (it stayed 0.5 before)."""
+    from mammolab.evaluate.evaluation import eval_dir
+    from mammolab.recipe import load_recipe
+
+    run, ds = two_view_run
+    metrics = json.loads((eval_dir(run, "test") / "metrics.json").read_text())
+    youden = metrics["operating_points"]["youden"]
+    assert youden["source"] == "val"
+    recipe = load_recipe(run)
+    assert recipe.threshold == pytest.approx(min(1.0, max(0.0, youden["threshold"])))
+    assert "breasts" in recipe.threshold_source
+    _, preds = load_evaluation(run, "test")
+    row = preds[preds["views"] == "cc+mlo"].iloc[0]
+    (res,) = predict_breast_files(run, [ds / row["cc_path"], ds / row["mlo_path"]], "cc+mlo")
+    assert res["threshold"] == pytest.approx(recipe.threshold)

@@ -119,7 +119,8 @@ def breast_heatmap(predictor: Any, prepared: dict[str, Any], x: Any, present: An
     device = predictor._device or "cpu"
     panel, _ = breast_figure(model, x.to(device), present.to(device),
                              [prepared[v].image if v in prepared else None for v in VIEWS], method=method,
-                             resize=predictor.recipe.transform.resize, caption=caption)
+                             resize=predictor.recipe.transform.resize, caption=caption,
+                             threshold=predictor.threshold)
     return panel
 
 

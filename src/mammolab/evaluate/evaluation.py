@@ -59,12 +59,12 @@ def checkpoint_stamp(run_dir: str | Path, checkpoint: str = "best") -> str:
     one, which is what decides whether an evaluation is stale.
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
-    for name in (checkpoint, "last"):
-        path = ckpt_dir / f"{name}.ckpt"
-        if path.is_file():
-            st = path.stat()
-            return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    raise MammoLabError(f"{ckpt_dir}: no {checkpoint}.ckpt or last.ckpt (is this a finished 'mammolab train' run?)")
+    path = ckpt_dir / f"{checkpoint}.ckpt"  # the checkpoint asked for, never another one silently
+    if path.is_file():
+        st = path.stat()
+        return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    hint = "; pass --checkpoint last to use last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else ""
+    raise MammoLabError(f"{path}: not found (is this a finished 'mammolab train' run?){hint}")
 
 
 def _confusion_figure(metrics: dict[str, Any], classes: Sequence[str], path: Path) -> None:
@@ -191,7 +191,7 @@ def _table(frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], split
     return out
 
 
-def _record_threshold(run_dir: Path, metrics: dict[str, Any], n_val: int) -> None:
+def _record_threshold(run_dir: Path, metrics: dict[str, Any], n_val: int, unit: str = "images") -> None:
     """Put the Youden threshold chosen on validation into the run's recipe (predict's default operating point)."""
     from mammolab.recipe import RECIPE_NAME, load_recipe, write_recipe
 
@@ -203,7 +203,7 @@ def _record_threshold(run_dir: Path, metrics: dict[str, Any], n_val: int) -> Non
     if not np.isfinite(value):
         return
     value = min(1.0, max(0.0, value))
-    source = f"Youden on the validation split ({n_val} images), chosen by 'mammolab evaluate'"
+    source = f"Youden on the validation split ({n_val} {unit}), chosen by 'mammolab evaluate'"
     if recipe.threshold != value or recipe.threshold_source != source:
         write_recipe(run_dir, recipe.model_copy(update={"threshold": value, "threshold_source": source}))
 
@@ -280,9 +280,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
 
         breasts = predict_breasts(run, split, tta, batch_size or 16)
         val_b = breasts if split == "val" else predict_breasts(run, "val", tta, batch_size or 16)
-        write_evaluation(breasts, folder, classes=list(run.classes), split=split, val_df=val_b if len(val_b) else None,
-                         n_boot=n_boot, seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name,
-                                                          "external": False, "unit": "breast"})
+        metrics = write_evaluation(breasts, folder, classes=list(run.classes), split=split,
+                                   val_df=val_b if len(val_b) else None, n_boot=n_boot, seed=seed,
+                                   extra={"key": key, "tta": bool(tta), "run": run_dir.name, "external": False,
+                                          "unit": "breast"})
+        if not tta and checkpoint == "best" and len(val_b):
+            _record_threshold(run_dir, metrics, len(val_b), unit="breasts")
         return folder
     dm = run_datamodule(run, hint="evaluate it on a dataset that is there with --dataset")
     kwargs: dict[str, Any] = {"tta": tta, "start": "preprocessed"}

@@ -96,12 +96,12 @@ def breast_probabilities(model: Any, x: torch.Tensor, present: torch.Tensor) -> 
 
 def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: str = "gradcam",
                     targets: Sequence[int] | None = None, *, grid: int = 8, batch_size: int = 32,
-                    layer: str | None = None) -> list[list[np.ndarray | None]]:
+                    layer: str | None = None, threshold: float = 0.5) -> list[list[np.ndarray | None]]:
     """Per breast, per view: the heatmap ``(H, W)`` in ``[0, 1]`` of the breast's score, ``None`` for a missing view.
 
     ``model`` is a PyTorch breast model (:class:`~mammolab.models.registry.MammoNet` with a fusion)
     or, for occlusion only, any callable ``fn(x, present) -> logits``. ``targets`` are the class
-    indices explained per breast (default: each breast's predicted class), as in
+    indices explained per breast (default: each breast's class decided at ``threshold``), as in
     :func:`~mammolab.explain.cam.compute_heatmaps`, which computes every map.
     """
     from mammolab.explain.cam import METHODS, compute_heatmaps, find_target_layer, predicted_targets
@@ -118,7 +118,8 @@ def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: 
     present = present.bool()
     if (~present).all(dim=1).any():
         raise MammoLabError("a breast needs at least one view (present is all false)")
-    targets = list(targets) if targets is not None else predicted_targets(breast_probabilities(model, x, present))
+    targets = list(targets) if targets is not None else predicted_targets(breast_probabilities(model, x, present),
+                                                                                      threshold)
     if len(targets) != len(x):
         raise MammoLabError(f"{len(targets)} targets for {len(x)} breasts")
     if torch_model:
@@ -156,15 +157,16 @@ def _image_maps(maps: Sequence[np.ndarray | None], images: Sequence[np.ndarray |
 def breast_figure(model: Any, x: torch.Tensor, present: torch.Tensor, images: Sequence[np.ndarray | None], *,
                   method: str = "gradcam", target: int | None = None, resize: str = "stretch",
                   boxes: Sequence[Sequence[Sequence[float]]] | None = None, caption: str = "",
-                  grid: int = 8, layer: str | None = None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+                  grid: int = 8, layer: str | None = None,
+                  threshold: float = 0.5) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """One breast (``x [1, V, 1, H, W]``, ``images``: each view's preprocessed image or ``None``) -> the
     side-by-side RGB figure (:func:`~mammolab.explain.overlay.breast_panel`) and each view's map in its
-    image's pixels."""
+    image's pixels. Without ``target`` the map explains the class decided at ``threshold``."""
     from mammolab.explain.overlay import breast_panel
     from mammolab.train.views import VIEWS
 
     maps = breast_heatmaps(model, x, present, method, None if target is None else [target], grid=grid,
-                           layer=layer)[0]
+                           layer=layer, threshold=threshold)[0]
     heats = _image_maps(maps, images, (int(x.shape[-2]), int(x.shape[-1])), resize)
     boxes = boxes or [[] for _ in VIEWS]
     panel = breast_panel([(v, im, h, b) for v, im, h, b in zip(VIEWS, images, heats, boxes, strict=True)],

@@ -101,7 +101,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
         x = torch.stack(tensors).to(run.device)
         present = torch.tensor([[v in arrs for v in VIEWS] for arrs in arrays], device=run.device)
         probs = breast_probabilities(run.model, x, present)
-        targets = resolve_targets(target, run.classes, probs, [e["label"] for e in good])
+        targets = resolve_targets(target, run.classes, probs, [e["label"] for e in good], threshold)
         maps = breast_heatmaps(run.model, x, present, method, targets, grid=grid, batch_size=batch_size, layer=layer)
         p_pos = positive_probability(probs[:, 1] if binary else probs, run.classes)
         size = (int(x.shape[-2]), int(x.shape[-1]))

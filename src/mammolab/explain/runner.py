@@ -55,15 +55,17 @@ def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int | tuple[i
 
 
 def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
-                    labels: Sequence[str] | None = None) -> list[int]:
+                    labels: Sequence[str] | None = None, threshold: float = 0.5) -> list[int]:
     """Class index to explain per image: ``predicted``, ``true`` (the manifest label) or a class name.
 
-    ``true`` falls back to the predicted class for an image without a label (a file from outside
-    the dataset), so a mixed list of files still gets one heatmap each.
+    ``predicted`` is the class decided at ``threshold`` (binary runs: the run's operating point, so a
+    heatmap explains the class that is printed beside it). ``true`` falls back to the predicted class
+    for an image without a label (a file from outside the dataset), so a mixed list of files still gets
+    one heatmap each.
     """
     from mammolab.explain.cam import predicted_targets
 
-    predicted = predicted_targets(probs)
+    predicted = predicted_targets(probs, threshold)
     if spec == "predicted":
         return predicted
     if spec == "true":
@@ -81,10 +83,12 @@ def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
 
 def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
                         batch_size: int = 16, target: str = "predicted", labels: Sequence[str] | None = None,
-                        layer: str | None = None) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+                        layer: str | None = None,
+                        threshold: float = 0.5) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """Class probabilities ``(N, C)``, one heatmap per image in that image's own pixels, and the class explained.
 
-    ``target`` is ``predicted``, ``true`` (with ``labels``) or a class name; see :func:`resolve_targets`.
+    ``target`` is ``predicted`` (decided at ``threshold``), ``true`` (with ``labels``) or a class name;
+    see :func:`resolve_targets`.
     """
     import torch
 
@@ -95,7 +99,8 @@ def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "g
         chunk = arrays[i:i + batch_size]
         x = torch.stack([run.preprocess(a) for a in chunk]).to(run.device)
         probs = target_probabilities(run.model, x)
-        targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size])
+        targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size],
+                                  threshold)
         maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
         size, mode = (int(x.shape[-2]), int(x.shape[-1])), getattr(run.config, "resize", "stretch")
         heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
@@ -257,7 +262,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         if not good:
             continue
         probs, heats, explained = heatmaps_for_arrays(run, arrays, method, grid=grid, batch_size=batch_size,
-                                                      target=target, labels=[e["label"] for e in good], layer=layer)
+                                                      target=target, labels=[e["label"] for e in good], layer=layer,
+                                                      threshold=threshold)
         p_pos = positive_probability(probs[:, 1] if probs.shape[1] == 2 else probs, run.classes)
         for e, arr, heat, pr, pp, t in zip(good, arrays, heats, probs, p_pos, explained, strict=True):
             boxes = e["boxes"]
