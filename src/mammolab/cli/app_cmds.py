@@ -72,6 +72,8 @@ def serve(
     max_pixels: int | None = typer.Option(None, "--max-pixels", help="Largest image in pixels, checked in the "
                                           "file's header before decoding (default $MAMMOLAB_MAX_PIXELS, else "
                                           "100 megapixels)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="Run folders: best (default; a run without "
+                                   "best.ckpt is refused) or last (the last epoch's weights, said in every answer)."),
     read_timeout: float = typer.Option(15.0, "--read-timeout", help="Seconds a client may stall while sending "
                                        "its request (headers: --read-timeout too; body: per piece) before the "
                                        "connection is dropped."),
@@ -90,9 +92,12 @@ def serve(
 
     if max_pixels is not None:  # the limit for every reader in this process (the predictor's too)
         os.environ[MAX_PIXELS_ENV] = str(max_pixels)
+    from mammolab.evaluate.predict import Predictor
+
     server = make_server(run, host=host, port=port, max_bytes=int(max_mb * 1024 * 1024), method=method,
                          max_concurrent=max_concurrent, queue_timeout=queue_timeout, max_pixels=max_pixels,
-                         header_timeout=read_timeout, read_timeout=read_timeout)
+                         header_timeout=read_timeout, read_timeout=read_timeout,
+                         predictor=Predictor.load(run, checkpoint=checkpoint))
     console.print(f"serving {server.title} on [bold]{server.url}/[/]  (API docs: {server.url}/docs; "
                   "Ctrl-C to stop)", highlight=False, soft_wrap=True)
     try:
