@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mammolab.config import StrictModel, config_hash, format_validation_error
 from mammolab.errors import MammoLabError
@@ -58,6 +58,13 @@ __all__ = [
 
 RECIPE_NAME = "recipe.json"
 RECIPE_VERSION = 1
+#: Smallest and largest model input side a recipe may ask for: below 8 px no network of the registry
+#: has a feature map left; above 16384 px one image alone is a multi-GiB allocation (a recipe.json
+#: edited to 100000 asked for 37 GiB before anything was checked).
+MIN_SIDE, MAX_SIDE = 8, 16384
+#: Keys a recipe.json must hold: a file without ``preprocess`` would silently skip the dataset's
+#: preprocessing (the model then sees images unlike its training images and nobody is told).
+REQUIRED_KEYS = ("name", "model", "classes", "num_outputs", "source", "preprocess", "transform")
 #: What :func:`mammolab.io.read_dicom_pixels` does to a DICOM, for people reading the recipe file.
 DICOM_CONVERSION = ("Modality LUT, then VOI LUT or window, then MONOCHROME1 inverted, then the displayed range "
                     "stretched linearly to 16 bit (mammolab.io.read_dicom_pixels)")
@@ -100,6 +107,27 @@ class PreprocessStage(StrictModel):
     config_hash: str | None = None
     steps: list[dict[str, dict[str, Any]]]
 
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        """Each step must be one of ``mammolab preprocess``'s ops with parameters its model accepts, checked
+        when the recipe is read: an unknown step or a CLAHE grid of 0 is refused before anything is served,
+        not discovered as a 500 on every request."""
+        from mammolab.preprocess.ops import OPS
+
+        for i, step in enumerate(steps):
+            if len(step) != 1:
+                raise ValueError(f"step {i}: expected one op name with its parameters, got {sorted(step)}")
+            (name, params), = step.items()
+            if name not in OPS:
+                raise ValueError(f"step {i}: unknown step {name!r} (expected one of {', '.join(sorted(OPS))})")
+            try:
+                OPS[name].model_validate(params)
+            except ValidationError as exc:
+                raise ValueError(f"step {i} ({name}): " + format_validation_error(exc, name).removeprefix(
+                    f"{name}: ")) from None
+        return steps
+
 
 class TransformSpec(StrictModel):
     """The training transform of val/test images: resize, scale by the dtype's range, normalise.
@@ -121,6 +149,22 @@ class TransformSpec(StrictModel):
             return parse_image_size(v)
         except MammoLabError as exc:
             raise ValueError(str(exc).removeprefix("--image-size: ")) from None
+
+    @field_validator("image_size")
+    @classmethod
+    def _bounded(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        if not all(MIN_SIDE <= side <= MAX_SIDE for side in as_hw(v)):
+            raise ValueError(f"expected each side within {MIN_SIDE}..{MAX_SIDE} px, got {v}")
+        return v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, v: float, info: Any) -> float:
+        # std 0 divides every pixel by zero: NaN probabilities that JSON cannot even carry
+        if not np.isfinite(v) or (info.field_name == "std" and v <= 0):
+            raise ValueError("expected a finite number" + (" above 0" if info.field_name == "std" else "")
+                             + f", got {v}")
+        return v
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -149,6 +193,21 @@ class Recipe(StrictModel):
     views: Literal["cc+mlo"] | None = Field(None, description="cc+mlo: an exported two-view breast model (input "
                                             "[N, 2, 1, H, W] CC then MLO, and present [N, 2]); None: one image. "
                                             "Left out of the file when None, so single-view recipes are unchanged")
+    checkpoint: str | None = Field(None, description="exported folders: the run's checkpoint file the model was "
+                                   "exported from (best.ckpt or last.ckpt); left out of a run's own recipe")
+
+    @model_validator(mode="after")
+    def _outputs_fit_classes(self) -> Recipe:
+        """A binary model has one logit (or two, softmax); a C-class model has C: three class names on a
+        one-output model would label every image with a class the network cannot score."""
+        n = len(self.classes)
+        if n < 2 or len(set(self.classes)) != n:
+            raise ValueError(f"classes: expected at least two distinct class names, got {self.classes}")
+        allowed = (1, 2) if n == 2 else (n,)
+        if self.num_outputs not in allowed:
+            raise ValueError(f"num_outputs: {self.num_outputs} output(s) cannot score {n} classes {self.classes} "
+                             f"(expected {' or '.join(map(str, allowed))})")
+        return self
 
     @property
     def binary(self) -> bool:
@@ -288,7 +347,8 @@ def build_recipe(dataset: str | Path, *, name: str, model: str, classes: Sequenc
 def write_recipe(folder: str | Path, recipe: Recipe) -> Path:
     """Write ``folder/recipe.json`` atomically."""
     path = Path(folder) / RECIPE_NAME
-    write_json(path, recipe.model_dump(mode="json", exclude={"views"} if recipe.views is None else None))
+    optional = {k for k in ("views", "checkpoint") if getattr(recipe, k) is None}
+    write_json(path, recipe.model_dump(mode="json", exclude=optional or None))
     return path
 
 
@@ -301,6 +361,10 @@ def load_recipe(folder: str | Path) -> Recipe:
     data = read_json(path)
     if not isinstance(data, dict):
         raise MammoLabError(f"{path}: not a valid JSON recipe")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise MammoLabError(f"{path}: required key(s) {', '.join(missing)} missing (a damaged or hand-edited "
+                            "recipe; re-export the model or restore the run's recipe.json)")
     if int(data.get("version", 0) or 0) > RECIPE_VERSION:
         raise MammoLabError(f"{path}: recipe version {data.get('version')} is newer than this MammoLab reads "
                             f"({RECIPE_VERSION}); upgrade MammoLab")

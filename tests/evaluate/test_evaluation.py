@@ -81,6 +81,8 @@ def test_checkpoint_stamp(tmp_path: Path) -> None:
         checkpoint_stamp(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    a = checkpoint_stamp(tmp_path)
+    with pytest.raises(MammoLabError, match="best.ckpt: not found.*--checkpoint last"):
+        checkpoint_stamp(tmp_path)  # no silent fallback to last.ckpt
+    a = checkpoint_stamp(tmp_path, "last")
     (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"yy")
     assert checkpoint_stamp(tmp_path) != a

@@ -163,6 +163,9 @@ def test_predictor_load_and_read_errors(chain, tmp_path: Path) -> None:
     r = _recipe(chain[1], image_size=32)
     write_recipe(tmp_path, r)
     (tmp_path / "model.pt").write_bytes(b"truncated")
+    with pytest.raises(MammoLabError, match="incomplete export"):
+        Predictor.load(tmp_path)  # no export.json: a killed export is refused
+    (tmp_path / "export.json").write_text("{}")
     with pytest.raises(MammoLabError, match="model.pt: unreadable TorchScript model"):
         Predictor.load(tmp_path)
     model = create_model("mammoresnet", regime="cft", weights="none", in_chans=1, num_outputs=1).eval()

@@ -30,6 +30,8 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per prediction batch."),
     force: bool = typer.Option(False, "--force", help="Redo an evaluation that is already up to date."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
+                                   "refused) or last (the last epoch's weights)."),
 ) -> None:
     """Score a run on a split: per-image predictions (CSV), metrics (JSON) and figures, inside the run.
 
@@ -42,7 +44,7 @@ def evaluate(
     from mammolab.progress import console
 
     folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=force,
-                          dataset=dataset)
+                          dataset=dataset, checkpoint=checkpoint)
     metrics, _ = load_evaluation(run, split, tta, dataset=dataset)
     auc = metrics["auc"]
     ci = "" if auc.get("ci_low") is None else f" [95% CI {auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"
@@ -111,6 +113,8 @@ def explain(
     limit: int | None = typer.Option(None, "--limit", help="Explain only this many images of --split (classes "
                                      "interleaved), for a quick look at a large split."),
     force: bool = typer.Option(False, "--force", help="Redo an explanation that is already up to date."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
+                                   "refused) or last (the last epoch's weights)."),
 ) -> None:
     """Heatmaps of where the model looks: each overlay beside the plain image, lesion box drawn on top.
 
@@ -123,7 +127,7 @@ def explain(
 
     s = explain_run(run, images or None, split=split, method=method, out_dir=out, grid=grid,
                     batch_size=batch_size, tolerance=tolerance, force=force, target=target,
-                    layer=layer, limit=limit)
+                    layer=layer, limit=limit, checkpoint=checkpoint)
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
     line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"
@@ -160,6 +164,8 @@ def predict(
                                      "breast's FILES, in order: cc+mlo (CC_FILE MLO_FILE per breast), or cc / mlo "
                                      "for a breast filmed in one view (predicted as training handles a missing "
                                      "view; the result says which). One result per breast."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
+                                   "refused) or last (the last epoch's weights)."),
 ) -> None:
     """Probability of malignancy and predicted class for each file, through the run's recipe.
 
@@ -184,10 +190,10 @@ def predict(
         if box is not None:
             raise MammoLabError("--box: not available with --views (two-view breast predictions)")
         results = predict_breast_files(run, files, views, threshold=threshold, tta=tta, heatmap_dir=heatmap,
-                                       method=method)
+                                       method=method, checkpoint=checkpoint)
     else:
         results = predict_files(run, files, heatmap_dir=heatmap, method=method, threshold=threshold, tta=tta,
-                                box=parse_box(box))
+                                box=parse_box(box), checkpoint=checkpoint)
     failed = [r for r in results if "error" in r]
     for r in failed:
         console.print(f"[bold red]error:[/] {r['error']}", **_SAY)
@@ -197,9 +203,11 @@ def predict(
     if as_json:
         payload = [{**r, "warning": "; ".join(r["warnings"]) if r.get("warnings") else None}
                    if "error" not in r else r for r in results]
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        # allow_nan=False: a NaN is invalid JSON; the predictor turns one into an error before this
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     else:
-        table = Table(title=f"predictions of {run}", title_justify="left")
+        used = next((r.get("checkpoint") for r in results if r.get("checkpoint")), None)
+        table = Table(title=f"predictions of {run}" + (f" ({used})" if used else ""), title_justify="left")
         extra = (("heatmap",) if heatmap else ()) + (("views",) if views else ())
         for col in ("file", "P(malignant)", "class") + extra:
             table.add_column(col, overflow="fold")
@@ -224,7 +232,8 @@ def export(
                             "onnxruntime) or torchscript."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for model.onnx or model.pt, recipe.json, "
                              "model_card.md and model_card.json."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
+                                   "refused) or last; the card and recipe name the checkpoint exported."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
 ) -> None:
     """A self-contained model folder: the network, its recipe and a model card.

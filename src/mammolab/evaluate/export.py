@@ -20,7 +20,10 @@ inputs, so ``predict DIR CC_FILE MLO_FILE --views cc+mlo`` and ``serve DIR`` run
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.imagesize import as_hw, size_text
-from mammolab.io.atomic import atomic_write_text, read_json, write_json
+from mammolab.io.atomic import TEMP_SUFFIX, atomic_write_text, read_json, write_json
 
 __all__ = ["FORMATS", "ExportResult", "export_run", "model_card"]
 
@@ -154,6 +157,7 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
         else "one logit per class: probabilities = softmax(logits)",
         # [N, 1, height, width]: a rectangular run (e.g. whole films at 1152x896) states both sides
         "input": "[N, 1, {}, {}] float32, made by the recipe".format(*as_hw(recipe.transform.image_size)),
+        "checkpoint": recipe.checkpoint,  # the run's weights this model holds (best.ckpt unless asked)
         "threshold": recipe.threshold, "threshold_source": recipe.threshold_source,
         "mammolab_version": recipe.mammolab_version,
         "data": {"dataset": recipe.dataset.get("name"), "manifest_hash": recipe.dataset.get("manifest_hash"),
@@ -198,6 +202,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                 "images; `mammolab predict DIR CC_FILE MLO_FILE --views cc+mlo`, or `--views cc` / `mlo` for a "
                 "breast filmed in one view"] if card.get("views") else []),
              f"- classes: {', '.join(card['classes'])}",
+             *([f"- exported from the run's {card['checkpoint']}"] if card.get("checkpoint") else []),
              f"- operating threshold: {card['threshold']:.4f} ({card['threshold_source']})",
              f"- trained with MammoLab {card['mammolab_version']}; exported model vs PyTorch: max |difference| "
              f"{card['export_check']['max_abs_diff_vs_pytorch']:.2e} in the logits", "",
@@ -242,11 +247,13 @@ def _check_two_view(model: Any, exported: Any, height: int, width: int) -> tuple
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, checkpoint: str = "best",
                opset: int = 18, overwrite: bool = False) -> ExportResult:
-    """Export a run to ``out`` (see the module docstring); ``overwrite`` replaces an earlier export there."""
-    import torch
+    """Export a run to ``out`` (see the module docstring); ``overwrite`` replaces an earlier export there.
 
-    from mammolab.evaluate.predict import EXPORT_FILES, Predictor
-    from mammolab.recipe import write_recipe
+    The folder is built as a temporary sibling (``.<name>.<pid>.0.mammolab-tmp``), verified, given its
+    completion marker ``export.json`` and only then renamed to ``out``: a killed export leaves no
+    half folder under the final name (predict refuses a folder without the marker), and the re-run
+    removes the killed one's temp folder.
+    """
 
     if fmt not in FORMATS:
         raise MammoLabError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -258,18 +265,90 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     two_view = is_two_view(run_dir)
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise MammoLabError(f"--out: {out} is inside the run {run_dir}; choose a folder outside it")
-    if out.exists() and any(out.iterdir()):
-        if not (out / "recipe.json").is_file() or not overwrite:
-            raise MammoLabError(f"--out: {out} is not empty" + ("; pass --overwrite to replace the export there"
-                                                                if (out / "recipe.json").is_file() else ""))
-        for name in (*EXPORT_FILES.values(), "recipe.json", "model_card.md", "model_card.json"):
-            (out / name).unlink(missing_ok=True)
-    from mammolab.io.atomic import ensure_writable_dir, remove_stale_temps
+    _check_out(out, overwrite)
+    from mammolab.io.lock import output_lock
+
+    # The lock sits beside the folder (its own folder is swapped by a rename): .<name>.mammolab.lock
+    with output_lock(out.parent, command=f"mammolab export {run_dir} --out {out}",
+                     lock_file=out.parent / f".{out.name}.mammolab.lock"):
+        _remove_stale_exports(out)  # the temp folders of exports killed before they were complete
+        _check_out(out, overwrite)  # again, under the lock: another export may have finished meanwhile
+        tmp = out.parent / f".{out.name}.{os.getpid()}.0{TEMP_SUFFIX}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            result = _export_into(run_dir, tmp, fmt, checkpoint=checkpoint, opset=opset, two_view=two_view)
+            _swap_into_place(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result.out, result.model_file = out, out / result.model_file.name
+    return result
+
+
+#: What an export folder may hold: replaced by --overwrite, anything else is the user's and refused.
+_EXPORT_NAMES = {"model.onnx", "model.pt", "recipe.json", "model_card.md", "model_card.json", "export.json"}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from mammolab.io.atomic import temp_files
+
+    if out.exists() and not out.is_dir():
+        raise MammoLabError(f"--out: {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    temps = set(temp_files(out))
+    foreign = [p.name for p in out.iterdir() if p.name not in _EXPORT_NAMES and p not in temps]
+    if foreign:
+        raise MammoLabError(f"--out: {out} is not empty and not an export folder (it holds {foreign[0]}); "
+                            "choose another folder")
+    if not overwrite:
+        raise MammoLabError(f"--out: {out} is not empty; pass --overwrite to replace the export there")
+
+
+def _remove_stale_exports(out: Path) -> None:
+    """Temp folders ``.<name>.<pid>.<n>.mammolab-tmp`` beside ``out`` whose export process is gone."""
+    import re
+
+    from mammolab.io.atomic import _pid_alive
+
+    pattern = re.compile(r"^\." + re.escape(out.name) + r"\.(\d+)\.\d+" + re.escape(TEMP_SUFFIX) + "$")
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out`` (same parent: never across file systems); an earlier
+    export there is moved aside first and removed after, so ``out`` is always a complete export or absent."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.{os.getpid()}.1{TEMP_SUFFIX}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    with contextlib.suppress(OSError):  # make the renames durable (the folder entry itself)
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(run_dir: Path, out: Path, fmt: str, *, checkpoint: str, opset: int, two_view: bool) -> ExportResult:
+    """The export itself, into the (temporary) folder ``out``; its marker is written last, once verified."""
+    import torch
+
+    from mammolab.evaluate.predict import EXPORT_FILES, EXPORT_MARKER, Predictor
+    from mammolab.io.atomic import ensure_writable_dir
+    from mammolab.recipe import write_recipe
 
     ensure_writable_dir(out)
-    remove_stale_temps(out)  # an export killed mid-write left its temp file here
     predictor = Predictor.load(run_dir, checkpoint=checkpoint, device="cpu")
-    recipe = predictor.recipe
+    recipe = predictor.recipe.model_copy(update={"checkpoint": predictor.checkpoint})
     if two_view:  # the exported folder must say it holds a breast model (is_two_view reads this)
         recipe = recipe.model_copy(update={"views": "cc+mlo"})
     model = predictor.run.model.cpu().eval()
@@ -291,12 +370,12 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     write_recipe(out, recipe)
     # Check the exported model against PyTorch on a varied input before declaring success.
     if two_view:
-        got, ref = _check_two_view(model, Predictor.load(out), height, width)
+        got, ref = _check_two_view(model, Predictor.load(out, require_marker=False), height, width)
     else:
         check = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, 1, height, width)).astype(np.float32))
         with torch.no_grad():
             ref = model(check).float().reshape(3, -1).numpy()
-        exported = Predictor.load(out)
+        exported = Predictor.load(out, require_marker=False)
         got = exported.backend.logits(check)
     diff = float(np.abs(got - ref).max())
     if not diff <= 1e-3:
@@ -305,4 +384,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     card = model_card(run_dir, recipe, fmt, diff)
     write_json(out / "model_card.json", card)
     atomic_write_text(out / "model_card.md", card_markdown(card))
+    import mammolab
+
+    write_json(out / EXPORT_MARKER, {"complete": True, "format": fmt, "model_file": model_file.name,
+                                     "checkpoint": predictor.checkpoint, "run": str(run_dir.resolve()),
+                                     "max_abs_diff_vs_pytorch": diff,
+                                     "mammolab_version": getattr(mammolab, "__version__", "?")})
     return ExportResult(out, model_file, fmt, diff, card)

@@ -27,10 +27,13 @@ import pandas as pd
 from mammolab.errors import MammoLabError
 from mammolab.recipe import RECIPE_NAME, Prepared, Recipe, apply_recipe, build_recipe, load_recipe, write_recipe
 
-__all__ = ["EXPORT_FILES", "Predictor", "predict_files", "predict_frame", "resolve_threshold"]
+__all__ = ["EXPORT_FILES", "EXPORT_MARKER", "Predictor", "predict_files", "predict_frame", "resolve_threshold"]
 
 #: Model files of an exported folder, by format.
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+#: Written last by ``mammolab export``, after the exported model was verified against the run: a
+#: folder without it was left by a killed or failed export and is refused.
+EXPORT_MARKER = "export.json"
 
 
 def resolve_threshold(run_dir: str | Path, threshold: float | str | None) -> float:
@@ -183,28 +186,48 @@ class Predictor:
         self.run = run
         self.backend = backend
         self.path = path
+        #: the weights in use, named in every output: ``best.ckpt`` / ``last.ckpt`` of a run, or the
+        #: exported model file (``model.onnx``, ``model.pt``)
         self.checkpoint = checkpoint
         self._torch_model = torch_model
         self._device = device
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str = "best", device: str | None = None) -> Predictor:
-        """A run folder (``config.yaml``, ``checkpoints/``) or an exported folder (``recipe.json`` + model file)."""
+    def load(cls, path: str | Path, checkpoint: str = "best", device: str | None = None, *,
+             require_marker: bool = True) -> Predictor:
+        """A run folder (``config.yaml``, ``checkpoints/``) or an exported folder (``recipe.json`` + model file).
+
+        ``checkpoint``: ``best`` (refused when best.ckpt is missing: never last.ckpt silently), ``last``
+        or a ``.ckpt`` path. The recipe is validated against its schema, ``config.yaml`` and the model
+        before anything is predicted. ``require_marker=False`` is for export's own check of a folder it
+        has not finished yet.
+        """
         path = Path(path)
         if not path.is_dir():
             raise MammoLabError(f"{path}: not a folder (expected a run folder or an exported model folder)")
         if (path / "config.yaml").is_file():
             from mammolab.train.inference import load_run
 
+            if checkpoint not in ("best", "last") and not str(checkpoint).endswith(".ckpt"):
+                raise MammoLabError(f"--checkpoint: expected best, last or a .ckpt file, got {checkpoint!r}")
+            if (path / RECIPE_NAME).is_file():  # the recipe first: a damaged one stops before the weights load
+                load_recipe(path)
             run = load_run(path, checkpoint=checkpoint, device=device)
             recipe = run_recipe(path, run)
-            return cls(recipe, _TorchBackend(run.model, run.device), path=path, checkpoint=str(run.checkpoint),
+            check_run_recipe(path, run, recipe)
+            return cls(recipe, _TorchBackend(run.model, run.device), path=path, checkpoint=Path(run.checkpoint).name,
                        torch_model=run.model, device=run.device, run=run)
         found = [(fmt, path / name) for fmt, name in EXPORT_FILES.items() if (path / name).is_file()]
+        if require_marker and (path / RECIPE_NAME).is_file() and found and not (path / EXPORT_MARKER).is_file():
+            raise MammoLabError(f"{path}: incomplete export (no {EXPORT_MARKER}: the export was killed or failed "
+                                "before it was verified); re-run mammolab export")
         if not (path / RECIPE_NAME).is_file() or not found:
             raise MammoLabError(f"{path}: neither a training run (config.yaml) nor an exported model "
                                 f"(recipe.json with {' or '.join(EXPORT_FILES.values())})")
+        if checkpoint not in ("best", None):
+            raise MammoLabError(f"--checkpoint {checkpoint}: {path} is an exported model folder; it holds one "
+                                "model (export the run again with --checkpoint to change it)")
         recipe = load_recipe(path)
         fmt, file = found[0]
         if fmt == "onnx":
@@ -219,7 +242,8 @@ class Predictor:
                 session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own types for a damaged file
                 raise MammoLabError(f"{file}: unreadable ONNX model ({exc.__class__.__name__})") from None
-            return cls(recipe, _OnnxBackend(session), path=path)
+            _check_onnx_shapes(path, file, session, recipe)
+            return cls(recipe, _OnnxBackend(session), path=path, checkpoint=file.name)
         import torch
 
         dev = torch.device(device) if device else torch.device("cpu")
@@ -231,7 +255,7 @@ class Predictor:
                 module = torch.jit.load(str(file), map_location=dev).eval()
         except Exception as exc:  # a truncated or foreign file
             raise MammoLabError(f"{file}: unreadable TorchScript model ({exc.__class__.__name__})") from None
-        return cls(recipe, _ScriptBackend(module, dev), path=path, device=dev)
+        return cls(recipe, _ScriptBackend(module, dev), path=path, device=dev, checkpoint=file.name)
 
     # -------------------------------------------------------------------------------- facts
     @property
@@ -294,6 +318,10 @@ class Predictor:
         return np.concatenate(out)
 
     def _result(self, probs: np.ndarray, warnings: list[str]) -> dict[str, Any]:
+        if not np.all(np.isfinite(probs)):
+            # NaN is not JSON (serve answered "prob": NaN / null and called it benign): an error instead
+            raise MammoLabError(f"the model's output is not a number ({self.checkpoint or self.path}: damaged "
+                                "weights or a recipe that divides by zero); nothing predicted")
         if self.binary:
             p = float(probs)
             res = {"prob": p, "class": self.classes[int(p >= self.threshold)],
@@ -303,7 +331,7 @@ class Predictor:
             p = float(probs[malignant].sum()) if malignant else float(probs.max())
             res = {"prob": p, "class": self.classes[int(np.argmax(probs))],
                    "probs": {c: float(v) for c, v in zip(self.classes, probs, strict=True)}}
-        res.update(threshold=self.threshold, warnings=list(warnings))
+        res.update(threshold=self.threshold, checkpoint=self.checkpoint, warnings=list(warnings))
         return res
 
     def heatmap(self, prepared: Prepared, method: str = "gradcam", caption: str = "") -> np.ndarray:
@@ -319,7 +347,7 @@ class Predictor:
             model = _BackendModule(self.backend)
         shim = _CamRun(model, self._device or "cpu", self.classes, SimpleNamespace(resize=self.recipe.transform.resize),
                        lambda _a: prepared.tensor)
-        _, heats, _ = heatmaps_for_arrays(shim, [prepared.image], method)
+        _, heats, _ = heatmaps_for_arrays(shim, [prepared.image], method, threshold=self.threshold)
         return overlay_panel(prepared.image, heats[0], caption=caption)
 
     # -------------------------------------------------------------------------------- files
@@ -383,7 +411,11 @@ class Predictor:
                 results[-1]["error"] = str(exc)
         probs = self.probabilities([pr.tensor for _, pr in prepared], tta=tta, batch_size=batch_size)
         for (slot, pr), pk in zip(prepared, probs, strict=True):
-            results[slot].update(self._result(pk, pr.warnings))
+            try:
+                results[slot].update(self._result(pk, pr.warnings))
+            except MammoLabError as exc:
+                results[slot]["error"] = f"{results[slot]['path']}: {exc}"
+                continue
             if heatmap:
                 try:
                     name = Path(results[slot]["path"]).name
@@ -410,6 +442,55 @@ class _BackendModule:
 
 def _caption(name: str, res: dict[str, Any], method: str) -> str:
     return f"{name}  P(malignant)={res['prob']:.2f}  {res['class']}  [{method}]"
+
+
+def check_run_recipe(run_dir: Path, run: Any, recipe: Recipe) -> None:
+    """``recipe.json`` against ``config.yaml`` and the checkpoint, before anything is predicted: a recipe
+    that disagrees with the model (another input size, other classes, another number of outputs) would
+    feed it tensors it was not trained on, or label its outputs wrongly."""
+    from mammolab.imagesize import as_hw
+
+    where = run_dir / RECIPE_NAME
+    cfg_hw, rec_hw = as_hw(run.config.image_size), recipe.transform.hw
+    if cfg_hw != rec_hw:
+        raise MammoLabError(f"{where}: transform.image_size {list(rec_hw)} differs from config.yaml's image_size "
+                            f"{list(cfg_hw)} (height, width); the recipe must be the run's own")
+    if recipe.transform.resize != run.config.resize:
+        raise MammoLabError(f"{where}: transform.resize {recipe.transform.resize!r} differs from config.yaml's "
+                            f"resize {run.config.resize!r}")
+    if tuple(recipe.classes) != tuple(run.classes):
+        raise MammoLabError(f"{where}: classes {list(recipe.classes)} differ from the checkpoint's {list(run.classes)}")
+    outputs = int(getattr(run.model, "num_outputs", 0) or 0) or _model_outputs(run.model)
+    if outputs and recipe.num_outputs != outputs:
+        raise MammoLabError(f"{where}: num_outputs {recipe.num_outputs} differs from the checkpoint's model "
+                            f"({outputs} output(s))")
+
+
+def _model_outputs(model: Any) -> int:
+    """Width of the model's last linear/conv layer (its number of logits), 0 when it cannot be told."""
+    import torch
+
+    last = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            last = m.out_features
+        elif isinstance(m, torch.nn.Conv2d):
+            last = m.out_channels
+    return int(last)
+
+
+def _check_onnx_shapes(folder: Path, file: Path, session: Any, recipe: Recipe) -> None:
+    """An exported ONNX model's static input size and output width against its ``recipe.json``."""
+    where = folder / RECIPE_NAME
+    shape = list(session.get_inputs()[0].shape)
+    hw = [d for d in shape[-2:] if isinstance(d, int)]
+    if len(hw) == 2 and tuple(hw) != recipe.transform.hw:
+        raise MammoLabError(f"{where}: transform.image_size {list(recipe.transform.hw)} differs from {file.name}'s "
+                            f"input {hw} (height, width)")
+    out = list(session.get_outputs()[0].shape)
+    if len(out) == 2 and isinstance(out[1], int) and out[1] != recipe.num_outputs:
+        raise MammoLabError(f"{where}: num_outputs {recipe.num_outputs} differs from {file.name}'s {out[1]} "
+                            "output(s)")
 
 
 def run_recipe(run_dir: Path, run: Any) -> Recipe:

@@ -78,8 +78,11 @@ class TrainedRun:
 def _checkpoint_path(run_dir: Path, checkpoint: str | Path) -> Path:
     if str(checkpoint) in ("best", "last"):
         path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-        if not path.is_file() and checkpoint == "best":
-            path = run_dir / "checkpoints" / "last.ckpt"
+        # No silent fallback to last.ckpt: it is another model (10 of 26 images changed class in the
+        # fault pass) and the card would still quote best's threshold. The user chooses it by name.
+        if not path.is_file() and checkpoint == "best" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise MammoLabError(f"{path}: not found; the run is damaged or unfinished (its last.ckpt is there: "
+                                "pass --checkpoint last to use the last epoch's weights instead)")
     else:
         path = Path(checkpoint)
     if not path.is_file():
