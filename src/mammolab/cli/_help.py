@@ -24,6 +24,8 @@ from typing import Any
 
 import typer.core
 
+from mammolab.train.options import literal_values
+
 __all__ = ["CONFIG_MODELS", "MammoGroup", "field_choices", "polish_command"]
 
 #: Command name -> the config models (``module:Class``) whose fields its options set.
@@ -53,18 +55,6 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _literal_values(annotation: Any) -> list[Any] | None:
-    """The values of a ``Literal[...]`` inside ``annotation`` (also ``Literal | None``, ``list[Literal]``)."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return list(typing.get_args(annotation))
-    for arg in typing.get_args(annotation) or ():
-        if arg is type(None):
-            continue
-        found = _literal_values(arg)
-        if found:
-            return found
-    return None
 
 
 def field_choices(model: Any, name: str) -> list[str] | None:
@@ -72,7 +62,7 @@ def field_choices(model: Any, name: str) -> list[str] | None:
     field = model.model_fields.get(name)
     if field is None:
         return None
-    values = _literal_values(field.annotation)
+    values = literal_values(field.annotation)
     return [str(v) for v in values] if values else None
 
 

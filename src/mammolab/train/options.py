@@ -7,12 +7,13 @@ everywhere once it has its ``description`` (a test checks that every field has o
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["TrainOption", "option_lines", "train_options"]
+__all__ = ["TrainOption", "literal_values", "option_lines", "train_options"]
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,26 @@ class TrainOption:
     description: str
 
 
-def _accepts(annotation: Any) -> str:
-    from mammolab.cli._help import _literal_values
+def literal_values(annotation: Any) -> list[Any] | None:
+    """The values of a ``Literal[...]`` inside ``annotation`` (also ``Literal | None``, ``list[Literal]``).
 
-    values = _literal_values(annotation)
+    It lives here, below the CLI, so that both the CLI's help and this module read choices from the
+    config models without the CLI and training importing each other.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return list(typing.get_args(annotation))
+    for arg in typing.get_args(annotation) or ():
+        if arg is type(None):
+            continue
+        found = literal_values(arg)
+        if found:
+            return found
+    return None
+
+
+def _accepts(annotation: Any) -> str:
+    values = literal_values(annotation)
     if values:
         return "|".join(map(str, values))
     text = str(annotation).replace("typing.", "")
