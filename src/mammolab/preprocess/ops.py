@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 THUMB_SIDE = 512
+#: The fewest pixels on a side that the analysing steps (``crop_border`` in auto mode,
+#: ``remove_annotations``, ``clahe``) accept: a film edge, a breast or a contrast tile cannot be told
+#: apart on fewer. Such images (a 1-pixel line, a mis-read file) are refused with one line instead.
+MIN_SIDE = 8
 
 
 # ------------------------------------------------------------------------------------------- sample
@@ -125,6 +129,14 @@ class Sample:
         return out
 
 
+def require_min_side(img: np.ndarray, what: str, min_side: int = MIN_SIDE) -> None:
+    """Refuse an image too thin for ``what`` with one line that names its size (width x height)."""
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        raise MammoLabError(f"image is {w}x{h} pixels (width x height); {what} expects at least "
+                            f"{min_side} pixels on each side")
+
+
 def _full_scale(img: np.ndarray) -> int:
     return 255 if img.dtype == np.uint8 else 65535
 
@@ -159,7 +171,7 @@ def _crop_thumb(cached: tuple[np.ndarray, int] | None, x0: int, y0: int, w: int,
     if cached is None:
         return None
     thumb, k = cached
-    if k < 2 or x0 % k or y0 % k or max(1, math.ceil(max(h, w) / THUMB_SIDE)) != k or h < k or w < k:
+    if k < 2 or x0 % k or y0 % k or max(1, min(math.ceil(max(h, w) / THUMB_SIDE), h, w)) != k or h < k or w < k:
         return None
     ty, tx = y0 // k, x0 // k
     return np.ascontiguousarray(thumb[ty:ty + h // k, tx:tx + w // k]), k
@@ -222,7 +234,9 @@ def thumbnail(img: np.ndarray, side: int = THUMB_SIDE) -> tuple[np.ndarray, int]
     first trimmed to a multiple of ``k`` (a view) so OpenCV takes its fast integer-area path.
     """
     h, w = img.shape
-    k = max(1, math.ceil(max(h, w) / side))
+    # Never more than the short side: a thin strip must keep at least one thumbnail row/column that
+    # really covers k image rows/columns (the crop and mask arithmetic relies on it).
+    k = max(1, min(math.ceil(max(h, w) / side), h, w))
     if k == 1:
         return np.ascontiguousarray(img), 1
     th, tw = max(1, h // k), max(1, w // k)
@@ -545,7 +559,7 @@ def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: floa
     whatever touches it) that the mask leaves out. A label cut off the breast costs about 1%; more than
     ``max_removed`` means tissue may have gone too, so the image is a ``suspect`` either way.
     """
-    if max(thumb.shape) > THUMB_SIDE // 2:  # half the thumbnail is plenty for a report, and 4x cheaper
+    if max(thumb.shape) > THUMB_SIDE // 2 and min(thumb.shape) >= 2:  # half is plenty for a report, 4x cheaper
         size = (thumb.shape[1] // 2, thumb.shape[0] // 2)
         thumb = cv2.resize(thumb[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_NEAREST)
@@ -646,6 +660,7 @@ class CropBorder(Op):
             dx, dy = int(round(w * self.margin)), int(round(h * self.margin))
             x0, y0, x1, y1 = dx, dy, w - dx, h - dy
         else:
+            require_min_side(sample.image, "crop_border (mode: auto)")
             x0, y0, x1, y1 = find_border(sample.image, max_fraction=self.max_fraction,
                                          bright_level=self.bright_level, edge_fraction=self.edge_fraction,
                                          thumb=sample_thumbnail(sample))
@@ -669,6 +684,7 @@ class RemoveAnnotations(Op):
     crop_margin: float = Field(0.02, ge=0.0, le=0.5)
 
     def __call__(self, sample: Sample) -> Sample:
+        require_min_side(sample.image, "remove_annotations")
         small, k = breast_mask(sample.image, kernel=self.kernel, grow=self.grow, fill_holes=self.fill_holes,
                                thumb=sample_thumbnail(sample))
         small = cv2.dilate(small, np.ones((3, 3), np.uint8))  # keep the skin line's partial pixels
@@ -756,6 +772,7 @@ class Clahe(Op):
     tile_grid: int = Field(8, ge=1, le=64)
 
     def __call__(self, sample: Sample) -> Sample:
+        require_min_side(sample.image, "clahe")
         img = np.ascontiguousarray(sample.image)
         out = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tile_grid, self.tile_grid)).apply(img)
         # Equalisation must not lift the blanked background back into view (OpenCV: 5x faster than out[img == 0] = 0).
@@ -779,13 +796,15 @@ class Resize(Op):
     bit_depth: Literal[8, 16] | None = None
 
     def __call__(self, sample: Sample) -> Sample:
+        """Any shape gives a valid ``height x width`` output: a thin line stays at least one pixel wide."""
         h, w = sample.image.shape
         src, mask_src = sample.image, sample.mask
         # Shrinking by k >= 2: a first integer INTER_AREA reduction (OpenCV's fast path, after trimming
         # the last < k rows/columns) then INTER_AREA to the target: the same box filter, 2-3x faster
         # than one fractional INTER_AREA pass over a full-size film.
         ratio = max(w / self.width, h / self.height) if self.keep_aspect else min(w / self.width, h / self.height)
-        k = int(ratio)
+        # Never more than the short side: a 1-pixel-high line shrunk by k would have no row left.
+        k = min(int(ratio), h, w)
         if k >= 2:
             h, w = h // k * k, w // k * k
             src = src[:h, :w]
