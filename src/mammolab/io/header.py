@@ -29,6 +29,7 @@ from mammolab.errors import MammoLabError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFER_BYTES",
     "EMPTY_FILE",
     "MAX_PIXELS_ENV",
     "ImageHeader",
@@ -36,7 +37,9 @@ __all__ = [
     "guard_bytes",
     "guard_file",
     "max_pixels_limit",
+    "parse_dicom_header",
     "read_header",
+    "sniff_file",
     "sniff_format",
 ]
 
@@ -96,8 +99,47 @@ def check_pixels(header: ImageHeader, name: str, max_pixels: int | None = None) 
     return header
 
 
-def sniff_format(head: bytes) -> str | None:
-    """The format by content (the first 132 bytes suffice): png, jpeg, tiff, bmp, pnm, dicom or ``None``."""
+#: How many leading bytes :func:`sniff_format` needs: DICOM's ``DICM`` ends at byte 132.
+SNIFF_BYTES = 132
+#: Suffixes that hint at a DICOM when the content alone is not conclusive (the last thing looked at).
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+#: The two-letter value representations of explicit-VR DICOM.
+_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR "
+                 b"US UT UV".split())
+
+
+def _bare_dicom(head: bytes, lenient: bool) -> bool:
+    """A DICOM data set without preamble: a plausible first element at byte 0 (explicit VR little or big
+    endian, or implicit VR little endian). Strictly the groups a data set starts with (0002 file meta,
+    0008 identification); with a DICOM suffix as hint, any even group up to 0028 (image pixel)."""
+    if len(head) < 8:
+        return False
+    for order in "<>":
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group & 1 or not (group in (0x0002, 0x0008) or (lenient and 0x0002 <= group <= 0x0028)):
+            continue
+        if head[4:6] in _VRS:
+            return True
+        (length,) = struct.unpack("<I", head[4:8])  # implicit VR is always little endian
+        if order == "<" and length < (1 << 16) and (element == 0 and length == 4 or element > 0):
+            return True
+    return False
+
+
+def sniff_format(head: bytes, suffix: str = "") -> str | None:
+    """THE format decision of every reader (files and uploads alike), by content first.
+
+    ``head`` is the data's first :data:`SNIFF_BYTES` bytes (or all of it when shorter). DICOM comes
+    first: ``DICM`` at byte 128, so a dual-personality file whose preamble holds a TIFF header (legal:
+    pydicom's ``CT_small.dcm`` is one) is a DICOM; then a DICOM data set without preamble; then PNG,
+    JPEG, TIFF, BMP and PNM by their magic numbers. ``suffix`` (the file name's, e.g. ``".dcm"``) is
+    only the last hint: it lets a preamble-less DICOM start with a less usual group. Returns png,
+    jpeg, tiff, bmp, pnm, dicom or ``None`` (unknown: refused, never handed to a decoder).
+    """
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if _bare_dicom(head, lenient=False):
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -108,9 +150,24 @@ def sniff_format(head: bytes) -> str | None:
         return "bmp"
     if re.match(rb"P[1-7]\s", head[:3]):
         return "pnm"
-    if head[128:132] == b"DICM":
+    if suffix.lower() in DICOM_SUFFIXES and _bare_dicom(head, lenient=True):
         return "dicom"
     return None
+
+
+def sniff_file(path: str | Path) -> str | None:
+    """:func:`sniff_format` of a file, reading only its first :data:`SNIFF_BYTES` bytes.
+
+    An empty file is a :class:`MammoLabError` naming it; so is one that cannot be opened.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise MammoLabError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise MammoLabError(f"{path}: {EMPTY_FILE}")
+    return sniff_format(head, Path(path).suffix)
 
 
 def _truncated(name: str, fmt: str, what: str) -> MammoLabError:
@@ -225,16 +282,75 @@ def _pnm(read_at: ReadAt, name: str) -> ImageHeader:
 
 
 def _dicom(read_at: ReadAt, name: str, source: str | Path | bytes | bytearray | memoryview) -> ImageHeader:
+    return dicom_header(parse_dicom_header(source, name), name)
+
+
+#: DICOM elements larger than this are not read while parsing a header (a huge private blob costs nothing).
+DEFER_BYTES = 1 << 20
+_DEFLATED_UID = "1.2.840.10008.1.2.1.99"
+
+
+def parse_dicom_header(source: str | Path | bytes | bytearray | memoryview, name: str) -> object:
+    """A DICOM's data set up to its pixel data (``stop_before_pixels``; large elements deferred).
+
+    A deflated data set is inflated by pydicom in one go, so its inflated size is measured first in
+    bounded steps against the pixel limit's byte budget: a 1 MB deflate bomb is refused, not inflated.
+    """
     import pydicom
 
     try:
+        if _peek_syntax(source) == _DEFLATED_UID:
+            _inflated_size_ok(source, name, max_pixels_limit() * 2 + (16 << 20))
         if isinstance(source, (str, Path)):
-            ds = pydicom.dcmread(str(source), stop_before_pixels=True, force=True)
-        else:
-            ds = pydicom.dcmread(io.BytesIO(bytes(source)), stop_before_pixels=True, force=True)
+            return pydicom.dcmread(str(source), stop_before_pixels=True, force=True, defer_size=DEFER_BYTES)
+        return pydicom.dcmread(io.BytesIO(bytes(source)), stop_before_pixels=True, force=True)
+    except MammoLabError:
+        raise
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise MammoLabError(f"{name}: unreadable DICOM header ({exc.__class__.__name__}: {exc})") from None
-    return dicom_header(ds, name)
+
+
+def _open_meta(source: str | Path | bytes | bytearray | memoryview) -> io.BufferedIOBase:
+    if isinstance(source, (str, Path)):
+        return open(source, "rb")  # noqa: SIM115 (closed by the caller's with)
+    return io.BytesIO(bytes(source))
+
+
+def _peek_syntax(source: str | Path | bytes | bytearray | memoryview) -> str:
+    """The transfer syntax UID from the file meta (group 2) only; empty when there is none."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with _open_meta(source) as fh:
+            read_preamble(fh, force=True)
+            meta = _read_file_meta_info(fh)
+        return str(getattr(meta, "TransferSyntaxUID", "") or "")
+    except Exception:  # no meta or damaged: the full parse reports it
+        return ""
+
+
+def _inflated_size_ok(source: str | Path | bytes | bytearray | memoryview, name: str, limit: int) -> None:
+    """Refuse a deflated data set that inflates to more than ``limit`` bytes, inflating in 1 MB steps."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with _open_meta(source) as fh:
+        read_preamble(fh, force=True)
+        _read_file_meta_info(fh)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while total <= limit:
+                data = inflater.unconsumed_tail or fh.read(1 << 20)
+                if not data:
+                    break
+                total += len(inflater.decompress(data, 1 << 20))
+        except zlib.error as exc:
+            raise MammoLabError(f"{name}: damaged deflated DICOM ({exc})") from None
+    if total > limit:
+        raise MammoLabError(f"{name}: the deflated DICOM inflates to more than {limit / 1e6:.0f} MB, far more than "
+                            "the pixel limit allows; refused before inflating it", hint=_HINT)
 
 
 def dicom_header(ds: object, name: str) -> ImageHeader:
@@ -274,7 +390,7 @@ def read_header(source: str | Path | bytes | bytearray | memoryview, name: str |
 
     if not len(view):
         raise MammoLabError(f"{name}: {EMPTY_FILE}")
-    fmt = sniff_format(read_at(0, 132))
+    fmt = sniff_format(read_at(0, SNIFF_BYTES), Path(name).suffix)
     if fmt is None:
         return None
     if fmt == "dicom":
@@ -287,10 +403,10 @@ def _header_from(fh: io.BufferedReader, name: str, path: Path) -> ImageHeader | 
         fh.seek(offset)
         return fh.read(n)
 
-    head = read_at(0, 132)
+    head = read_at(0, SNIFF_BYTES)
     if not head:
         raise MammoLabError(f"{name}: {EMPTY_FILE}")
-    fmt = sniff_format(head)
+    fmt = sniff_format(head, path.suffix)
     if fmt is None:
         return None
     if fmt == "dicom":

@@ -15,8 +15,6 @@ bytes in memory (an upload), judging the format by content.
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 
 import cv2
@@ -24,20 +22,28 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes
-from mammolab.io.header import EMPTY_FILE, check_pixels, dicom_header, read_header, sniff_format
+from mammolab.io.dicom import decode_dicom, read_dataset
+from mammolab.io.header import (
+    DICOM_SUFFIXES,
+    EMPTY_FILE,
+    SNIFF_BYTES,
+    ImageHeader,
+    check_pixels,
+    read_header,
+    sniff_file,
+    sniff_format,
+)
 from mammolab.io.png import decode_plain_png, plain_png_pixels, read_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp"}
-DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+_KNOWN = "expected DICOM, PNG, JPEG, TIFF or PGM; judged by its content, not its name"
 
 
 def is_dicom_file(path: str | Path) -> bool:
-    """True when the file carries the DICOM preamble magic ``DICM`` at byte 128."""
+    """True when :func:`mammolab.io.header.sniff_format` (the one format decision) calls the file a DICOM."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
+        return sniff_file(path) == "dicom"
+    except MammoLabError:
         return False
 
 
@@ -62,27 +68,13 @@ def read_dicom_pixels(path: str | Path, *, keep_range: bool = False, max_pixels:
     return _dicom_pixels(str(path), str(path), keep_range=keep_range, max_pixels=max_pixels)
 
 
-def _dicom_pixels(source: str | io.BytesIO, name: str, *, keep_range: bool = False,
+def _dicom_pixels(source: str | bytes | bytearray | memoryview, name: str, *, keep_range: bool = False,
                   max_pixels: int | None = None) -> np.ndarray:
-    import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    if isinstance(source, str) and not os.path.getsize(source):
-        raise MammoLabError(f"{name}: {EMPTY_FILE}")
-    try:
-        ds = pydicom.dcmread(source, force=True)  # parses the elements; pixel data is not decoded yet
-    except Exception as exc:  # pydicom raises many types for corrupt input
-        raise MammoLabError(f"{name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
-    check_pixels(dicom_header(ds, name), name, max_pixels)
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        raise MammoLabError(f"{name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
-    if raw.ndim != 2:
-        if raw.ndim == 3 and raw.shape[-1] in (3, 4):
-            raw = cv2.cvtColor(raw.astype(np.uint8), cv2.COLOR_RGB2GRAY)
-        else:
-            raise MammoLabError(f"{name}: expected a single 2-D image, got pixel array of shape {raw.shape}")
+    # The header, the decoded size and every compressed frame's own header are checked before decoding.
+    ds = read_dataset(source, name, max_pixels)
+    raw = decode_dicom(ds, name)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     has_modality = "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds
@@ -105,42 +97,54 @@ def _dicom_pixels(source: str | io.BytesIO, name: str, *, keep_range: bool = Fal
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read any supported image as a 2-D ``uint8``/``uint16`` grayscale array.
 
-    The file's header is checked against the pixel limit (``max_pixels``, else ``$MAMMOLAB_MAX_PIXELS``,
-    else 100 megapixels) before anything is decoded.
+    The format is decided from the file's first bytes only (:func:`mammolab.io.header.sniff_format`),
+    and its header is checked against the pixel limit (``max_pixels``, else ``$MAMMOLAB_MAX_PIXELS``,
+    else 100 megapixels) before the rest of the file is read or anything is decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise MammoLabError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES and not is_dicom_file(path):
-        return _decode_raster(_file_bytes(path), str(path), max_pixels)
-    if suffix in DICOM_SUFFIXES or is_dicom_file(path):
+    fmt = sniff_file(path)
+    if fmt == "dicom":
         return read_dicom_pixels(path, max_pixels=max_pixels)
-    raise MammoLabError(
-        f"{path}: unsupported file type {suffix!r} (expected DICOM, PNG, JPEG, TIFF or PGM)"
-    )
+    if fmt is None:
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+            raise MammoLabError(f"{path}: unreadable image (the content is not a {suffix[1:].upper()} file; {_KNOWN})")
+        raise MammoLabError(f"{path}: unsupported file type {suffix!r} ({_KNOWN})")
+    header = check_pixels(_raster_header(read_header(path), path), str(path), max_pixels)  # header bytes only
+    return _decode_raster(_file_bytes(path), str(path), max_pixels, header)
+
+
+def _raster_header(header: ImageHeader | None, path: Path) -> ImageHeader:
+    if header is None:  # pragma: no cover - sniff_file said it was a raster format
+        raise MammoLabError(f"{path}: unreadable image ({_KNOWN})")
+    return header
 
 
 def read_image_bytes(data: bytes | bytearray | memoryview, name: str = "upload", *,
                      max_pixels: int | None = None) -> np.ndarray:
-    """:func:`read_image` for bytes in memory (an upload): the format judged by content, the same guard.
+    """:func:`read_image` for bytes in memory (an upload): the same format decision, the same guard.
 
-    ``name`` is what error messages call the data (the uploaded file's name).
+    ``name`` is what error messages call the data (the uploaded file's name); its suffix is only the
+    last hint of :func:`mammolab.io.header.sniff_format`.
     """
     view = memoryview(data)
     if not len(view):
         raise MammoLabError(f"{name}: {EMPTY_FILE}")
-    if sniff_format(bytes(view[:132])) == "dicom":
-        return _dicom_pixels(io.BytesIO(bytes(view)), name, max_pixels=max_pixels)
+    if sniff_format(bytes(view[:SNIFF_BYTES]), Path(name).suffix) == "dicom":
+        return _dicom_pixels(view, name, max_pixels=max_pixels)
     return _decode_raster(view, name, max_pixels)
 
 
-def _decode_raster(data: bytes | bytearray | memoryview, name: str, max_pixels: int | None) -> np.ndarray:
+def _decode_raster(data: bytes | bytearray | memoryview, name: str, max_pixels: int | None,
+                   header: ImageHeader | None = None) -> np.ndarray:
     """PNG, JPEG, TIFF, BMP or PNM bytes to a grayscale array, after the header's pixel check."""
-    header = read_header(data, name)
-    if header is None or header.format == "dicom":
-        raise MammoLabError(f"{name}: unreadable image (expected PNG, JPEG, TIFF or PGM; judged by its content)")
-    check_pixels(header, name, max_pixels)
+    if header is None:
+        header = read_header(data, name)
+        if header is None or header.format == "dicom":
+            raise MammoLabError(f"{name}: unreadable image (expected PNG, JPEG, TIFF or PGM; judged by its content)")
+        check_pixels(header, name, max_pixels)
     try:
         arr = decode_plain_png(data, name) if header.format == "png" else None
         if arr is None:

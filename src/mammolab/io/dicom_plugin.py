@@ -1,0 +1,63 @@
+"""A pydicom decoding plug-in backed by imagecodecs, for the JPEG syntaxes the permissive plug-ins miss.
+
+Why: 12-bit JPEG extended (1.2.840.10008.1.2.4.51) is decoded by no permissively licensed pydicom
+plug-in: GDCM and Pillow refuse 12-bit samples, and the only one that reads them, pylibjpeg-libjpeg,
+is GPL-3. imagecodecs (BSD-3-Clause) bundles libjpeg-turbo 3, which decodes 8/12-bit lossy and
+lossless JPEG. pydicom's plug-in interface (``is_available``, ``DECODER_DEPENDENCIES`` and a frame
+decoding function) lets it sit behind pydicom's own decoders, after the plug-ins pydicom ships, so
+pydicom still does the bookkeeping (pixel representation, byte order, shapes). Registered by
+:func:`register` (idempotent); :mod:`mammolab.io.dicom` calls it before decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DECODER_DEPENDENCIES", "LABEL", "is_available", "register"]
+
+LABEL = "imagecodecs"
+_UIDS = ("1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+DECODER_DEPENDENCIES = {uid: ("imagecodecs>=2024.1",) for uid in _UIDS}
+
+
+def is_available(uid: str) -> bool:
+    """Whether imagecodecs with its libjpeg-turbo codec is importable (pydicom asks per syntax)."""
+    if uid not in _UIDS:
+        return False
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    return bool(getattr(imagecodecs, "JPEG8", None) and imagecodecs.JPEG8.available)
+
+
+def _decode_frame(src: bytes, runner: Any) -> bytes:
+    """One JPEG frame to little-endian samples of the runner's pixel type (greyscale only)."""
+    import imagecodecs
+    import numpy as np
+
+    if runner.samples_per_pixel != 1:
+        raise NotImplementedError("the imagecodecs plug-in decodes greyscale JPEG only")
+    arr = imagecodecs.jpeg8_decode(src)
+    if arr.ndim != 2 or arr.shape != (runner.rows, runner.columns):
+        raise ValueError(f"the JPEG frame decodes to {arr.shape}, expected {(runner.rows, runner.columns)}")
+    dtype = np.dtype(f"<u{runner.bits_allocated // 8}")
+    return arr.astype(dtype, copy=False).tobytes()
+
+
+_registered = False
+
+
+def register() -> None:
+    """Add this plug-in to pydicom's decoders of the syntaxes above, after pydicom's own plug-ins."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from pydicom.pixels import get_decoder
+
+    for uid in _UIDS:
+        try:
+            get_decoder(uid).add_plugin(LABEL, (__name__, "_decode_frame"))
+        except ValueError:  # already there (registered by another copy of this module)
+            continue
