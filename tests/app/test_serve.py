@@ -274,10 +274,10 @@ def test_stalled_clients_time_out_and_do_not_block_others(trained_run: Path, pre
     try:
         idle = socket.create_connection(("127.0.0.1", port))
         half_head = socket.create_connection(("127.0.0.1", port))
-        half_head.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n")
+        half_head.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         body, ctype = _form("slow.png", data)
         stalled_body = socket.create_connection(("127.0.0.1", port))
-        stalled_body.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+        stalled_body.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
                              f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
         # Meanwhile another client is served at once.
         start = time.perf_counter()
@@ -353,7 +353,7 @@ def test_cli_serves_until_interrupted(trained_run: Path, tmp_path: Path) -> None
 
     bad = CliRunner().invoke(app, ["serve", str(trained_run), "--max-concurrent", "0"])
     assert bad.exit_code != 0 and isinstance(bad.exception, MammoLabError)  # main() prints it as one line
-    assert "--max-concurrent: expected at least 1" in str(bad.exception)
+    assert "--max-concurrent: expected an integer from 1 to 256, got 0" in str(bad.exception)
 
 
 def _chromedriver() -> tuple[str, str] | None:

@@ -35,24 +35,69 @@ import html
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import File, HTTPException, Query, UploadFile
+from fastapi import File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from mammolab.app.serve_limits import (
+    INTERNAL_ERROR,
+    Access,
+    AccessGuard,
+    BodyLimitMiddleware,
+    ErrorGuard,
+    UploadSlots,
+    one_line,
+    protocol_class,
+)
 from mammolab.errors import MammoLabError
 
-__all__ = ["BodyLimitMiddleware", "MammoServer", "ServeSettings", "create_app", "make_server"]
+__all__ = ["BodyLimitMiddleware", "MammoServer", "ServeSettings", "check_range", "checkpoint_name", "create_app",
+           "make_server", "max_mb_bytes"]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 
+#: Every numeric serve option: (settings field, CLI option, lowest, highest, unit). One table, so the
+#: message for a value out of range always names the option and the accepted range.
+RANGES: tuple[tuple[str, str, float, float, str], ...] = (
+    ("max_concurrent", "--max-concurrent", 1, 256, ""),
+    ("max_uploads", "--max-uploads", 1, 4096, ""),
+    ("max_connections", "--max-connections", 16, 65536, ""),
+    ("queue_timeout", "--queue-timeout", 0.1, 3600, " seconds"),
+    ("header_timeout", "--header-timeout", 0.1, 3600, " seconds"),
+    ("read_timeout", "--read-timeout", 0.1, 3600, " seconds"),
+    ("request_timeout", "--request-timeout", 0.1, 86400, " seconds"),
+    ("keep_alive", "--keep-alive", 0.1, 3600, " seconds"),
+)
+MAX_MB = 10240.0  # --max-mb above 10 GB is a typo, not a scan
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_range(option: str, value: Any, low: float, high: float, unit: str = "", integer: bool = False) -> None:
+    """Raise the one-line error for a numeric option outside ``[low, high]`` (NaN included)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+    if ok and integer and value != int(value):
+        ok = False
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise MammoLabError(f"{option}: expected {kind} from {low:g} to {high:g}{unit}, got {value}")
+
+
+def max_mb_bytes(max_mb: float) -> int:
+    """``--max-mb`` in bytes, checked (at least 1 KB, at most :data:`MAX_MB`)."""
+    check_range("--max-mb", max_mb, 1 / 1024, MAX_MB, " MB")
+    return int(max_mb * 1024 * 1024)
+
+
 @dataclass(frozen=True)
 class ServeSettings:
-    """The server's limits (see the module docstring); defaults suit one person's workstation."""
+    """The server's limits and who may use it (see the module docstring and :mod:`mammolab.app.serve_limits`);
+    the defaults suit one person's workstation."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int | None = None  # None: MAMMOLAB_MAX_PIXELS, else 100 megapixels
@@ -62,6 +107,13 @@ class ServeSettings:
     read_timeout: float = 15.0
     keep_alive: float = 5.0
     method: str = "gradcam"
+    request_timeout: float = 120.0
+    max_uploads: int = 8
+    max_connections: int = 128
+    host: str = "127.0.0.1"
+    allow_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
 
     def check(self) -> ServeSettings:
         from mammolab.explain.cam import METHODS
@@ -69,146 +121,54 @@ class ServeSettings:
 
         if self.method not in METHODS:
             raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.max_bytes < 1024:
-            raise MammoLabError(f"--max-mb: expected at least 1 KB, got {self.max_bytes} bytes")
-        if self.max_concurrent < 1:
-            raise MammoLabError(f"--max-concurrent: expected at least 1, got {self.max_concurrent}")
-        for name in ("queue_timeout", "header_timeout", "read_timeout", "keep_alive"):
-            if getattr(self, name) <= 0:
-                raise MammoLabError(f"--{name.replace('_', '-')}: expected a positive number of seconds, "
-                                    f"got {getattr(self, name)}")
+        check_range("--max-mb", self.max_bytes / 1024 / 1024, 1 / 1024, MAX_MB, " MB")
+        for name, option, low, high, unit in RANGES:
+            integer = unit == ""
+            if name == "max_connections":
+                high = min(high, _fd_room())
+            check_range(option, getattr(self, name), low, high, unit, integer=integer)
+        if self.max_uploads < self.max_concurrent:
+            raise MammoLabError(f"--max-uploads: expected at least --max-concurrent ({self.max_concurrent}): each "
+                                f"prediction needs its upload, got {self.max_uploads}")
+        if self.max_connections < 2 * self.max_uploads + 8:
+            raise MammoLabError(f"--max-connections: expected at least 2 x --max-uploads + 8 = "
+                                f"{2 * self.max_uploads + 8} (the uploads and their queue must leave room for "
+                                f"/health and new clients), got {self.max_connections}")
+        for name in self.allow_hosts:
+            if name != "*" and (not name or any(c in name for c in " /:@?#") or name.startswith(".")):
+                raise MammoLabError(f"--allow-host: expected a host name such as mammo.lab.example (no scheme, port "
+                                    f"or path; * for any), got {name!r}")
+        for origin in self.cors_origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                  or parts.path not in ("",) or parts.query or parts.fragment):
+                raise MammoLabError(f"--cors-origin: expected an origin such as https://app.example:8443 (scheme, "
+                                    f"host, optional port, nothing after), got {origin!r}")
+        if self.api_key is not None and (len(self.api_key) < 8 or not self.api_key.isascii()
+                                         or not self.api_key.isprintable() or " " in self.api_key):
+            raise MammoLabError("--api-key (or MAMMOLAB_API_KEY): expected at least 8 characters, ASCII letters, "
+                                f"digits or punctuation without spaces (got {len(self.api_key)} characters)")
         max_pixels_limit(self.max_pixels)  # validates a given value or the environment variable
         return self
 
-
-# ------------------------------------------------------------------------------------------ ASGI limits
-
-class BodyLimitMiddleware:
-    """Pure ASGI middleware: the request body is counted as it is received and stopped at ``max_bytes``.
-
-    ``Content-Length`` is only a hint: above the limit the request is refused at once (the body
-    is never read); otherwise the bytes themselves are counted, so a missing, chunked or false
-    length cannot carry more. A body piece that takes longer than ``read_timeout`` to arrive ends
-    the request with 408. Refusals close the connection (its unread body is not worth reading).
-    """
-
-    def __init__(self, app: Any, max_bytes: int, read_timeout: float) -> None:
-        self.app = app
-        self.max_bytes = int(max_bytes)
-        self.read_timeout = float(read_timeout)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = [v for k, v in scope["headers"] if k == b"content-length"]
-        if declared:
-            try:
-                length = int(declared[0])
-                if length < 0 or len(set(declared)) > 1:
-                    raise ValueError
-            except ValueError:
-                await _plain_error(send, 400, "invalid Content-Length header")
-                return
-            if length > self.max_bytes:
-                await _plain_error(send, 413, _too_large(self.max_bytes, f"{length / 1e6:.1f} MB declared"))
-                return
-        received = 0
-        body_done = False
-        started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received, body_done
-            if body_done:  # after the body: disconnect notices, no timeout
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.read_timeout)
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body stalled (nothing for {self.read_timeout:g} s)",
-                                    headers={"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, _too_large(self.max_bytes, "more than that sent"),
-                                        headers={"Connection": "close"})
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except HTTPException as exc:  # raised from receive outside a route's error handling
-            if started or exc.status_code not in (408, 413):
-                raise
-            await _plain_error(send, exc.status_code, str(exc.detail))
+    def access(self) -> Access:
+        """The host names answered (loopback names, ``--host`` and ``--allow-host``), CORS origins and key."""
+        hosts = set(LOOPBACK) | {h.lower().rstrip(".") for h in self.allow_hosts if h != "*"}
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.add(self.host.strip("[]").lower().rstrip("."))
+        return Access(hosts=frozenset(hosts), any_host="*" in self.allow_hosts, cors_origins=self.cors_origins,
+                      api_key=self.api_key)
 
 
-def _too_large(limit: int, what: str) -> str:
-    return f"the upload is too large ({what}); the limit is {limit / 1024 / 1024:g} MB (serve --max-mb)"
+def _fd_room() -> int:
+    """Connections this process can hold: its open-file limit, less room for the model, logs and files."""
+    try:
+        import resource
 
-
-async def _plain_error(send: Any, status: int, detail: str) -> None:
-    import json
-
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _protocol_class(header_timeout: float) -> type:
-    """uvicorn's h11 protocol, plus a deadline for a connection's request headers.
-
-    uvicorn arms its ``timeout_keep_alive`` only after a response: a client that connects and sends
-    nothing, or half a request line, or headers one byte a minute, would hold its socket forever.
-    Here a timer starts with the connection (and again after each response) and closes the socket
-    unless a complete request head has arrived by then.
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderTimeoutH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _waiting_cycle: Any = None
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._waiting_cycle = self.cycle
-            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not self._waiting_cycle:  # a complete request head arrived
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderTimeoutH11Protocol
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 65536
+    return 65536 if soft == resource.RLIM_INFINITY else max(16, soft - 64)
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -226,6 +186,8 @@ class Prediction(BaseModel):
     warnings: list[str] = Field(description="the input looks outside what the model was trained on, etc.")
     model: str = Field(description="the model (architecture and regime)")
     run: str = Field(description="the run's name")
+    checkpoint: str | None = Field(None, description="the checkpoint file that scored it (e.g. best.ckpt; null for "
+                                   "an exported model without one)")
     version: str = Field(description="the MammoLab version that trained the model")
     mammolab_version: str = Field(description="the MammoLab version serving it")
     heatmap_method: str | None = Field(None, description="with heatmap=1: gradcam, gradcam++ or occlusion")
@@ -244,13 +206,92 @@ class Health(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error: one line saying what was wrong and what is expected."""
+    """Every error: one line saying what was wrong and what is expected."""
 
-    detail: str
+    detail: str = Field(description="one line: what was wrong and what is expected")
+
+
+def _problem(description: str, **extra: Any) -> dict[str, Any]:
+    return {"model": Problem, "description": description, **extra}
+
+
+#: The errors any request may get (a foreign Host, a bug, a full server), declared on every route.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem("malformed request: Host not served (serve --allow-host), bad Content-Length"),
+    413: _problem("the declared body is above the limit (serve --max-mb)"),
+    500: _problem("a bug: the server logged the details"),
+    503: _problem("busy: every prediction or upload slot stayed taken, or every connection is inside a request; "
+                  "retry after the given seconds",
+                  headers={"Retry-After": {"description": "seconds to wait before retrying",
+                                           "schema": {"type": "integer"}}}),
+}
+#: The errors of the prediction route.
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **COMMON_ERRORS,
+    401: _problem("the server has an API key and it was missing or wrong (X-API-Key or Authorization: Bearer)",
+                  headers={"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
+    403: _problem("a cross-origin request from a browser (another site's page; serve --cors-origin allows one)"),
+    408: _problem("the body stalled, was too slow, or took longer than serve --request-timeout"),
+    413: _problem("upload or pixel count above the limit"),
+    422: _problem("not a readable DICOM, PNG, JPEG, PGM or TIFF image, or a field other than file (or twice)"),
+}
+
+
+def checkpoint_name(predictor: Any) -> str | None:
+    """The checkpoint file that scores (``best.ckpt``), never the server's path to it."""
+    ckpt = getattr(predictor, "checkpoint", None)
+    return Path(str(ckpt)).name if ckpt else None
+
+
+def _validation_detail(exc: Any) -> str:
+    """FastAPI's list of validation errors as the one line the API promises."""
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    parts = []
+    for err in errors[:3]:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return one_line("; ".join(parts) + more) if parts else "the request does not match the API (see /docs)"
+
+
+def _install_error_handlers(app: Any) -> None:
+    """Every answer JSON with a one-line ``detail`` (FastAPI's 422 carries a list; Starlette's 500 is text)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: Any) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Any, exc: Any) -> JSONResponse:
+        if exc.status_code == 404:
+            detail = (f"no page at {request.url.path} (the page is /, the API /api/predict, its documentation "
+                      "/docs)")
+        else:
+            detail = one_line(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Any, exc: Exception) -> JSONResponse:  # logged once, by ErrorGuard
+        return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+
+
+async def check_fields(request: Any, fields: tuple[str, ...], unknown: str, twice: str) -> None:
+    """422 for a multipart field the route does not take (``unknown`` with ``{names}``), or one given twice
+    (``twice`` with ``{field}`` and ``{n}``): FastAPI would score the last one silently."""
+    form = await request.form()  # already parsed by FastAPI for the route's fields: the cached form
+    extra = sorted({str(k) for k in form} - set(fields))
+    if extra:
+        raise HTTPException(422, unknown.format(names=", ".join(extra)))
+    for name in fields:
+        if len(form.getlist(name)) > 1:
+            raise HTTPException(422, twice.format(field=name, n=len(form.getlist(name))))
 
 
 def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
-    """The ASGI application for one loaded :class:`~mammolab.evaluate.predict.Predictor`."""
+    """The ASGI application for one loaded :class:`~mammolab.evaluate.predict.Predictor`, inside its guards
+    (:mod:`mammolab.app.serve_limits`)."""
     from fastapi_offline import FastAPIOffline
     from starlette.concurrency import run_in_threadpool
 
@@ -261,21 +302,19 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
     settings = (settings or ServeSettings()).check()
     serving_version = getattr(mammolab, "__version__", "?")
     model_label = str(getattr(getattr(predictor, "recipe", None), "model", "") or predictor.name)
+    checkpoint = checkpoint_name(predictor)
     # An exported model (TorchScript, ONNX) has no layers to hook: occlusion is its only heatmap.
     method = settings.method if getattr(predictor, "format", "pytorch") == "pytorch" else "occlusion"
     slots = asyncio.Semaphore(settings.max_concurrent)
     cam_lock = threading.Lock()  # heatmap hooks live on the model: one heatmap at a time
     busy = {"now": 0}
 
-    errors: dict[int | str, dict[str, Any]] = {
-        408: {"model": Problem, "description": "the body stalled"},
-        413: {"model": Problem, "description": "upload or pixel count above the limit"},
-        422: {"model": Problem, "description": "not a readable DICOM, PNG, JPEG, PGM or TIFF image"},
-        503: {"model": Problem, "description": "all prediction slots stayed busy (retry later)"},
-    }
+    errors = PREDICT_ERRORS
     app = FastAPIOffline(title="MammoLab", version=serving_version, redoc_url=None,
                          description=f"Scores breast-lesion images with **{html.escape(model_label)}** "
-                                     f"(run {html.escape(predictor.name)}). Research software, not a medical device.")
+                                     f"(run {html.escape(predictor.name)}). Research software, not a medical device. "
+                                     "Every error is JSON `{\"detail\": \"one line\"}`.")
+    _install_error_handlers(app)
 
     def predict(data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
         if not heatmap:
@@ -290,9 +329,12 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
                          serving_version=serving_version, errors=errors, method=method, cam_lock=cam_lock)
     else:
         @app.post("/api/predict", response_model=Prediction, responses=errors, summary="Score one image")
-        async def api_predict(file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
+        async def api_predict(request: Request,
+                              file: UploadFile = File(..., description="DICOM, PNG, JPEG, PGM or TIFF (by content)"),
                               heatmap: bool = Query(False, description="also return the heatmap overlay as a PNG")
                               ) -> Any:
+            await check_fields(request, ("file",), "unexpected field(s) {names}: send one image as the field file",
+                               "file: one image per request, got {n} (send one image as the field file)")
             name = Path(file.filename or "upload").name or "upload"
             data = await file.read()
             if not data:
@@ -326,12 +368,12 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
             return Prediction(file=name, probability=float(res["prob"]), predicted_class=str(res["class"]),
                               probs={k: float(v) for k, v in res["probs"].items()}, threshold=float(res["threshold"]),
                               warnings=[str(w) for w in res.get("warnings", [])], model=model_label, run=predictor.name,
-                              version=predictor.version, mammolab_version=serving_version,
+                              checkpoint=checkpoint, version=predictor.version, mammolab_version=serving_version,
                               heatmap_method=method if overlay is not None else None,
                               heatmap_png=base64.b64encode(_png_bytes(overlay)).decode("ascii")
                               if overlay is not None else None)
 
-    @app.get("/health", response_model=Health, summary="Liveness and load")
+    @app.get("/health", response_model=Health, responses=COMMON_ERRORS, summary="Liveness and load")
     async def health() -> Health:
         return Health(status="ok", model=model_label, run=predictor.name, version=predictor.version,
                       busy=busy["now"], max_concurrent=settings.max_concurrent)
@@ -342,10 +384,12 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
 
         page_text, page_script, extra = BREAST_PAGE, BREAST_PAGE_JS, {"heatmap_note": HEATMAP_NOTE}
     page = page_text.format(model=html.escape(model_label), run=html.escape(predictor.name),
+                            checkpoint=html.escape(checkpoint or "none recorded"),
                             version=html.escape(predictor.version), serving=html.escape(serving_version),
                             classes=html.escape(", ".join(predictor.classes)), threshold=f"{predictor.threshold:.3f}",
                             limit=f"{settings.max_bytes / 1024 / 1024:g} MB",
-                            pixels=f"{max_pixels_limit(settings.max_pixels) / 1e6:g} megapixels", **extra)
+                            pixels=f"{max_pixels_limit(settings.max_pixels) / 1e6:g} megapixels",
+                            key_hidden="" if settings.api_key else " hidden", **extra)
     page_headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                     "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
                                                "img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -359,14 +403,21 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
     async def page_js() -> Response:
         return Response(page_script, media_type="text/javascript", headers=page_headers)
 
-    @app.exception_handler(404)
-    async def not_found(request: Any, exc: Any) -> JSONResponse:
-        return JSONResponse({"detail": f"no page at {request.url.path} (the page is /, the API /api/predict, "
-                                       "its documentation /docs)"}, status_code=404)
-
     app.state.settings = settings
     app.state.predictor = predictor
-    return BodyLimitMiddleware(app, settings.max_bytes, settings.read_timeout)
+    return wrap_app(app, settings)
+
+
+def wrap_app(app: Any, settings: ServeSettings) -> Any:
+    """``app`` inside the guards, outermost first: errors, access, CORS (only when asked), body and upload slots."""
+    inner: Any = BodyLimitMiddleware(app, settings.max_bytes, settings.read_timeout, settings.request_timeout,
+                                     UploadSlots(settings.max_uploads), settings.queue_timeout)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        inner = CORSMiddleware(inner, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                               allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
+    return ErrorGuard(AccessGuard(inner, settings.access()), send_timeout=settings.request_timeout)
 
 
 def _png_bytes(rgb: Any) -> bytes:
@@ -392,17 +443,19 @@ class MammoServer:
         self.title = title
         self.settings = settings
         self.server_address: tuple[str, int] = sock.getsockname()[:2]
-        config = uvicorn.Config(app, http=_protocol_class(settings.header_timeout), lifespan="off",
-                                timeout_keep_alive=int(max(1, round(settings.keep_alive))),
-                                limit_concurrency=max(64, 8 * settings.max_concurrent),
-                                log_level="warning", access_log=False, server_header=False)
+        # No uvicorn limit_concurrency (its 503 is text/plain and counts idle sockets): the protocol's
+        # connection cap and the app's upload and prediction slots do that job (serve_limits).
+        # ws="none": an Upgrade header is ignored rather than handed to a WebSocket stack we do not serve.
+        config = uvicorn.Config(app, http=protocol_class(settings.header_timeout, settings.max_connections),
+                                ws="none", lifespan="off", timeout_keep_alive=int(max(1, round(settings.keep_alive))),
+                                limit_concurrency=None, log_level="warning", access_log=False, server_header=False)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.server_address
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def serve_forever(self) -> None:
         """Serve until Ctrl-C (uvicorn installs its signal handlers when run in the main thread)."""
@@ -430,11 +483,21 @@ class MammoServer:
 def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
                 max_bytes: int = DEFAULT_MAX_BYTES, method: str = "gradcam", max_concurrent: int = 2,
                 queue_timeout: float = 30.0, max_pixels: int | None = None, header_timeout: float = 10.0,
-                read_timeout: float = 15.0, keep_alive: float = 5.0, predictor: Any = None) -> MammoServer:
-    """Load the run (or exported model) and bind the socket (``port=0`` picks a free one)."""
+                read_timeout: float = 15.0, keep_alive: float = 5.0, request_timeout: float = 120.0,
+                max_uploads: int = 8, max_connections: int = 128, allow_hosts: tuple[str, ...] | list[str] = (),
+                cors_origins: tuple[str, ...] | list[str] = (), api_key: str | None = None,
+                predictor: Any = None) -> MammoServer:
+    """Check the options, load the run (or exported model) and bind the socket (``port=0`` picks a free one).
+
+    Options are checked before the model loads, so a typo costs no loading time; a run that cannot be
+    loaded raises the loader's :class:`MammoLabError` (the CLI prints it as one line)."""
+    check_range("--port", port, 0, 65535, " (0 = any free port)", integer=True)
     settings = ServeSettings(max_bytes=max_bytes, max_pixels=max_pixels, max_concurrent=max_concurrent,
                              queue_timeout=queue_timeout, header_timeout=header_timeout, read_timeout=read_timeout,
-                             keep_alive=keep_alive, method=method).check()
+                             keep_alive=keep_alive, method=method, request_timeout=request_timeout,
+                             max_uploads=max_uploads, max_connections=max_connections, host=host,
+                             allow_hosts=tuple(allow_hosts), cors_origins=tuple(cors_origins),
+                             api_key=api_key or None).check()
     if predictor is None:
         from mammolab.evaluate.predict import Predictor
 
@@ -446,9 +509,10 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
         sock.listen(128)
-    except OSError as exc:
-        raise MammoLabError(f"--port {port} / --host {host}: cannot listen ({exc.strerror or exc})",
-                            hint="choose another --port (0 = any free port)") from None
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise MammoLabError(f"--port {port} / --host {host}: cannot listen ({why})",
+                            hint="choose another --port (0 = any free port) or a --host of this machine") from None
     label = str(getattr(getattr(predictor, "recipe", None), "model", "") or predictor.name)
     return MammoServer(app, sock, settings, f"{label} ({predictor.name})")
 
@@ -467,12 +531,14 @@ form{{border:1px solid #ccc;border-radius:6px;padding:1rem;margin:1rem 0;backgro
 border-radius:6px;color:#6b5000}} [hidden]{{display:none}}
 </style></head><body>
 <h1>MammoLab: {model}</h1>
-<p class="sub">run {run} &middot; classes: {classes} &middot; threshold {threshold} &middot;
-trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
+<p class="sub">run {run} &middot; checkpoint <span id="checkpoint">{checkpoint}</span> &middot; classes: {classes}
+&middot; threshold {threshold} &middot; trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
 <p class="warn">Research software: not a medical device, not for diagnosis.</p>
 <form id="form" method="post" action="/api/predict" enctype="multipart/form-data">
 <label for="file">Image (DICOM, PNG, JPEG, PGM or TIFF; at most {limit} and {pixels}):</label><br>
 <input type="file" id="file" name="file" required>
+<span id="key-row"{key_hidden}><label for="key">API key:</label>
+<input type="password" id="key" autocomplete="off"></span>
 <button type="submit" id="submit">Predict</button> <span id="status" class="meta"></span>
 </form>
 <p class="error" id="error" role="alert" hidden></p>
@@ -498,6 +564,17 @@ _PAGE_JS = r"""'use strict';
     errorBox.textContent = message;
     errorBox.hidden = false;
   }
+  // The API key never travels in the page: the user opens /#key=KEY (a fragment is not sent to the
+  // server, and is removed from the address bar at once) or types it; it goes out as X-API-Key.
+  const keyInput = document.getElementById('key');
+  const fromHash = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (fromHash) {
+    keyInput.value = decodeURIComponent(fromHash[1]);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  function apiHeaders() {
+    return keyInput.value ? {'X-API-Key': keyInput.value} : {};
+  }
   function render(r) {
     const sec = el('section', {id: 'result'});
     sec.appendChild(el('h2', {}, 'Result for ' + r.file));
@@ -520,6 +597,7 @@ _PAGE_JS = r"""'use strict';
     }
     sec.appendChild(table);
     sec.appendChild(el('p', {class: 'meta', id: 'model'}, 'model ' + r.model + ' \u00b7 run ' + r.run +
+      ' \u00b7 checkpoint ' + (r.checkpoint || 'none recorded') +
       ' \u00b7 trained with MammoLab ' + r.version + ' \u00b7 heatmap: ' + (r.heatmap_method || 'none') +
       ' (red = regions that raised the score)'));
     if (r.heatmap_png) {
@@ -539,7 +617,7 @@ _PAGE_JS = r"""'use strict';
     status.textContent = 'predicting\u2026';
     let resp;
     try {
-      resp = await fetch('/api/predict?heatmap=1', {method: 'POST', body: body});
+      resp = await fetch('/api/predict?heatmap=1', {method: 'POST', body: body, headers: apiHeaders()});
     } catch (e) {
       status.textContent = '';
       showError('the server could not be reached (' + e + ')');
@@ -550,6 +628,7 @@ _PAGE_JS = r"""'use strict';
     status.textContent = '';
     if (!resp.ok) {
       const d = data && data.detail;
+      if (resp.status === 401) document.getElementById('key-row').hidden = false;
       showError(typeof d === 'string' ? d : JSON.stringify(d));
       return;
     }

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import File, HTTPException, Query, Request, UploadFile
 from pydantic import Field
 
-from mammolab.app.serve import Prediction
+from mammolab.app.serve import Prediction, check_fields, checkpoint_name
 from mammolab.errors import MammoLabError
 from mammolab.train.views import VIEWS
 
@@ -93,14 +93,9 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
                                                         "missing if cc is given"),
         heatmap: bool = Query(False, description=f"also return heatmap_png: {HEATMAP_NOTE}"),
     ) -> Any:
-        form = await request.form()  # already parsed by FastAPI for cc/mlo: the cached form
-        unknown = sorted({str(k) for k in form} - set(FIELDS.values()))
-        if unknown:
-            raise HTTPException(422, f"this is a two-view (CC + MLO) breast model: send the breast's images as the "
-                                     f"fields cc and mlo (got field(s) {', '.join(unknown)})")
-        for field in FIELDS.values():
-            if len(form.getlist(field)) > 1:
-                raise HTTPException(422, f"{field}: one file per view, got {len(form.getlist(field))}")
+        await check_fields(request, tuple(FIELDS.values()),
+                           "this is a two-view (CC + MLO) breast model: send the breast's images as the fields cc "
+                           "and mlo (got field(s) {names})", "{field}: one file per view, got {n}")
         uploads = {view: await _upload(FIELDS[view], f) for view, f in (("CC", cc), ("MLO", mlo))}
         given = {view: up for view, up in uploads.items() if up is not None}
         if not given:
@@ -143,7 +138,8 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
             file=" + ".join(name for name, _ in given.values()), probability=float(res["prob"]),
             predicted_class=str(res["class"]), probs={k: float(v) for k, v in res["probs"].items()},
             threshold=float(res["threshold"]), warnings=[str(w) for w in res.get("warnings", [])],
-            model=model_label, run=predictor.name, version=predictor.version, mammolab_version=serving_version,
+            model=model_label, run=predictor.name, checkpoint=checkpoint_name(predictor), version=predictor.version,
+            mammolab_version=serving_version,
             heatmap_method=method if heatmap else None,
             heatmap_png=base64.b64encode(_png_bytes(res["heatmap"])).decode("ascii") if heatmap else None,
             views_present=[v for v in VIEWS if v in given],
@@ -166,8 +162,9 @@ form p{{margin-top:0}} .views{{display:flex;gap:1.5rem;flex-wrap:wrap;margin:.6r
 border-radius:6px;color:#6b5000}} [hidden]{{display:none}}
 </style></head><body>
 <h1>MammoLab: {model}</h1>
-<p class="sub">run {run} &middot; two-view breast model (CC + MLO) &middot; classes: {classes} &middot;
-threshold {threshold} &middot; trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
+<p class="sub">run {run} &middot; checkpoint <span id="checkpoint">{checkpoint}</span> &middot;
+two-view breast model (CC + MLO) &middot; classes: {classes} &middot; threshold {threshold} &middot;
+trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
 <p class="warn">Research software: not a medical device, not for diagnosis.</p>
 <form id="form" method="post" action="/api/predict" enctype="multipart/form-data">
 <p>One breast: its craniocaudal and mediolateral oblique images (DICOM, PNG, JPEG, PGM or TIFF; at most
@@ -177,6 +174,8 @@ then predicted from that view alone, as training and evaluation handle it.</p>
 <div><label for="cc">CC (craniocaudal)</label><br><input type="file" id="cc" name="cc"></div>
 <div><label for="mlo">MLO (mediolateral oblique)</label><br><input type="file" id="mlo" name="mlo"></div>
 </div>
+<span id="key-row"{key_hidden}><label for="key">API key:</label> <input type="password" id="key" autocomplete="off">
+</span>
 <button type="submit" id="submit">Predict</button> <span id="status" class="meta"></span>
 </form>
 <p class="error" id="error" role="alert" hidden></p>
@@ -204,6 +203,17 @@ BREAST_PAGE_JS = r"""'use strict';
     errorBox.textContent = message;
     errorBox.hidden = false;
   }
+  // The API key never travels in the page: the user opens /#key=KEY (a fragment is not sent to the
+  // server, and is removed from the address bar at once) or types it; it goes out as X-API-Key.
+  const keyInput = document.getElementById('key');
+  const fromHash = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (fromHash) {
+    keyInput.value = decodeURIComponent(fromHash[1]);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  function apiHeaders() {
+    return keyInput.value ? {'X-API-Key': keyInput.value} : {};
+  }
   function render(r) {
     const sec = el('section', {id: 'result'});
     sec.appendChild(el('h2', {}, 'Result for the breast: ' + r.file));
@@ -229,6 +239,7 @@ BREAST_PAGE_JS = r"""'use strict';
     }
     sec.appendChild(table);
     sec.appendChild(el('p', {class: 'meta', id: 'model'}, 'model ' + r.model + ' \u00b7 run ' + r.run +
+      ' \u00b7 checkpoint ' + (r.checkpoint || 'none recorded') +
       ' \u00b7 trained with MammoLab ' + r.version + ' \u00b7 heatmap: ' + (r.heatmap_method || 'none') +
       ' of the breast score, per view'));
     if (r.heatmap_png) {
@@ -253,7 +264,7 @@ BREAST_PAGE_JS = r"""'use strict';
     status.textContent = 'predicting\u2026';
     let resp;
     try {
-      resp = await fetch('/api/predict?heatmap=1', {method: 'POST', body: body});
+      resp = await fetch('/api/predict?heatmap=1', {method: 'POST', body: body, headers: apiHeaders()});
     } catch (e) {
       status.textContent = '';
       showError('the server could not be reached (' + e + ')');
@@ -264,6 +275,7 @@ BREAST_PAGE_JS = r"""'use strict';
     status.textContent = '';
     if (!resp.ok) {
       const d = data && data.detail;
+      if (resp.status === 401) document.getElementById('key-row').hidden = false;
       showError(typeof d === 'string' ? d : JSON.stringify(d));
       return;
     }

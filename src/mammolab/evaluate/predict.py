@@ -399,6 +399,8 @@ class Predictor:
         from mammolab.io.memory import retain_freed_memory
 
         self._single_images_only()
+        if isinstance(paths, str | os.PathLike):  # one file, not one per character
+            paths = [paths]
         retain_freed_memory()  # full-size temporaries reused from file to file (see mammolab.io.memory)
         results: list[dict[str, Any]] = []
         prepared: list[tuple[int, Prepared]] = []
@@ -558,6 +560,8 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
     """
     from mammolab.explain.overlay import write_rgb_png
 
+    if isinstance(files, str | os.PathLike):  # one file: a string is not a sequence of one-character names
+        files = [files]
     if not files:
         raise MammoLabError("predict: give at least one image file")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
