@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed.stamp
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean docs docs-serve
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_input.py
 	$(BIN)/python benchmarks/predict.py
 
+# The documentation site (mkdocs.yml): strict, so a warning or a broken link fails; into site/.
+DOCS_STAMP := $(VENV)/.docs.stamp
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .pytest_cache site
