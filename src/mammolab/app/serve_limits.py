@@ -512,7 +512,7 @@ def protocol_class(header_timeout: float, max_connections: int) -> type:
                 self.transport.close()
                 return
             body = problem_bytes("malformed HTTP request: the request line or headers could not be parsed "
-                                 "(or the headers are larger than 16 KB)")
+                                 "(or the request head is too large)")
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                        (b"connection", b"close")]
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
