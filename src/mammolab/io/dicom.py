@@ -421,7 +421,9 @@ def decode_dicom(ds: Any, name: str) -> np.ndarray:
     plugin = "pylibjpeg" if str(uid) == _RLE_UID and _has_bounded_rle() else ""
     try:
         arr, meta = decoder.as_array(ds, index=0, as_rgb=False, decoding_plugin=plugin)
-    except Exception as exc:  # a damaged codestream: every plug-in raises its own type
+    except BaseException as exc:  # a damaged codestream: every plug-in raises its own type (Rust ones panic)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         text = " ".join(str(exc).split())[:300]
         raise MammoLabError(f"{name}: cannot decode its {uid.name} pixel data ({exc.__class__.__name__}: {text})",
                             hint="the file is damaged; copy it again from its source") from None
