@@ -96,8 +96,12 @@ def train(
                                          "needs a GPU). Default 32."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0:"
                                            " images come from the cache, so workers rarely help)."),
-    cache: str | None = typer.Option(None, "--cache", help="Image cache: auto (file under ~/.cache/mammolab, "
-                                     "in RAM when it fits), disk (always memory-mapped) or ram (no file)."),
+    cache: str | None = typer.Option(None, "--cache", help="Image cache: auto (a file, see --cache-dir; in RAM "
+                                     "when it fits), disk (always memory-mapped) or ram (no file)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Folder of the image cache file. Default: "
+                                         "$MAMMOLAB_CACHE, else DATASET/.mammolab-cache (reused by every run on "
+                                         "the dataset), else RUN/cache when the dataset is read-only. Its space "
+                                         "is reserved before training starts."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (same as "
                                      "--logger tensorboard)."),
     logger: list[str] | None = typer.Option(None, "--logger", help=LOGGER_HELP),
@@ -117,6 +121,9 @@ def train(
     weights_prefix: str | None = typer.Option(None, "--weights-prefix", help="Key prefix to strip from a "
                                               "--weights checkpoint holding the encoder of a bigger model "
                                               "(e.g. visual.trunk.), or auto."),
+    weights_convention: str | None = typer.Option(None, "--weights-convention", help="Input convention of the "
+                                                  "published encoder in --weights: mammo-clip (its mean/std; "
+                                                  "train it at --image-size 1520x912)."),
     effective_batch: int | None = typer.Option(None, "--effective-batch", help="Images per optimiser step: "
                                                "gradients of effective/(batch-size x devices) batches are "
                                                "accumulated."),
@@ -144,14 +151,24 @@ def train(
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "scheduler": scheduler, "patience": patience,
         "freeze_proportion": freeze_proportion, "trainable_stages": trainable_stages, "seed": seed, "fold": fold,
         "subset": subset, "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator,
-        "precision": precision, "num_workers": num_workers, "cache": cache, "tensorboard": tensorboard or None,
+        "precision": precision, "num_workers": num_workers, "cache": cache, "cache_dir": cache_dir,
+        "tensorboard": tensorboard or None,
         "views": views, "fusion": fusion, "init_from": init_from, "head_type": head_type,
-        "weights_prefix": weights_prefix, "effective_batch": effective_batch, "accumulate_grad_batches": accumulate,
+        "weights_prefix": weights_prefix, "weights_convention": weights_convention,
+        "effective_batch": effective_batch, "accumulate_grad_batches": accumulate,
         "channels_last": channels_last or None, "grad_checkpointing": grad_checkpointing or None,
         "loggers": logger or None, "tracking_uri": tracking_uri,
     }
+    from mammolab.train.fit import TrainingStopped
+
     cfg = prepare_config(out, config_file=config, overrides=overrides, resume=resume, sets=parse_sets(set_))
-    result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
+    try:
+        result = run_training(dataset, cfg, out, resume=resume, overwrite=overwrite)
+    except TrainingStopped as exc:  # SIGTERM / SIGUSR1: a clean stop, not a crash; 128 + the signal's number
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + exc.signum) from None
     if not result.primary:  # the other processes of --devices N: rank 0 reports
         return
     say = {"soft_wrap": True, "highlight": False}
@@ -163,11 +180,8 @@ def train(
     if result.info.get("monitor_reason"):  # val AUC undefined: model selection followed val loss
         console.print(f"note: {result.info['monitor_reason']} (best epoch {result.best_epoch} by val loss)", **say)
     rep = result.info.get("weights_report") or {}
-    if rep.get("prefix"):
-        unexpected = rep.get("unexpected") or []
-        console.print(f"weights: {rep.get('loaded')} tensors from {rep.get('file')} under prefix {rep['prefix']!r}; "
-                      f"{rep.get('outside_prefix', 0)} key(s) outside it ignored, {len(unexpected)} unexpected under "
-                      f"it{' (e.g. ' + unexpected[0] + ')' if unexpected else ''}", **say)
+    if rep.get("summary"):  # layout found, tensors converted, ignored (head, text encoder...), missing
+        console.print(rep["summary"], **say)
     console.print(f"run: {out}  (metrics.csv, curves.png, run.json)", **say)
     console.print(f"best checkpoint: {result.best_checkpoint}", **say)
     console.print(f"next: mammolab evaluate {out}", **say)

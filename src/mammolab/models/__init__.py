@@ -1,9 +1,11 @@
 """Models: a registry of backbones (timm and MammoLab's own CNNs), heads, regimes and the classic presets.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`list_presets`, :func:`register_model`,
-:data:`CLASSIC_TEN`. ``mammolab models`` prints the registry.
+:data:`CLASSIC_TEN`, :func:`load_foreign_checkpoint` (a published checkpoint in any layout
+MammoLab knows, converted into a timm model). ``mammolab models`` prints the registry.
 """
 
+from mammolab.models.foreign import load_foreign_checkpoint
 from mammolab.models.presets import CLASSIC_TEN
 from mammolab.models.registry import (
     REGIMES,
@@ -29,6 +31,7 @@ __all__ = [
     "get_preset",
     "list_models",
     "list_presets",
+    "load_foreign_checkpoint",
     "register_model",
     "register_preset",
     "resolve_model_name",

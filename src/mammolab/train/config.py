@@ -25,8 +25,8 @@ RUNTIME_FIELDS = frozenset({"accelerator", "devices", "num_nodes", "strategy", "
                             "tensorboard", "channels_last", "grad_checkpointing", "loggers", "tracking_uri"})
 #: Options added after runs were made: left out of the result hash while at their default, so a
 #: finished run of an older version is still recognised as up to date.
-LATER_OPTIONS = {"weights_prefix": None, "init_from": None, "head_type": "mlp", "views": "single",
-                 "fusion": "concat", "accumulate_grad_batches": 1, "effective_batch": None}
+LATER_OPTIONS = {"weights_prefix": None, "weights_convention": None, "init_from": None, "head_type": "mlp",
+                 "views": "single", "fusion": "concat", "accumulate_grad_batches": 1, "effective_batch": None}
 
 _PRECISION_ALIASES = {
     "32": "32-true", "fp32": "32-true", "32-true": "32-true",
@@ -78,6 +78,10 @@ class TrainConfig(StrictModel):
         None, description="key prefix to strip from a --weights checkpoint that holds the encoder inside a bigger "
         "model (e.g. 'visual.trunk.'), or 'auto' to detect it; keys outside it are ignored, unexpected keys "
         "under it are reported in run.json")
+    weights_convention: Literal["mammo-clip"] | None = Field(
+        None, description="input convention of a published encoder given as --weights: its normalisation mean "
+        "and std replace the model's (recorded in the recipe, applied by predict); mammo-clip: mean 0.3089, "
+        "std 0.2505, trained at 1520x912 (docs/guide/weights.md)")
     init_from: str | None = Field(
         None, description="run folder whose trained backbone starts this model (patch-to-whole-image transfer); "
         "the runs' architectures must match; the head starts afresh")
@@ -139,8 +143,8 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache: Literal["auto", "ram", "disk"] = Field("auto", description="decoded-image cache: auto (RAM when it "
                                                   "fits, else a memory-mapped file), ram or disk")
-    cache_dir: str | None = Field(None, description="folder of the cache file (default ~/.cache/mammolab or "
-                                  "MAMMOLAB_CACHE)")
+    cache_dir: str | None = Field(None, description="folder of the cache file (default $MAMMOLAB_CACHE, else "
+                                  "DATASET/.mammolab-cache, else RUN/cache when the dataset is read-only)")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (same as loggers: [tensorboard])")
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="experiment trackers (Lightning loggers) that also receive the metrics, "

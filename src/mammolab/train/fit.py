@@ -11,6 +11,13 @@ into it and writes the run folder::
     RUN/logs/, tensorboard/, mlflow.db   experiment trackers, with loggers (mammolab.train.tracking)
     RUN/checkpoints/best.ckpt  best validation AUC;  RUN/checkpoints/last.ckpt  end of the last epoch
 
+Every checkpoint is written by :class:`AtomicCheckpointIO`: a temp file in ``RUN/checkpoints`` itself,
+fsynced, then renamed, so a kill or a full disk never leaves a truncated file under a final name,
+even when ``--out`` is on another file system than ``$TMPDIR`` (a cluster's shared project space).
+``run.json`` says ``failed`` (with the reason) when a run stops on an error and ``interrupted`` when
+SIGTERM or SIGUSR1 (SLURM's warning before preemption or the time limit) stopped it; the folder is
+locked while a run writes it (:mod:`mammolab.io.lock`).
+
 A finished run with the same result-relevant config is skipped; ``resume=True`` continues a killed
 run from ``last.ckpt`` and ends where an uninterrupted run with the same seed would (model,
 optimiser, schedule, early-stopping state and metrics history are all in the checkpoint, and every
@@ -20,7 +27,9 @@ random draw is seeded per epoch).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import platform
 import shutil
 import signal
@@ -38,11 +47,20 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mammolab.config import deep_merge, dump_yaml, load_yaml
 from mammolab.data.manifest import manifest_hash, read_info
-from mammolab.errors import MammoLabError
-from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
+from mammolab.errors import MammoLabError, OutputError
+from mammolab.io.atomic import (
+    atomic_write,
+    atomic_write_text,
+    ensure_writable_dir,
+    read_json,
+    remove_stale_temps,
+    write_json,
+)
+from mammolab.io.lock import LOCK_NAME, output_lock
 from mammolab.models.registry import MammoNet, create_model
 from mammolab.models.transfer import init_from_run
 from mammolab.models.weights import check_checkpoint_model
@@ -55,7 +73,9 @@ from mammolab.train.views import TwoViewDataModule
 
 __all__ = [
     "METRICS_COLUMNS",
+    "AtomicCheckpointIO",
     "RunResult",
+    "TrainingStopped",
     "build_model",
     "plot_curves",
     "prepare_config",
@@ -84,6 +104,105 @@ class RunResult:
     skipped: bool = False
     #: False in the extra processes of a multi-device run, which write nothing and report nothing.
     primary: bool = True
+
+
+class TrainingStopped(MammoLabError):
+    """SIGTERM or SIGUSR1 stopped the run; ``last.ckpt`` holds the last finished epoch for ``--resume``."""
+
+    def __init__(self, message: str, signum: int, requeued: bool = False) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.requeued = requeued
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on any file system.
+
+    The checkpoint is serialised in memory first (so its size is known), checked against the free
+    space of its folder (a full disk is one line: the folder, the bytes needed and free), then
+    written to ``.<name>.<pid>.<n>.mammolab-tmp`` IN THE SAME FOLDER, fsynced and ``os.replace``d
+    (:func:`mammolab.io.atomic.atomic_write`): never a rename across file systems, never a partial
+    file under ``best.ckpt`` or ``last.ckpt``. A killed run's temp file is removed by the next run
+    (:func:`mammolab.io.atomic.remove_stale_temps`).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        data = buf.getbuffer()
+        _check_space(path.parent, data.nbytes, what=f"checkpoint {path.name}")
+        with atomic_write(path, "wb") as fh:
+            fh.write(data)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        Path(path).unlink(missing_ok=True)
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    """One line before writing ``needed`` bytes into ``folder`` when they cannot fit (the old file of the
+    same name, replaced by the rename, is not counted as free: both exist until the rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise OutputError(f"{folder}: the disk (or quota) is full: {what} needs {needed / 2**20:.1f} MiB, "
+                          f"{free / 2**20:.1f} MiB free; free space or choose another --out")
+
+
+class _StopOnSignal(Callback):
+    """SIGUSR1 (``sbatch --signal=SIGUSR1@90``: SLURM's warning before preemption or the time limit) stops
+    the run at the next batch, like Lightning's own SIGTERM handling does for SIGTERM; nothing of the
+    unfinished epoch is saved, so ``last.ckpt`` stays the last finished epoch and a resumed run ends
+    exactly where an uninterrupted one would."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+            self._old = signal.signal(signal.SIGUSR1, self._handler)
+
+    def uninstall(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGUSR1, self._old)
+            self._old = None
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def _check(self) -> None:
+        if self.signum is not None:
+            raise _Preempted(self.signum)
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+
+class _Preempted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _slurm_requeue() -> bool:
+    """``scontrol requeue`` this job (SLURM, unless ``MAMMOLAB_SLURM_REQUEUE=0``); True when it worked."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("MAMMOLAB_SLURM_REQUEUE", "1") == "0":
+        return False
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    import subprocess
+
+    try:
+        return subprocess.run(["scontrol", "requeue", job], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 class MetricsLogger(Callback):
@@ -148,12 +267,18 @@ def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "") -> Non
 def build_model(cfg: TrainConfig, num_outputs: int, *, weights: str | None = None) -> MammoNet:
     """The model a config describes (weights default to the config's)."""
     weights = cfg.weights if weights is None else weights
-    return create_model(cfg.model, regime=cfg.regime, weights=weights,
-                        in_chans=1, num_outputs=num_outputs, head_hidden=cfg.head_hidden,
-                        head_dropout=cfg.head_dropout, head_activation=cfg.head_activation,
-                        freeze_proportion=cfg.freeze_proportion, trainable_stages=cfg.trainable_stages,
-                        weights_prefix=cfg.weights_prefix if weights not in ("none", "imagenet") else None,
-                        head_type=cfg.head_type, views=1 if cfg.views == "single" else 2, fusion=cfg.fusion)
+    model = create_model(cfg.model, regime=cfg.regime, weights=weights,
+                         in_chans=1, num_outputs=num_outputs, head_hidden=cfg.head_hidden,
+                         head_dropout=cfg.head_dropout, head_activation=cfg.head_activation,
+                         freeze_proportion=cfg.freeze_proportion, trainable_stages=cfg.trainable_stages,
+                         weights_prefix=cfg.weights_prefix if weights not in ("none", "imagenet") else None,
+                         head_type=cfg.head_type, views=1 if cfg.views == "single" else 2, fusion=cfg.fusion)
+    if cfg.weights_convention:  # a published encoder's normalisation: in the recipe and at every rebuild
+        from mammolab.models.conventions import get_convention
+
+        conv = get_convention(cfg.weights_convention)
+        model.backbone.mean, model.backbone.std = conv.mean, conv.std
+    return model
 
 
 def prepare_config(out: str | Path, *, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -176,7 +301,12 @@ def prepare_config(out: str | Path, *, config_file: str | Path | None = None, ov
         base.update(load_yaml(config_file))
     if sets:
         base = deep_merge(base, sets)
-    return resolve_train_config(base, overrides=overrides)
+    cfg = resolve_train_config(base, overrides=overrides)
+    if sets:  # lax validation reads --set epochs=true as 1 epoch: the --set values are checked strictly
+        from mammolab.config import check_set_types
+
+        check_set_types(TrainConfig, cfg.model_dump(mode="json"), sets)
+    return cfg
 
 
 def _versions() -> dict[str, str]:
@@ -290,6 +420,19 @@ def _discard_unstarted(out: Path, created: bool) -> None:
                 sub.rmdir()  # only when empty: someone else's files are never removed
 
 
+def _stopped(out: Path, dataset: Path, signum: int, logger: MetricsLogger) -> TrainingStopped:
+    """The one line of a run stopped by a signal; on SLURM (SIGUSR1) the job is requeued first."""
+    name = signal.Signals(signum).name
+    done = len(logger.rows)
+    requeued = signum == getattr(signal, "SIGUSR1", None) and _slurm_requeue()
+    last = out / "checkpoints" / "last.ckpt"
+    kept = f"last.ckpt holds epoch {done}" if done and last.is_file() else "no epoch had finished (nothing to resume)"
+    then = ("the SLURM job was requeued and resumes by itself" if requeued else
+            f"continue with: mammolab train {dataset} --out {out} --resume")
+    return TrainingStopped(f"{out}: stopped by {name} during epoch {done + 1}; {kept} (run.json: interrupted); "
+                           f"{then}", signum, requeued)
+
+
 def _monitor_for(val_counts: np.ndarray, classes: Sequence[str]) -> tuple[str, str | None]:
     """What picks the best checkpoint and stops early: val AUC, or val loss when AUC cannot be defined.
 
@@ -329,15 +472,63 @@ def train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | 
     created = not out.exists()
     if not created:
         ensure_writable_dir(out)
-        remove_stale_temps(out)  # what a killed run was writing when it died
     try:
-        return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks,
-                      loggers=loggers, experiment=experiment)
-    except (MammoLabError, KeyboardInterrupt):
-        # A user error or Ctrl+C before the first epoch ended. Not a callback's own exception (a pruned
-        # tuning trial keeps what it logged) and not a bug (the traceback and the folder tell the story).
-        _discard_unstarted(out, created)
-        raise
+        # One writer per run folder: a second 'mammolab train --out' here is refused, naming this one.
+        lock = output_lock(out, command=f"mammolab train {dataset} --out {out}") if _primary_process() \
+            else contextlib.nullcontext()
+        with lock:
+            if not created:
+                remove_stale_temps(out)  # what a killed run was writing when it died
+            if _slurm_restarted(out, resume, overwrite):
+                resume = True
+            try:
+                return _train(dataset, config, out, resume=resume, overwrite=overwrite, callbacks=callbacks,
+                              loggers=loggers, experiment=experiment)
+            except (MammoLabError, KeyboardInterrupt) as exc:
+                # A user error or Ctrl+C before the first epoch ended. Not a callback's own exception (a pruned
+                # tuning trial keeps what it logged) and not a bug (the traceback and the folder tell the story).
+                _mark_stopped(out, exc)
+                _discard_unstarted(out, created)
+                raise
+            except BaseException as exc:
+                _mark_stopped(out, exc)
+                raise
+    finally:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)  # nothing else was written: no folder is left behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _primary_process() -> bool:
+    """True except in the extra processes of a multi-device run (Lightning's DDP launcher re-runs the
+    command with LOCAL_RANK set; SLURM and torchrun set RANK / SLURM_PROCID): rank 0 holds the lock."""
+    return all(os.environ.get(k, "0") in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _slurm_restarted(out: Path, resume: bool, overwrite: bool) -> bool:
+    """A SLURM job requeued after preemption (``SLURM_RESTART_COUNT`` > 0) re-runs its command unchanged:
+    it resumes its unfinished run from ``last.ckpt`` without needing ``--resume`` in the script."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0").strip() or "0"
+    return (not resume and not overwrite and restarts != "0" and (out / "checkpoints" / "last.ckpt").is_file()
+            and _finished(out) is None)
+
+
+def _mark_stopped(out: Path, exc: BaseException) -> None:
+    """``run.json`` of a run that stops says so: ``interrupted`` (a signal or Ctrl+C; ``last.ckpt`` is there
+    to resume) or ``failed`` with the reason, never a ``running`` that nothing runs any more."""
+    info = read_json(out / RUN_JSON)
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return
+    if isinstance(exc, (TrainingStopped, KeyboardInterrupt)):
+        status, reason = "interrupted", str(exc) or "interrupted (Ctrl+C)"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        status, reason = "failed", f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    info.update(status=status, stopped=_now(), reason=reason,
+                resumable=(out / "checkpoints" / "last.ckpt").is_file())
+    with contextlib.suppress(OSError, MammoLabError):  # a full disk may refuse even this small file
+        write_json(out / RUN_JSON, info)
 
 
 def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str | Path, *, resume: bool,
@@ -364,7 +555,12 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
     atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = (MammoDataModule if cfg.views == "single" else TwoViewDataModule)(dataset, cfg, mean=0.5, std=0.5)
+    # The image cache: --cache-dir, $MAMMOLAB_CACHE, the dataset's folder, else this run's (imagecache.py)
+    from mammolab.train.imagecache import resolve_cache_dir
+
+    dm_cfg = cfg if cfg.cache == "ram" else cfg.model_copy(
+        update={"cache_dir": str(resolve_cache_dir(dataset, cfg.cache_dir, run_dir=out))})
+    dm = (MammoDataModule if cfg.views == "single" else TwoViewDataModule)(dataset, dm_cfg, mean=0.5, std=0.5)
     classes = list(dm.classes)
     binary = len(classes) == 2
     model = build_model(cfg, 1 if binary else len(classes), weights="none" if ckpt_path else None)
@@ -426,6 +622,16 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and cfg.precision == "16-mixed":
         raise MammoLabError("--precision fp16 needs a GPU", hint="use --precision bf16 on CPU")
+    stopper = _StopOnSignal()
+    cbs.append(stopper)
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        # SLURM's rank and node discovery, without Lightning's SIGUSR1 handler: that one saves a mid-epoch
+        # hpc_ckpt (a resume from it repeats part of the epoch); ours stops at the next batch and keeps
+        # last.ckpt at the last finished epoch, then requeues the job (see _slurm_requeue).
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -435,11 +641,19 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
             num_sanity_val_steps=0, enable_progress_bar=not quiet(), enable_model_summary=False,
             # "warn": deterministic kernels wherever they exist; an op without one (some CUDA backward
             # passes) warns instead of stopping the run. On CPU every op used here is deterministic.
-            deterministic="warn" if cfg.deterministic else False, log_every_n_steps=1, benchmark=False)
+            deterministic="warn" if cfg.deterministic else False, log_every_n_steps=1, benchmark=False,
+            plugins=plugins)
         t_fit = time.perf_counter()
+        stopper.install()
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-        except SystemExit:
+        except _Preempted as exc:
+            raise _stopped(out, dataset, exc.signum, logger) from None
+        except SystemExit as exc:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            if isinstance(exc, SIGTERMException):  # Lightning's SIGTERM handling: stopped at the next batch
+                raise _stopped(out, dataset, signal.SIGTERM, logger) from None
             # Lightning turns Ctrl+C into sys.exit(1) and leaves SIGINT ignored; give callers (and the
             # CLI's one-line message) the KeyboardInterrupt and a working Ctrl+C back. last.ckpt holds
             # the last finished epoch for --resume.
@@ -448,6 +662,8 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt from None
             raise
+        finally:
+            stopper.uninstall()
         fit_seconds = time.perf_counter() - t_fit
 
     best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
