@@ -20,6 +20,8 @@ from mammolab.errors import MammoLabError
 
 __all__ = [
     "StrictModel",
+    "UniqueKeyLoader",
+    "check_set_types",
     "config_hash",
     "deep_merge",
     "load_yaml",
@@ -56,13 +58,55 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice; carries both 1-based lines."""
+
+    def __init__(self, key: Any, first: int, second: int, mark: Any) -> None:
+        super().__init__(None, None, f"key {key!r} appears twice", mark)
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping naming one key twice is an error.
+
+    Plain ``yaml.safe_load`` keeps the last value silently, so ``epochs: 1`` then, fifty lines
+    down, ``epochs: 50`` trains 50 epochs with nothing said; YAML 1.2 itself says keys are unique.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # merge keys (<<: *base) may be overridden on purpose: not duplicates
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if first is not None:
+                raise DuplicateKeyError(key, first, key_node.start_mark.line + 1, key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one clear error for a missing file or a non-mapping document."""
+    """Read a YAML mapping, with one clear error for a missing file, a non-mapping document or a key
+    given twice (the file, the key and both lines: the silent last-one-wins of PyYAML trains the
+    wrong number of epochs without a word)."""
     path = Path(path)
     if not path.is_file():
         raise MammoLabError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as exc:
+        raise MammoLabError(f"{path}: key {exc.key!r} is given twice (lines {exc.first} and {exc.second}); "
+                            "expected each option once: delete the line you do not mean") from None
     except yaml.YAMLError as exc:
         raise MammoLabError(yaml_error_line(path, exc)) from None
     except UnicodeDecodeError as exc:
@@ -110,6 +154,63 @@ def load_config(model: type[M], data: dict[str, Any] | str | Path | None = None,
         return model.model_validate(merged)
     except ValidationError as exc:
         raise MammoLabError(format_validation_error(exc, source or model.__name__)) from None
+
+
+def _flatten(sets: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in sets.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, (*prefix, str(key))))
+        else:
+            out[(*prefix, str(key))] = value
+    return out
+
+
+def _type_text(model: type[BaseModel], key: tuple[str, ...]) -> str:
+    """The annotation of the field at ``key`` as a person reads it (``int``, ``float | None``...)."""
+    import typing
+
+    ann: Any = model
+    for part in key:
+        fields = getattr(ann, "model_fields", None)
+        if not fields or part not in fields:
+            return "another type"
+        ann = fields[part].annotation
+    if isinstance(ann, type):
+        return ann.__name__
+    if typing.get_origin(ann) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    return str(ann).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+
+
+def check_set_types(model: type[BaseModel], data: dict[str, Any], sets: dict[str, Any], *,
+                    option: str = "--set", prefix: tuple[str, ...] = ()) -> None:
+    """Refuse a ``--set`` value whose YAML type is not its field's type, judged strictly.
+
+    ``data`` is the config the values go into (``sets`` is merged over it here), ``sets`` the nested
+    ``--set`` values, ``prefix`` where ``model`` sits in the dotted keys of the message.
+    Lax mode reads ``--set epochs=true`` as 1 epoch; here the merged config is validated again in
+    pydantic's strict JSON mode (what a JSON document may hold: a list for a tuple, a string for a
+    path, an int for a float; never a bool for a number) and an error at a key that ``--set`` gave
+    is one line naming the key, the value and the type expected. Values from the file keep the lax
+    rules they always had.
+    """
+    flat = _flatten(sets)
+    if not flat:
+        return
+    try:
+        model.model_validate_json(json.dumps(_canonical(deep_merge(data, sets)), default=str), strict=True)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            for key, value in flat.items():
+                full = (*prefix, *key)
+                if key and loc[:len(key)] == key and err["type"] not in ("missing", "extra_forbidden"):
+                    shown = "true" if value is True else "false" if value is False else value
+                    why = " (true/false is a yes/no, not a number)" if isinstance(value, bool) else ""
+                    name = ".".join(full)
+                    raise MammoLabError(f"{option} {name}={shown}: expected {_type_text(model, key)} for {name}, "
+                                        f"got a {type(value).__name__}{why}") from None
 
 
 def dump_yaml(obj: Any) -> str:

@@ -88,6 +88,9 @@ def test_classic10_dry_run_validates_without_data(tmp_path: Path, monkeypatch: p
     assert list(result.statuses("train")) == list(CLASSIC_TEN)
     assert set(result.statuses("train").values()) == {"planned"}
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    # The shipped file's data paths are placeholders: the plan is listed and each missing path said.
+    assert [p.split(":")[0] for p in result.problems] == ["data.download", "data.csv_dir", "data.metadata"]
+    assert all("is missing" in p for p in result.problems)
     cfg = load_experiment(REPO / "experiments" / "cbis_mass_classic10.yaml")
     from mammolab.app.experiment import resolved_runs
 

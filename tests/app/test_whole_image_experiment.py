@@ -20,6 +20,7 @@ def test_whole_image_dry_run_plans_single_two_view_and_transfer(tmp_path: Path,
     names = [f"{m}_{k}" for m in ("efficientnet_b3", "resnet50") for k in ("single", "two_view", "transfer")]
     assert list(result.statuses("train")) == names
     assert set(result.statuses("train").values()) == {"planned"} and not any(tmp_path.iterdir())
+    assert result.problems and all("is missing" in p for p in result.problems)  # placeholder data paths
     runs = dict(resolved_runs(load_experiment(FILE)))
     for m in ("efficientnet_b3", "resnet50"):
         single, two, transfer = runs[f"{m}_single"], runs[f"{m}_two_view"], runs[f"{m}_transfer"]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mammolab.config import StrictModel, config_hash, load_config, load_yaml
+from mammolab.config import StrictModel, check_set_types, config_hash, deep_merge, load_config, load_yaml
 from mammolab.data.organize import OrganizeConfig
 from mammolab.errors import MammoLabError
 
@@ -30,6 +30,7 @@ __all__ = [
     "SynthSection",
     "TrainSection",
     "load_experiment",
+    "path_problems",
     "resolved_runs",
 ]
 
@@ -197,15 +198,32 @@ def _resolve(defaults: dict[str, Any], options: dict[str, Any], where: str) -> A
         raise MammoLabError(f"{where}: {msg}") from None
 
 
-def load_experiment(path_or_data: str | Path | dict[str, Any] | ExperimentConfig) -> ExperimentConfig:
-    """Validate an experiment (YAML path, mapping or model), including every run's train options."""
+def load_experiment(path_or_data: str | Path | dict[str, Any] | ExperimentConfig,
+                    sets: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Validate an experiment (YAML path, mapping or model), including every run's train options.
+
+    ``sets`` (``--set key=value``, nested) is merged over the file section by section; its values are
+    also checked strictly (``--set train.defaults.epochs=true`` is an error, not 1 epoch), and errors
+    keep naming the file.
+    """
     if isinstance(path_or_data, ExperimentConfig):
-        cfg, source = path_or_data, "experiment"
-    else:
+        if sets:
+            path_or_data = path_or_data.model_dump(mode="json", exclude_unset=True)
+        else:
+            cfg, source = path_or_data, "experiment"
+    if not isinstance(path_or_data, ExperimentConfig):
         source = str(path_or_data) if isinstance(path_or_data, (str, Path)) else "experiment"
         data = load_yaml(path_or_data) if isinstance(path_or_data, (str, Path)) else dict(path_or_data)
-        cfg = load_config(ExperimentConfig, data, source=source)
+        merged = deep_merge(data, sets) if sets else data
+        cfg = load_config(ExperimentConfig, merged, source=source)
+        if sets:
+            check_set_types(ExperimentConfig, data, sets)
     _check_organize(cfg, source)
+    if sets and isinstance(sets.get("organize"), dict):
+        from mammolab.data.organize import ImportConfig
+
+        model = ImportConfig if cfg.data.manifest is not None else OrganizeConfig
+        check_set_types(model, cfg.organize, sets["organize"], prefix=("organize",))
     if cfg.preprocess is not None:
         from mammolab.preprocess.pipeline import PRESETS, load_preprocess_config
 
@@ -217,8 +235,83 @@ def load_experiment(path_or_data: str | Path | dict[str, Any] | ExperimentConfig
             load_preprocess_config(pc, size=cfg.preprocess.size, bit_depth=cfg.preprocess.bit_depth)
         except MammoLabError as exc:
             raise MammoLabError(f"{source}: preprocess: {exc}") from None
-    resolved_runs(cfg, source)
+    runs = resolved_runs(cfg, source)
+    defaults = ((sets or {}).get("train") or {}).get("defaults") if isinstance((sets or {}).get("train"), dict) \
+        else None
+    if isinstance(defaults, dict) and defaults:
+        from mammolab.train.config import TrainConfig
+
+        for _, tc in runs:  # every run takes the defaults; the first one whose type is wrong says so
+            check_set_types(TrainConfig, tc.model_dump(mode="json"), defaults, prefix=("train", "defaults"))
     return cfg
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a ``mkdir -p`` of ``path`` starts from)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable_folder_problem(key: str, path: Path, holds: str) -> str | None:
+    """Why ``path`` cannot become (or be) a folder this user writes into; ``None`` when it can."""
+    import os
+
+    if path.exists() and not path.is_dir():
+        return f"{key}: {path} exists and is a file; expected a folder (it will hold {holds})"
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        return f"{key}: {path} cannot be made: {base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{key}: {path} cannot be written: no write permission on {base}"
+    return None
+
+
+def path_problems(cfg: ExperimentConfig, *, reads: bool = True) -> list[str]:
+    """Every path the experiment would read or write that cannot serve, one line each.
+
+    A dry run that says "planned" must not be followed by a traceback on the first real step, so
+    what the runner will read (the data source, a preprocess YAML, weights files) must exist with the
+    right kind, and what it will write (``out`` and the stage folders under it, ``compare.out``) must
+    be a folder this user can create or write into. ``reads=False`` checks only the written paths
+    (a real run meets missing data at the stage that reads it, which ``--only`` may skip).
+    """
+    problems: list[str] = []
+    data = cfg.data
+    for key, p, kind in (("data.download", data.download, "folder"), ("data.csv_dir", data.csv_dir, "folder"),
+                         ("data.metadata", data.metadata, "file"), ("data.manifest", data.manifest, "file")):
+        if p is None or not reads:
+            continue
+        p = Path(p)
+        if not p.exists():
+            problems.append(f"{key}: {p} is missing (not found); edit the experiment file to point at your data")
+        elif kind == "folder" and not p.is_dir():
+            problems.append(f"{key}: {p} is a file; expected a folder")
+        elif kind == "file" and not p.is_file():
+            problems.append(f"{key}: {p} is a folder; expected a file")
+    out = Path(cfg.out)
+    problem = _writable_folder_problem("out", out, "dataset/, runs/ and report/")
+    if problem:
+        problems.append(problem)
+    else:
+        for sub in ("download", "dataset", "dataset-pp", "runs"):
+            if (out / sub).exists() and not (out / sub).is_dir():
+                problems.append(f"out: {out / sub} exists and is a file; expected the {sub} folder (move the file)")
+    if cfg.compare.out is not None:
+        problem = _writable_folder_problem("compare.out", Path(cfg.compare.out), "the comparison report")
+        if problem:
+            problems.append(problem)
+    elif (out / "report").exists() and not (out / "report").is_dir():
+        problems.append(f"out: {out / 'report'} exists and is a file; expected the report folder (move the file)")
+    for i, spec in enumerate(cfg.train.runs if reads else ()):
+        opts = {**cfg.train.defaults, **spec.options()}
+        w = opts.get("weights")
+        if isinstance(w, str) and w.strip().lower() not in ("", "none", "null", "random", "imagenet") \
+                and not Path(w).is_file():  # anything else names a weights file (TrainConfig's weights)
+            problems.append(f"train.runs[{i}].weights: {w} is missing (not found); expected a .pth, .safetensors or "
+                            ".ckpt file, 'imagenet' or 'none'")
+    return problems
 
 
 def experiment_hash(part: Any) -> str:

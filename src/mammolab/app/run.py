@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mammolab.app.experiment import ExperimentConfig, experiment_hash, load_experiment, resolved_runs
+from mammolab.app.experiment import ExperimentConfig, experiment_hash, load_experiment, path_problems, resolved_runs
 from mammolab.errors import MammoLabError
 from mammolab.imagesize import size_text
 from mammolab.io.atomic import write_json
@@ -62,6 +62,8 @@ class ExperimentResult:
     config: ExperimentConfig
     records: list[StageRecord] = field(default_factory=list)
     report: Path | None = None
+    #: Dry run: each path the real run would fail on (missing data, ``out`` a file...), one line each.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[StageRecord]:
@@ -431,29 +433,33 @@ def _summary_table(result: ExperimentResult) -> None:
 
 
 def run_experiment(path_or_config: str | Path | dict[str, Any] | ExperimentConfig, only: str | None = None,
-                   dry_run: bool = False) -> ExperimentResult:
+                   dry_run: bool = False, sets: dict[str, Any] | None = None) -> ExperimentResult:
     """Run (or with ``dry_run`` only validate and plan) every stage of an experiment.
 
     ``only`` restricts the work to one stage of :data:`STAGES`; the stages before it must already
-    be up to date. Returns the per-stage records and the report path; a training run that failed
-    is in ``result.failed``, never an exception, so the other runs still finish.
+    be up to date. ``sets`` are ``--set`` overrides (see :func:`load_experiment`). Returns the
+    per-stage records and the report path; a training run that failed is in ``result.failed``,
+    never an exception, so the other runs still finish. A dry run checks every path the run would
+    read or write and lists what is wrong in ``result.problems`` (the CLI exits 2 then); a real run
+    refuses an unusable output path in one line before any work.
     """
     if only is not None and only not in STAGES:
         raise MammoLabError(f"--only: expected one of {', '.join(STAGES)}, got {only!r}")
-    cfg = load_experiment(path_or_config)
+    cfg = load_experiment(path_or_config, sets=sets)
     if only == "synth" and cfg.data.synth is None:
         raise MammoLabError("--only synth: this experiment reads real data (no data.synth section)")
+    problems = path_problems(cfg, reads=dry_run)
+    if problems and not dry_run:
+        raise MammoLabError("; ".join(problems))
     if dry_run:
-        console.print(f"[bold]dry run[/] of experiment {cfg.name!r}: config valid; nothing is written",
-                      highlight=False)
-        for name, p in (("data.download", cfg.data.download), ("data.csv_dir", cfg.data.csv_dir),
-                        ("data.metadata", cfg.data.metadata), ("data.manifest", cfg.data.manifest)):
-            if p is not None and not Path(p).exists():
-                console.print(f"[yellow]note[/]: {name}: {p} does not exist yet (edit it before a real run)",
-                              highlight=False)
+        verdict = "config valid" if not problems else f"config read, {len(problems)} path problem(s) listed below"
+        console.print(f"[bold]dry run[/] of experiment {cfg.name!r}: {verdict}; nothing is written", highlight=False)
     runner = _Runner(cfg, only, dry_run)
     result = runner.run()
+    result.problems = problems
     _summary_table(result)
+    for problem in problems:
+        console.print(f"[red]problem[/]: {problem}", highlight=False, soft_wrap=True)
     if result.report is not None:
         console.print(f"report: [bold]{result.report}[/]", highlight=False, soft_wrap=True)
     if result.failed:
