@@ -1,0 +1,98 @@
+"""Careless inputs found in the field (issue #23): configs whose mistake used to pass silently.
+
+Covers: a key given twice in a YAML file, a wrong-typed ``--set`` value (bool for an int), a dry run
+of an experiment whose ``out`` is a file or whose data path is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mammolab.app.run import run_experiment
+from mammolab.config import load_yaml
+from mammolab.errors import MammoLabError
+from mammolab.train.fit import prepare_config
+
+
+def _experiment(tmp: Path, **changes: object) -> dict:
+    data = tmp / "list.csv"
+    data.write_text("path,label,patient_id\n")
+    cfg = {"name": "t", "out": str(tmp / "out"), "data": {"manifest": str(data)}, "preprocess": None,
+           "train": {"defaults": {"epochs": 1, "image_size": 32, "weights": "none"}, "runs": [{"model": "mammocnn"}]}}
+    cfg.update(changes)
+    return cfg
+
+
+def test_duplicate_yaml_key_names_file_key_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("model: mammocnn\nepochs: 1\nlr: 0.001\nepochs: 50\n")
+    with pytest.raises(MammoLabError) as err:
+        load_yaml(path)
+    msg = str(err.value)
+    assert f"{path}: key 'epochs' is given twice (lines 2 and 4)" in msg and "\n" not in msg
+    nested = tmp_path / "exp.yaml"
+    nested.write_text("train:\n  defaults:\n    lr: 1\n    lr: 2\n")
+    with pytest.raises(MammoLabError, match=r"key 'lr' is given twice \(lines 3 and 4\)"):
+        load_yaml(nested)
+    ok = tmp_path / "ok.yaml"  # the same key in two sections is no duplicate
+    ok.write_text("a:\n  epochs: 1\nb:\n  epochs: 2\n")
+    assert load_yaml(ok) == {"a": {"epochs": 1}, "b": {"epochs": 2}}
+
+
+def test_set_bool_for_int_is_refused_naming_key_value_and_type(tmp_path: Path) -> None:
+    with pytest.raises(MammoLabError) as err:
+        prepare_config(tmp_path, overrides={"model": "mammocnn"}, sets={"epochs": True})
+    assert str(err.value).startswith("--set epochs=true: expected int for epochs, got a bool")
+    with pytest.raises(MammoLabError, match=r"--set augment.enabled=1: expected bool"):
+        prepare_config(tmp_path, overrides={"model": "mammocnn"}, sets={"augment": {"enabled": 1}})
+    # right types still pass, including an int for a float and a list for a tuple
+    cfg = prepare_config(tmp_path, overrides={"model": "mammocnn"},
+                         sets={"epochs": 3, "lr": 1, "augment": {"hflip": 0, "crop_scale": [0.9, 1.0]}})
+    assert cfg.epochs == 3 and cfg.lr == 1.0 and cfg.augment.crop_scale == (0.9, 1.0)
+
+
+def test_run_set_bool_for_int_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(_experiment(tmp_path)))
+    with pytest.raises(MammoLabError) as err:
+        run_experiment(path, dry_run=True, sets={"train": {"defaults": {"epochs": True}}})
+    assert "--set train.defaults.epochs=true: expected int" in str(err.value)
+    with pytest.raises(MammoLabError, match=r"--set organize.seed=true: expected int"):
+        run_experiment(path, dry_run=True, sets={"organize": {"seed": True}})
+
+
+def test_dry_run_names_out_that_is_a_file_and_a_real_run_refuses_it(tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    cfg = _experiment(tmp_path, out=str(out))
+    result = run_experiment(cfg, dry_run=True)
+    assert result.problems == [f"out: {out} exists and is a file; expected a folder "
+                               "(it will hold dataset/, runs/ and report/)"]
+    with pytest.raises(MammoLabError, match=r"^out: .* exists and is a file"):
+        run_experiment(cfg)
+    assert out.read_text() == "not a folder"
+
+
+def test_dry_run_says_missing_data_path(tmp_path: Path) -> None:
+    cfg = _experiment(tmp_path)
+    cfg["data"] = {"manifest": str(tmp_path / "nowhere.csv")}
+    result = run_experiment(cfg, dry_run=True)
+    assert result.problems == [f"data.manifest: {tmp_path / 'nowhere.csv'} is missing (not found); edit the "
+                               "experiment file to point at your data"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_dry_run_with_problems_exits_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mammolab.cli import app
+
+    cfg = _experiment(tmp_path)
+    cfg["data"] = {"manifest": str(tmp_path / "nowhere.csv")}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert res.exit_code == 2 and "data.manifest" in res.output and "is missing" in res.output
