@@ -280,7 +280,9 @@ def test_every_lesion_on_tissue_is_kept_on_the_dev_films(mias_results: list) -> 
 @pytest.mark.shared
 def test_residue_and_removed_tissue_are_rare_on_the_dev_films(mias_results: list) -> None:
     n = len(mias_results)
-    residue = [name for name, _, out, _ in mias_results if segmentation_residue(out)["suspect"]]
+    # Labels, islands and side edges (film-edge slivers at the chest wall: test_slivers.py).
+    residue = [name for name, _, out, _ in mias_results
+               if (lambda r: r["islands"] > 0 or r["label_like"] > 0 or r["edge"])(segmentation_residue(out))]
     cut = [name for name, _, _, seg in mias_results if seg["tissue_removed"] > 0.05]
     # Measured: 3 of 162 flagged by the estimate (by eye: 2 with a mark left); 2 tape cuts over the pectoral.
     assert len(residue) <= 0.03 * n, residue

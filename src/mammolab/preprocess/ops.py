@@ -40,6 +40,7 @@ __all__ = [
     "Sample",
     "artifact_mask",
     "breast_mask",
+    "chest_wall_slivers",
     "clahe",
     "crop_border",
     "denoise",
@@ -252,7 +253,7 @@ def sample_thumbnail(sample: Sample) -> tuple[np.ndarray, int]:
 
 
 def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: float = 0.95,
-                edge_fraction: float = 0.25, flat_std: float = 0.01,
+                edge_fraction: float = 0.25, flat_std: float = 0.01, max_edge_slope: float = 0.2,
                 thumb: tuple[np.ndarray, int] | None = None) -> tuple[int, int, int, int]:
     """Find the film edge and scanner border; return the crop window ``(x0, y0, x1, y1)`` in image pixels.
 
@@ -272,24 +273,49 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
         return 0, 0, img.shape[1], img.shape[0]
     bright = t >= bright_level * hi
 
-    def depth(frac: np.ndarray, std: np.ndarray) -> int:
+    # The lines along each side that lie on the film (not the flat dark matrix around it).
+    on_film_rows = (t.std(axis=1) >= flat_std) | (t.mean(axis=1) > 0.16)
+    on_film_cols = (t.std(axis=0) >= flat_std) | (t.mean(axis=0) > 0.16)
+
+    def depth(frac: np.ndarray, std: np.ndarray, lines: np.ndarray, along: np.ndarray) -> int:
+        """``lines[i]``: the i-th line from this side (its pixels along the side); ``along``: which of
+        those positions are on the film."""
         limit = int(len(frac) * max_fraction)
-        d, in_edge = 0, False
+        d, in_edge, flat = 0, False, 0
         for i in range(limit):
             if std[i] < flat_std:
                 d = i + 1
                 in_edge = in_edge or frac[i] >= edge_fraction  # a uniform white border is a film edge too
+                if not in_edge:
+                    flat = d
                 continue
             if frac[i] >= edge_fraction or (in_edge and frac[i] >= 0.02):
                 in_edge, d = True, i + 1
                 continue
             break
-        return min(limit, d + 1) if in_edge else d
+        if not in_edge:
+            return d
+        # A film edge is straight: the inner boundary of its bright band runs along the side (tilted at
+        # most by the film's placement). A bright region whose boundary runs away from the side (a
+        # saturated pectoral muscle in the chest-wall corner, a dense breast against the film edge) is
+        # tissue: keep it and cut only the flat border before it. Pieces of a film edge left beside
+        # the breast are chest_wall_slivers' job, which tells them from tissue row by row.
+        band = lines[flat:d]
+        run = np.where(band.all(axis=0), band.shape[0], np.argmin(band, axis=0))
+        # Where the band ends inside the cut (not where it runs past it): its inner boundary.
+        pos = np.nonzero((run > 0) & (run < band.shape[0]) & along)[0]
+        if len(pos) >= 4 and run[pos].max() > 2:
+            slope = np.polyfit(pos.astype(np.float64), run[pos].astype(np.float64), 1)[0]
+            if abs(slope) > max_edge_slope:
+                return flat
+        return min(limit, d + 1)
 
     col_frac, col_std = bright.mean(axis=0), t.std(axis=0)
     row_frac, row_std = bright.mean(axis=1), t.std(axis=1)
-    left, right = depth(col_frac, col_std), depth(col_frac[::-1], col_std[::-1])
-    top, bottom = depth(row_frac, row_std), depth(row_frac[::-1], row_std[::-1])
+    left = depth(col_frac, col_std, bright.T, on_film_rows)
+    right = depth(col_frac[::-1], col_std[::-1], bright.T[::-1], on_film_rows)
+    top = depth(row_frac, row_std, bright, on_film_cols)
+    bottom = depth(row_frac[::-1], row_std[::-1], bright[::-1], on_film_cols)
     h, w = img.shape
     x0, y0 = left * k, top * k
     # The thumbnail drops the last (size mod k) pixels; a border found there covers them too.
@@ -379,6 +405,12 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
         zone = cv2.dilate(art[y0:y1, x0:x1], ker)
         opened = cv2.morphologyEx(win, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
         win[(zone > 0) & (opened == 0)] = 0
+    sliver = chest_wall_slivers(mask, t8)
+    if sliver.any():  # film-edge slivers at the chest wall, and what they alone held to the breast
+        mask[sliver > 0] = 0
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if n > 2:
+            mask = np.where(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), np.uint8(255), np.uint8(0))
     return mask, k
 
 
@@ -504,6 +536,135 @@ def straight_edge_mask(t8: np.ndarray, *, max_fraction: float = 0.1, step: float
     return out
 
 
+def _first_runs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a boolean mask: whether it has any pixel, the first pixel's column ``l``, the end of
+    the run starting there (exclusive) and the last pixel's column (-1 for empty rows)."""
+    h, w = m.shape
+    has = m.any(axis=1)
+    first = np.where(has, np.argmax(m, axis=1), w)
+    after = m | (np.arange(w)[None, :] < first[:, None])
+    end = np.where(after.all(axis=1), w, np.argmax(~after, axis=1))
+    last = np.where(has, w - 1 - np.argmax(m[:, ::-1], axis=1), -1)
+    return has, first, end, last
+
+
+def chest_wall_slivers(mask: np.ndarray, t8: np.ndarray, *, max_width: float = 0.08, thin: float = 0.01,
+                       min_length: float = 0.02, max_slope: float = 0.35, max_residual: float = 1.5,
+                       min_sharp: float = 0.35, min_contrast: float = 1.2) -> np.ndarray:
+    """Film-edge slivers at the chest wall that ride along with the breast mask, as a 0/255 mask.
+
+    On a digitised film the film's edge at the chest wall is a straight, bright band along the film
+    side. Where the breast lies against it the two merge (that part is left alone: tissue at the chest
+    wall, the pectoral muscle and lesions there must stay); above or below the breast, or beside it
+    across a dark gap, a piece of the band stays joined to the breast and survives the cut. What tells
+    it from tissue, which can reach the chest wall below the breast too (the inframammary fold, the
+    upper abdomen of an MLO view), is the physics of the film:
+
+    * it lies along the chest-wall side of the mask (the side the mask touches over more rows) and
+      starts at that side in every row of it;
+    * it is straight: both its edges are lines (median residual of a line fit at most
+      ``max_residual`` thumbnail pixels, within ``atan(max_slope)`` of the film side), over at least
+      ``min_length`` of the height and twice its width, and it is narrower than ``max_width`` of the
+      width;
+    * its inner edge is sharp: within two pixels the intensity drops by at least ``min_sharp`` of its
+      contrast to the film background (tissue fades over the skin line);
+    * it is unexposed film: unless thinner than ``thin`` of the width (no anatomy is a straight line
+      that thin), it is at least ``min_contrast`` times as far above the background as the breast
+      tissue next to it along the chest wall.
+
+    Rows are walked from each end of the mask inwards while the run at the chest wall keeps its width
+    and position (a band above or below the breast), and, anywhere, runs at the chest wall separated
+    from the rest of their row by a dark gap are taken as candidates too.
+    """
+    m = mask > 0
+    out = np.zeros_like(mask)
+    h, w = m.shape
+    if h < 8 or w < 8 or not m.any():
+        return out
+    cols = np.nonzero(m.any(axis=0))[0]
+    c0, c1 = int(cols[0]), int(cols[-1])
+    flip = int(m[:, max(0, c1 - 1):c1 + 1].any(axis=1).sum()) > int(m[:, c0:c0 + 2].any(axis=1).sum())
+    mm, tt = (m[:, ::-1], t8[:, ::-1]) if flip else (m, t8)
+    wall = (w - 1 - c1) if flip else c0
+    has, first, end, last = _first_runs(mm)
+    run = end - first
+    touch = has & (first <= wall + max(2, int(0.02 * w)))
+    wmax = max(2, int(max_width * w))
+    lmin = max(6, int(min_length * h))
+    bg = float(np.median(tt[~mm])) if (~mm).any() else 0.0
+    segments: list[tuple[np.ndarray, bool]] = []  # (rows, separated from the breast by a mask gap)
+    rows = np.nonzero(has)[0]
+    for order in (rows, rows[::-1]):  # a band above / below the breast: from the mask's end inwards
+        seg: list[int] = []
+        for r in order:
+            if not touch[r] or run[r] > wmax:
+                break
+            if seg:
+                med = float(np.median(run[seg[-20:]]))
+                if abs(run[r] - med) > max(2.0, 0.5 * med) or abs(int(first[r]) - int(first[seg[-1]])) > 2:
+                    break
+            seg.append(int(r))
+        if len(seg) >= lmin:
+            segments.append((np.array(sorted(seg)), False))
+    gap = touch & (last >= end) & (run <= wmax)  # beside the breast across a dark gap
+    if gap.any():
+        edges = np.diff(np.concatenate([[0], gap.astype(np.int8), [0]]))
+        for s, e in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True):
+            if e - s >= lmin:
+                segments.append((np.arange(s, e), True))
+    for seg, apart in segments:
+        width = float(np.median(run[seg]))
+        if len(seg) < 2 * width:
+            continue
+        inner = (first[seg] + run[seg]).astype(np.float64)
+        outer = first[seg].astype(np.float64)
+        straight = True
+        for edge in (inner, outer):
+            p = np.polyfit(seg, edge, 1)
+            if abs(p[0]) > max_slope or float(np.median(np.abs(edge - np.polyval(p, seg)))) > max_residual:
+                straight = False
+        if not straight:
+            continue
+        if not (apart and width <= thin * w) and not _looks_like_film(
+                seg, tt, mm, has, first, end, run, width, bg, min_sharp, min_contrast if width > thin * w else None):
+            continue
+        target = out[:, ::-1] if flip else out  # a view: writes land in ``out``
+        for r in seg:
+            target[r, int(first[r]):int(end[r])] = 255
+    return out
+
+
+def _looks_like_film(seg: np.ndarray, tt: np.ndarray, mm: np.ndarray, has: np.ndarray, first: np.ndarray,
+                     end: np.ndarray, run: np.ndarray, width: float, bg: float, min_sharp: float,
+                     min_contrast: float | None) -> bool:
+    """The sharp-edge and (with ``min_contrast``) brightness tests of :func:`chest_wall_slivers` for the
+    band ``[first, end)`` of the rows ``seg`` of the chest-wall-left thumbnail ``tt`` (mask ``mm``)."""
+    h, w = tt.shape
+    x0, x1 = first[seg], end[seg]
+    cols = np.arange(w)[None, :]
+    block = tt[seg].astype(np.float32)
+    peaks = np.where((cols >= x0[:, None]) & (cols < x1[:, None]), block, -1.0).max(axis=1)
+    inside = np.where((cols >= np.maximum(x0, x1 - 2)[:, None]) & (cols < x1[:, None]), block, -1.0).max(axis=1)
+    beyond = (cols >= x1[:, None]) & (cols < np.minimum(w, x1 + 3)[:, None])
+    outside = np.where(x1 < w, np.where(beyond, block, 1e9).min(axis=1), bg)
+    sharp = (inside - outside) / np.maximum(1.0, peaks - bg)
+    if float(np.median(sharp)) < min_sharp:
+        return False
+    if min_contrast is None:
+        return True
+    # The breast tissue beside the band along the chest wall: the rows next to its breast end.
+    s0, s1 = int(seg[0]), int(seg[-1])
+    before = [r for r in range(max(0, s0 - 12), s0) if has[r] and run[r] > 2 * width + 4]
+    beside = before or [r for r in range(s1 + 1, min(h, s1 + 13)) if has[r] and run[r] > 2 * width + 4]
+    if not beside:
+        return True
+    c0 = int(np.median(x0))
+    span = max(4, int(2 * width + 2))
+    near, inm = tt[beside, c0:c0 + span], mm[beside, c0:c0 + span]
+    tissue = float(np.median(near[inm])) if inm.any() else bg
+    return float(np.median(peaks)) - bg >= min_contrast * max(1.0, tissue - bg)
+
+
 def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | None = None,
                          min_island: float = 0.001) -> dict[str, Any]:
     """What is left besides the breast in a segmented image (black outside the breast), for reports.
@@ -513,14 +674,16 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
     in bright patches (at least 85% of the maximum, at most 1% of the thumbnail) that drop to black
     or near-black within two pixels on at least 30% of their outline, as burnt-in labels and markers
     do and tissue does not; ``edge``, whether a straight edge along a side is still there
-    (:func:`straight_edge_mask`). ``suspect`` is true when any of them is found, so a user can look at
-    those films first instead of at thousands.
+    (:func:`straight_edge_mask`); ``sliver``, the share of the thumbnail in a film-edge sliver along the
+    chest wall (:func:`chest_wall_slivers`, with looser settings than the removal uses: a report may
+    point at a band of tissue too, a removal must not cut one). ``suspect`` is true when any of them
+    is found, so a user can look at those films first instead of at thousands.
     """
     t, _ = thumbnail(image) if thumb is None else thumb
     t8 = _to_u8(t)
     nz = (t8 > 0).astype(np.uint8)
     area = float(nz.sum())
-    out: dict[str, Any] = {"islands": 0.0, "label_like": 0.0, "edge": False, "suspect": False}
+    out: dict[str, Any] = {"islands": 0.0, "label_like": 0.0, "edge": False, "sliver": 0.0, "suspect": False}
     if area == 0:
         return out
     n, labels, stats, _ = cv2.connectedComponentsWithStats(nz, connectivity=8)
@@ -547,7 +710,9 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
             label_area += int(a)
     out["label_like"] = round(label_area / float(t8.size), 5)
     out["edge"] = bool(straight_edge_mask(t8, step=30.0, share=0.4).any())
-    out["suspect"] = bool(out["islands"] > 0 or label_area > 0 or out["edge"])
+    sliver = chest_wall_slivers(nz, t8, min_sharp=0.3)
+    out["sliver"] = round(cv2.countNonZero(sliver) / float(t8.size), 5)
+    out["suspect"] = bool(out["islands"] > 0 or label_area > 0 or out["edge"] or out["sliver"] > 0)
     return out
 
 

@@ -414,6 +414,8 @@ def _segmentation_detail(seg: dict[str, Any]) -> str:
         parts.append(f"{seg['islands']:.1%} of the kept area not connected to the breast")
     if seg.get("edge"):
         parts.append("a straight edge along a side is left (tape, film edge or frame)")
+    if seg.get("sliver"):
+        parts.append(f"a film-edge sliver along the chest wall is left ({seg['sliver']:.2%} of the image)")
     if seg.get("tissue_removed", 0) > 0.05:
         parts.append(f"{seg['tissue_removed']:.0%} of the first-guess breast removed")
     return "; ".join(parts) or "flagged"
