@@ -312,3 +312,27 @@ def test_unknown_content_is_refused_by_its_head_only(tmp_path: Path) -> None:
         fh.truncate(2 << 30)
     with pytest.raises(MammoLabError, match=r"fake\.png: unreadable image \(the content is not a PNG file"):
         read_image(fake)
+
+
+def test_organize_names_the_missing_decoder_when_no_file_decodes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammolab.data.organize import organize_manifest
+    from mammolab.io.reasons import distinct_reasons
+
+    rows = ["path,label,patient_id"]
+    for k in range(12):
+        path = _write_film(tmp_path / f"f{k}.dcm", _film(12), 12)
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.JPEGLSLossless, _film(12))
+        ds.save_as(path)
+        rows.append(f"f{k}.dcm,{k % 2},P{k}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    decoder = get_decoder(pydicom.uid.JPEGLSLossless)
+    monkeypatch.setattr(type(decoder), "is_available", property(lambda self: False))
+    with pytest.raises(MammoLabError) as err:
+        organize_manifest(tmp_path / "list.csv", tmp_path / "out", workers=1)
+    msg = str(err.value)
+    assert msg.startswith("organize: no image could be written (first error: all 12 files: cannot decode its pixel "
+                          "data: transfer syntax JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)"), msg
+    assert "pip install pyjpegls" in msg and "\n" not in msg
+    assert distinct_reasons([f"a.dcm: {tmp_path}/a.dcm: why", "b c/d.png: d.png: why", "x"]) == [("why", 2), ("x", 1)]

@@ -47,6 +47,7 @@ from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.io.images import is_dicom_file, read_dicom_pixels, read_image, to_uint8, write_png
 from mammolab.io.memory import retain_freed_memory
+from mammolab.io.reasons import distinct_reasons
 from mammolab.progress import parallel_map, resolve_workers
 from mammolab.reporting import markdown_list_sections
 
@@ -684,7 +685,12 @@ def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[
     for i, msg in errors:
         events.append({"type": "unreadable", "item": _job_id(jobs[i]), "detail": msg})
     if not rows:
-        detail = f" (first error: {errors[0][1]})" if errors else ""
+        unreadable = [e["detail"] for e in events if e["type"] == "unreadable"]
+        first = errors[0][1] if errors else (unreadable[0] if unreadable else "")
+        reasons = distinct_reasons(unreadable)
+        if len(reasons) == 1 and len(unreadable) > 1:  # e.g. every file in a syntax with no decoder installed
+            first = f"all {len(unreadable)} files: {reasons[0][0]}"
+        detail = f" (first error: {first})" if first else ""
         raise MammoLabError(f"organize: no image could be written{detail}")
     classes = mf.classes_for(labels)
     if cfg.get("roi_background"):
@@ -1320,6 +1326,8 @@ def summary_lines(result: OrganizeResult) -> list[str]:
                        ("conflicting_labels", "images with conflicting labels")):
         if q.get(key):
             lines.append(f"  {label}: {len(q[key])}")
+            if key == "unreadable":  # why, on the terminal too: the distinct reasons with their counts
+                lines.extend(f"    {n} x {reason}" for reason, n in distinct_reasons(q[key])[:8])
     lines.append(f"  see {result.out / mf.QUALITY_MD}")
     return lines
 
