@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from mammolab.errors import MammoLabError
+from mammolab.io.csvsafe import read_csv as read_safe_csv
 
 if TYPE_CHECKING:
     from mammolab.train.config import TrainConfig
@@ -108,7 +109,7 @@ def _read_evaluation(folder: Path) -> Evaluation:
         metrics = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise MammoLabError(f"{folder / METRICS_NAME}: cannot read the evaluation ({exc})") from None
-    preds = pd.read_csv(folder / PREDICTIONS_NAME, dtype={"patient_id": str, "image_id": str, "path": str},
+    preds = read_safe_csv(folder / PREDICTIONS_NAME, dtype={"patient_id": str, "image_id": str, "path": str},
                         keep_default_na=False, na_values=[""])
     return Evaluation(folder, metrics, preds)
 
@@ -155,7 +156,7 @@ def explain(run: str | Path, images: Sequence[str | Path] | None = None, *, spli
     folder = Path(out) if out is not None else Path(run) / "explain" / f"{'files' if images else split}-{method}"
     summary = explain_run(run, images, split=split, method=method, out_dir=folder, **options)
     csv = folder / "localisation.csv"
-    records = pd.read_csv(csv, dtype={"image_id": str, "path": str}) if csv.is_file() else pd.DataFrame()
+    records = read_safe_csv(csv, dtype={"image_id": str, "path": str}) if csv.is_file() else pd.DataFrame()
     return Explanation(folder, summary, records)
 
 
@@ -176,4 +177,4 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, split: str = "test",
     from mammolab.evaluate.report import compare_runs
 
     paths = compare_runs(list(runs), out, split=split, evaluate_missing=evaluate_missing)
-    return Comparison(Path(out), paths["html"], paths["csv"], paths["markdown"], pd.read_csv(paths["csv"]))
+    return Comparison(Path(out), paths["html"], paths["csv"], paths["markdown"], read_safe_csv(paths["csv"]))

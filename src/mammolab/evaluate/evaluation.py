@@ -29,6 +29,8 @@ from mammolab.errors import MammoLabError
 from mammolab.evaluate import plots
 from mammolab.evaluate.metrics import evaluate_predictions
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
+from mammolab.io.csvsafe import read_csv as read_safe_csv
+from mammolab.io.csvsafe import to_csv_text
 
 __all__ = [
     "EVAL_DIRNAME",
@@ -136,10 +138,10 @@ def write_evaluation(pred_df: pd.DataFrame, out_dir: str | Path, *, classes: Seq
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_predictions(pred_df, val_df, classes=classes, split=split, n_boot=n_boot, seed=seed)
     metrics.update(extra or {})
-    csv = _with_predicted_labels(pred_df, metrics, list(classes)).to_csv(index=False, lineterminator="\n")
+    csv = to_csv_text(_with_predicted_labels(pred_df, metrics, list(classes)))
     atomic_write_text(out_dir / PREDICTIONS_NAME, csv)
     if val_df is not None:
-        atomic_write_text(out_dir / VAL_PREDICTIONS_NAME, val_df.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(out_dir / VAL_PREDICTIONS_NAME, to_csv_text(val_df))
     metrics["figures"] = [p.name for p in write_figures(metrics, out_dir)]
     write_json(out_dir / METRICS_NAME, metrics)
     return metrics
@@ -156,7 +158,7 @@ def load_evaluation(run_dir: str | Path, split: str = "test", tta: bool = False,
         metrics = json.loads(mpath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MammoLabError(f"{mpath}: corrupt JSON ({exc})") from None
-    preds = pd.read_csv(ppath, dtype={"patient_id": str, "image_id": str, "path": str}, keep_default_na=False,
+    preds = read_safe_csv(ppath, dtype={"patient_id": str, "image_id": str, "path": str}, keep_default_na=False,
                         na_values=[""])
     return metrics, preds
 
@@ -347,7 +349,7 @@ def _evaluate_external(run_dir: Path, dataset: Path, split: str, tta: bool, *, n
     val_df = None
     val_path = eval_dir(run_dir, "test", tta) / VAL_PREDICTIONS_NAME
     if val_path.is_file():
-        val_df = pd.read_csv(val_path, dtype={"patient_id": str, "image_id": str, "path": str})
+        val_df = read_safe_csv(val_path, dtype={"patient_id": str, "image_id": str, "path": str})
     else:
         notes.append(f"{val_path} not found (run 'mammolab evaluate {run_dir}' first): the Youden threshold is "
                      "chosen on the external data itself, which is optimistic")

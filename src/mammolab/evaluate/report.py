@@ -33,6 +33,7 @@ from mammolab.evaluate import report_sections as sections
 from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
+from mammolab.io.csvsafe import to_csv_text
 
 __all__ = ["RunSummary", "compare_runs", "load_run_summary"]
 
@@ -537,7 +538,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str 
     paths = {"csv": out_dir / "comparison.csv", "markdown": out_dir / "comparison.md",
              "html": out_dir / "report.html"}
     clean = pd.DataFrame(json_safe(table.to_dict(orient="records")))
-    atomic_write_text(paths["csv"], clean.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(paths["csv"], to_csv_text(clean))
     atomic_write_text(paths["markdown"], _markdown(table, split, overlay is not None, _resamples(summaries)))
     if overlay is not None:
         paths["roc"] = out_dir / "roc_overlay.png"

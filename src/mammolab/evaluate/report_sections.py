@@ -23,6 +23,7 @@ import pandas as pd
 from mammolab.evaluate import plots
 from mammolab.evaluate.evaluation import EVAL_DIRNAME, METRICS_NAME, VAL_PREDICTIONS_NAME
 from mammolab.evaluate.metrics import fixed_rate_operating_points
+from mammolab.io.csvsafe import read_csv as read_safe_csv
 
 if TYPE_CHECKING:
     from mammolab.evaluate.report import RunSummary
@@ -209,7 +210,7 @@ def data_summary(summaries: Sequence[RunSummary]) -> list[dict[str, Any]]:
                 src = f"{bits[0]} ({', '.join(bits[1:])})" if len(bits) > 1 else bits[0]
             entry["source"] = str(src) if src else None
             entry["stage"] = info.get("stage")
-            df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+            df = read_safe_csv(manifest, dtype=str, keep_default_na=False)
             entry["from_manifest"] = True
             for split, sub in df.groupby("split", sort=False):
                 entry["splits"][str(split)] = {
@@ -416,7 +417,7 @@ def _explain_records(s: RunSummary) -> tuple[str, dict[str, Any], pd.DataFrame] 
     if not csv.is_file():
         return None
     try:
-        df = pd.read_csv(csv, dtype={"image_id": str, "path": str, "label": str}, keep_default_na=False,
+        df = read_safe_csv(csv, dtype={"image_id": str, "path": str, "label": str}, keep_default_na=False,
                          na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError):
         return None

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mammolab.errors import MammoLabError
+from mammolab.io.csvsafe import to_csv_text
 
 __all__ = ["explain_breasts"]
 
@@ -132,7 +133,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
                     "overlay": str(overlay.relative_to(out_dir))})
     if not records:
         raise MammoLabError(f"no breast could be explained ({len(errors)} unreadable); first: {errors[0]['error']}")
-    atomic_write_text(out_dir / "localisation.csv", pd.DataFrame(records).to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(out_dir / "localisation.csv", to_csv_text(pd.DataFrame(records)))
     summary = summarise_localisation(records)
     summary.update({
         "n_breasts": len({(r["patient_id"], r["side"]) for r in records}), "views": "cc+mlo",

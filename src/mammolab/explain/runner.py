@@ -28,6 +28,7 @@ from mammolab.explain.cam import METHODS
 from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
+from mammolab.io.csvsafe import to_csv_text
 
 __all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
 
@@ -289,7 +290,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     if not records:
         raise MammoLabError(f"no image could be explained ({len(errors)} unreadable); first: {errors[0]['error']}")
     atomic_write_text(out_dir / "localisation.csv",
-                      pd.DataFrame(records).to_csv(index=False, lineterminator="\n"))
+                      to_csv_text(pd.DataFrame(records)))
     summary = summarise_localisation(records)
     summary.update({"method": method, "target": target, "split": None if images else split, "limit": limit,
                     "run": str(run.run_dir),

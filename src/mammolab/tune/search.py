@@ -33,6 +33,7 @@ from typing import Any
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write, atomic_write_text, write_json
+from mammolab.io.csvsafe import to_csv_text
 from mammolab.tune.storage import ClaimLock, init_lock, redact_url
 
 __all__ = [
@@ -218,7 +219,7 @@ def write_study_reports(study: Any, out_dir: str | Path, *, decode: Callable[[Ma
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     df = study.trials_dataframe()
-    atomic_write_text(out / "trials.csv", df.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(out / "trials.csv", to_csv_text(df))
     written["trials"] = out / "trials.csv"
     counts = study_counts(study)
     info: dict[str, Any] = {"study": study.study_name, "counts": counts, **(extra or {})}
