@@ -327,3 +327,34 @@ def test_python_api_predict_takes_one_path_as_one_file(trained: Any, tmp_path: A
     for one in (str(png), png):
         results = ml.predict(trained.run, one)
         assert len(results) == 1 and results[0]["path"] == str(png) and "error" not in results[0], results
+
+
+def test_cli_warns_when_serving_beyond_this_machine_without_a_key(trained: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--host 0.0.0.0`` without a key prints a warning; with one it does not (bound to 127.0.0.1 here: the
+    test never listens beyond this machine, and the server stops at once)."""
+    from typer.testing import CliRunner
+
+    import mammolab.app.serve as serve_mod
+    from mammolab.cli import app
+
+    real = serve_mod.make_server
+    seen: list[dict[str, Any]] = []
+
+    def loopback(run: Any, **kw: Any) -> MammoServer:
+        seen.append(kw)
+        return real(run, **{**kw, "host": "127.0.0.1"})
+
+    def interrupted(self: MammoServer) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_mod, "make_server", loopback)
+    monkeypatch.setattr(MammoServer, "serve_forever", interrupted)
+    monkeypatch.delenv("MAMMOLAB_API_KEY", raising=False)
+    r = CliRunner().invoke(app, ["serve", str(trained.run), "--host", "0.0.0.0", "--port", "0"])
+    assert r.exit_code == 0, r.output
+    assert "warning: --host 0.0.0.0 serves beyond this machine without --api-key" in " ".join(r.output.split())
+    monkeypatch.setenv("MAMMOLAB_API_KEY", KEY)
+    r = CliRunner().invoke(app, ["serve", str(trained.run), "--host", "0.0.0.0", "--port", "0"])
+    assert r.exit_code == 0 and "warning" not in r.output and "#key=KEY" in r.output, r.output
+    assert seen[-1]["api_key"] == KEY and seen[0]["api_key"] is None
