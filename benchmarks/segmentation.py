@@ -10,6 +10,11 @@ prints for each:
 * lesions kept: the share of lesions with coordinates whose central half (centre +- radius/2; the
   y origin of ``Info.txt`` is at the bottom) is at least 95% non-black after the two steps.
 
+Each figure is also printed per half of the films (patient = (n+1) div 2; half A: patients
+1, 5, 9 ...; half B: 3, 7, 11 ...): the chest-wall sliver rule was designed looking at half A and
+checked on half B. ``slivers`` counts films whose result still carries a film-edge sliver at the chest
+wall (:func:`mammolab.preprocess.ops.chest_wall_slivers`, the report's looser check).
+
 ``--sheets DIR`` writes before | after contact sheets (lesion circles red, kept outline green) to look
 at: the automatic residue figure is an estimate, the visual count is the measure. Exits 0 with a
 note when ``../shared`` is absent (a user's clone). Run: ``python benchmarks/segmentation.py``.
@@ -109,6 +114,12 @@ def sheet(rows: list[tuple[str, np.ndarray, np.ndarray, list[tuple[int, int, int
         cv2.imwrite(str(path.with_name(f"{path.stem}_{j // 5:02d}.png")), np.vstack(lines[j:j + 5]))
 
 
+def half(name: str) -> str:
+    """'A' or 'B': which hold-out half a mini-MIAS film ``mdbNNN`` belongs to (by patient)."""
+    patient = (int(name[3:]) + 1) // 2
+    return "A" if patient % 4 == 1 else "B"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with images/*.png and Info.txt")
@@ -130,20 +141,27 @@ def main() -> None:
     for title, rev in versions:
         ops = load_ops(rev)
         flagged, lesions, kept, lost, rows, cut = [], 0, 0, [], [], []
+        per = {h: {"films": 0, "flagged": 0, "slivers": 0, "lesions": 0, "kept": 0} for h in "AB"}
         t0 = time.perf_counter()
         for path in images:
             img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             out = segment(ops, img)
             res = segmentation_residue(out)
+            ph = per[half(path.stem)]
+            ph["films"] += 1
             if res["suspect"]:
                 flagged.append(path.stem)
+                ph["flagged"] += 1
+            ph["slivers"] += int(res.get("sliver", 0) > 0)
             check = ops.remove_annotations(ops.crop_border(ops.Sample(img))).meta.get("segmentation")
             if check and check["tissue_removed"] > 0.05:
                 cut.append(f"{path.stem}:{check['tissue_removed']:.0%}")
             for x, row, r in info.get(path.stem, []):
                 lesions += 1
+                ph["lesions"] += 1
                 if lesion_kept(img, out, x, row, r):
                     kept += 1
+                    ph["kept"] += 1
                 else:
                     lost.append(f"{path.stem}@({x},{row})")
             if args.sheets:
@@ -152,6 +170,9 @@ def main() -> None:
         n = len(images)
         print(f"{title}: {n} films, residue (automatic) {len(flagged)}/{n} = {len(flagged) / n:.1%}; "
               f"lesions kept {kept}/{lesions} = {kept / max(1, lesions):.1%}; {dt / n * 1000:.0f} ms/film")
+        for h, f in per.items():
+            print(f"  half {h}: {f['films']} films, clean (not flagged) {1 - f['flagged'] / max(1, f['films']):.1%}, "
+                  f"chest-wall sliver left {f['slivers']}, lesions kept {f['kept']}/{f['lesions']}")
         print(f"  flagged: {' '.join(flagged) or '-'}")
         if lost:
             print(f"  lesions lost: {' '.join(lost)}")
