@@ -151,18 +151,14 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path, monkeypatch: p
     assert peak < 10e6, peak
 
 
-DRIVER = """
-import atexit, sys
-def hwm():
-    with open('/proc/self/status') as fh:
-        kb = next(int(line.split()[1]) for line in fh if line.startswith('VmHWM'))
-    with open(sys.argv[1], 'w') as out:
-        out.write(str(kb * 1024))
-atexit.register(hwm)
-sys.argv = ['mammolab', *sys.argv[2:]]
-from mammolab.cli import main
-main()
-"""
+#: Runs ``mammolab ARGS`` as its only child and writes that child's peak RSS (RUSAGE_CHILDREN) to a file:
+#: the CLI may leave through os._exit, so the child cannot be asked to report it itself.
+DRIVER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run([sys.executable, '-c', 'from mammolab.cli import main; main()', *sys.argv[2:]]).returncode\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))\n"
+    "sys.exit(code)\n"
+)
 
 
 def _predict(run: Path, file: Path, tmp: Path) -> tuple[subprocess.CompletedProcess, int]:
