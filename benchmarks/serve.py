@@ -19,7 +19,13 @@ with the server, so the ratio is a lower bound for clients on other machines. to
 intra-op thread per prediction by default (``--threads 0`` keeps torch's own default): on a loaded
 2-core machine, OpenMP's spinning threads made single predictions 5-10x slower and erratic (measured
 0.2 s per call with one thread, 1-3 s with two), which would measure the machine, not the server.
-Run: ``python benchmarks/serve.py [--requests 48] [--threads N]``.
+
+* slow clients (issue #23): ``/health`` latency and one normal upload's time on a server with default
+  limits while ``--slow`` clients trickle their bodies a byte every 0.5 s and ``--idle`` sockets send
+  nothing (more than ``--max-connections``), against the same measurements on the idle server in this
+  run; the ratios say what the attack costs a well-behaved client.
+
+Run: ``python benchmarks/serve.py [--requests 48] [--threads N] [--slow 24 --idle 150] [--only-slow]``.
 """
 
 from __future__ import annotations
@@ -106,11 +112,81 @@ def served(p: Predictor, data: bytes, n: int, clients: int, max_concurrent: int,
     return n / elapsed
 
 
+def _trickle(port: int, body: bytes, ctype: str, stop: threading.Event) -> None:
+    """A slow client: the request head, then its body a byte every 0.5 s until answered or told to stop."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode())
+            s.setblocking(False)
+            for i in range(len(body)):
+                if stop.wait(0.5):
+                    return
+                try:
+                    if s.recv(1024) is not None:
+                        return  # answered (408/503) or closed
+                except BlockingIOError:
+                    pass
+                s.send(body[i:i + 1])
+    except OSError:
+        return
+
+
+def under_attack(p: Predictor, data: bytes, slow: int, idle: int) -> tuple[float, float]:
+    """(median /health seconds, one normal upload's seconds) on a default server with ``slow`` trickling
+    clients and ``idle`` silent sockets (0 and 0: the baseline)."""
+    import socket
+
+    srv = make_server(".", port=0, predictor=p).start()
+    port = srv.server_address[1]
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"patch.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    ctype = f"multipart/form-data; boundary={boundary}"
+    stop = threading.Event()
+    threads = [threading.Thread(target=_trickle, args=(port, body, ctype, stop), daemon=True) for _ in range(slow)]
+    socks: list[socket.socket] = []
+
+    def timed(method: str, path: str, payload: bytes | None = None) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        t0 = time.perf_counter()
+        conn.request(method, path, body=payload, headers={"Content-Type": ctype} if payload else {})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        if resp.status != 200:
+            raise SystemExit(f"{method} {path} answered {resp.status} under {slow} slow clients and {idle} sockets")
+        return time.perf_counter() - t0
+
+    try:
+        timed("POST", "/api/predict", body)  # warm-up
+        for t in threads:
+            t.start()
+        for _ in range(idle):
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(2.0 if slow or idle else 0.0)  # the slow ones hold their slots past the grace second
+        health = sorted(timed("GET", "/health") for _ in range(5))[2]
+        upload = timed("POST", "/api/predict", body)
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+        for t in threads:
+            t.join(10)
+        srv.stop()
+    return health, upload
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=48, help="requests per measurement")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--slow", type=int, default=24, help="slow clients for the attack figure")
+    ap.add_argument("--idle", type=int, default=150, help="idle sockets for the attack figure")
+    ap.add_argument("--only-slow", action="store_true", help="only the slow-client figure")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +201,13 @@ def main() -> None:
         write_png(png, np.ascontiguousarray(film[cy - 300:cy + 300, cx - 300:cx + 300]))
         data = png.read_bytes()
     print(f"patch: 600x600 16-bit PNG ({len(data) / 1e6:.2f} MB) -> resnet18 at 224 px, patch preset\n")
+    health0, upload0 = under_attack(p, data, 0, 0)
+    health1, upload1 = under_attack(p, data, args.slow, args.idle)
+    print(f"  {'idle server: /health, one upload (baseline)':52s} {health0 * 1e3:7.1f} ms, {upload0:.2f} s")
+    print(f"  {f'{args.slow} slow clients + {args.idle} idle sockets':52s} {health1 * 1e3:7.1f} ms, {upload1:.2f} s"
+          f"   ratio /health {health1 / health0:.1f}x, upload {upload1 / upload0:.2f}x\n")
+    if args.only_slow:
+        return
     base = direct(p, data, args.requests)
     base4 = direct(p, data, args.requests, threads=args.clients)
     print(f"  {'direct Predictor.predict_file loop (baseline)':52s} {base:7.2f} req/s")
