@@ -341,6 +341,8 @@ def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fil
        level (``grow=1`` keeps plain Otsu), but only within ``rim`` times the long side of it and never
        into an artifact: film fog cannot carry it to a label across the film.
     5. Holes (dark fat, lesion cores, a dense island ringed by fat) are filled.
+    6. Film-edge slivers at the chest wall that stayed joined to the breast go
+       (:func:`chest_wall_slivers`).
 
     ``thumb`` is ``thumbnail(img)`` when the caller already has it.
     """
