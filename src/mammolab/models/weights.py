@@ -57,7 +57,11 @@ def read_state_file(path: str | Path) -> dict[str, Any]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a pickled Python object (a config, a path...)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a refusal: a corrupt or foreign file
+            raise MammoLabError(f"--weights: cannot read {path} as a state dict (UnpicklingError: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        # weights_only refused a pickled Python object (a config object, a path...)
         what = str(exc).split("Unsupported global: ")[-1].split(" ")[0].strip(".") if "global" in str(exc) else ""
         raise MammoLabError(f"--weights: {path} pickles Python objects besides tensors{f' ({what})' if what else ''}; "
                             "MammoLab reads tensors only and never runs a file's code",
@@ -313,7 +317,9 @@ def load_backbone_weights(body: nn.Module, path: str | Path, *, model_name: str,
                                                                    group_counts(outside_keys)]))
         report["summary"] = summary_line(report)
         return report
-    if prefix is None and not set(sd) & set(own):
+    if prefix not in (None, "auto"):
+        prefix = None  # already applied above
+    elif not set(sd) & set(own):  # None or auto, and no key is the model's: find the encoder's prefix
         prefix = detect_prefix(sd, own)
         if prefix is None:
             first = ", ".join(list(sd)[:3])
