@@ -129,3 +129,33 @@ def test_predictions_csv_is_neutralised_through_the_one_helper() -> None:
     assert "\n'=HYPERLINK(" not in text and "\"'=HYPERLINK(" in text and ",-0.0\n" in text
     back = read_csv(io.StringIO(text), dtype={"patient_id": str}, keep_default_na=False)
     assert list(back["patient_id"]) == FORMULAS and back["prob"].dtype.kind == "f"
+
+
+def test_cbis_source_replaced_in_place_is_redone(download, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+    import pydicom
+
+    from mammolab.data.organize import organize
+    from mammolab.io.images import read_image
+
+    dl = tmp_path / "download"
+    shutil.copytree(download.download_dir, dl)
+    out = tmp_path / "ds"
+    first = organize(dl, csv_dir=download.csv_dir, out=out, workers=1)
+    row = first.manifest.iloc[0]
+    before = read_image(out / row["path"])
+    # the lesion's crop: the non-binary DICOM of its ROI series; same name, other pixels, same size
+    series = sorted(p for p in dl.rglob("*.dcm") if p.relative_to(dl).parts[0] == row["image_id"])
+    crop = next(p for p in series if len(np.unique(pydicom.dcmread(p).pixel_array)) > 2)
+    ds = pydicom.dcmread(crop)
+    arr = ds.pixel_array
+    ds.PixelData = (arr.max() - arr).astype(arr.dtype).tobytes()
+    ds.save_as(crop)
+    again = organize(dl, csv_dir=download.csv_dir, out=out, workers=1)
+    assert again.processed_units >= 1  # the unit of the changed file was redone, not reused
+    after = read_image(out / row["path"])
+    assert after.shape == before.shape and not np.array_equal(after, before)
+    third = organize(dl, csv_dir=download.csv_dir, out=out, workers=1)
+    assert third.processed_units == 0  # unchanged sources: everything reused

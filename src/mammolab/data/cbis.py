@@ -214,7 +214,7 @@ def read_case_csvs(csv_dir: str | Path, abnormality: str = "mass") -> pd.DataFra
 
 # --------------------------------------------------------------------------- download index
 
-INDEX_COLUMNS = ("rel_path", "size", "mtime", "series_uid", "study_uid", "sop_uid", "patient_id",
+INDEX_COLUMNS = ("rel_path", "size", "mtime", "mtime_ns", "digest", "series_uid", "study_uid", "sop_uid", "patient_id",
                  "series_description", "rows", "columns", "readable")
 
 
@@ -236,6 +236,24 @@ def _header(path: Path) -> dict[str, object]:
     except Exception:
         return {"series_uid": "", "study_uid": "", "sop_uid": "", "patient_id": "",
                 "series_description": "", "rows": 0, "columns": 0, "readable": False}
+
+
+def quick_digest(path: str | Path, chunk: int = 64 * 1024) -> str:
+    """A cheap content hash: blake2b of the size and the first and last ``chunk`` bytes.
+
+    What tells a file replaced in place (same name, other pixels) from the one a finished image was
+    made from, without reading whole films on every run; a DICOM's header (its UIDs) is in the first
+    bytes and its pixels run to the last, so a changed film changes the digest.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as fh:
+        h.update(fh.read(chunk))
+        if size > chunk:
+            fh.seek(max(chunk, size - chunk))
+            h.update(fh.read(chunk))
+    return h.hexdigest()
 
 
 def _iter_dicoms(root: Path) -> Iterable[Path]:
@@ -290,7 +308,10 @@ class DownloadIndex:
             st = f.stat()
             rel = f.relative_to(root).as_posix()
             prev_row = old.get(rel)
-            if prev_row and prev_row["size"] == str(st.st_size) and prev_row["mtime"] == str(int(st.st_mtime)):
+            # size and mtime_ns unchanged: the header and digest of the last run still hold (an index of an
+            # older version, without mtime_ns, is read anew)
+            if prev_row and prev_row["size"] == str(st.st_size) and prev_row.get("mtime_ns") == str(st.st_mtime_ns) \
+                    and prev_row.get("digest"):
                 rows.append(prev_row)
             else:
                 todo.append((f, rel, st))
@@ -298,7 +319,8 @@ class DownloadIndex:
             headers, _ = parallel_map(_header, [t[0] for t in todo], workers=workers,
                                       description="indexing DICOM headers")
             for (_, rel, st), h in zip(todo, headers, strict=True):
-                rows.append({"rel_path": rel, "size": str(st.st_size), "mtime": str(int(st.st_mtime)), **(h or {})})
+                rows.append({"rel_path": rel, "size": str(st.st_size), "mtime": str(int(st.st_mtime)),
+                             "mtime_ns": str(st.st_mtime_ns), "digest": quick_digest(root / rel), **(h or {})})
         table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).sort_values("rel_path").reset_index(drop=True)
         table["readable"] = table["readable"].astype(str).isin(("True", "true", "1"))
         for col in ("rows", "columns"):
@@ -323,6 +345,12 @@ class DownloadIndex:
         if self._unreadable is None:
             self._unreadable = set(self.table.loc[~self.table["readable"].astype(bool), "rel_path"])
         return [f for f in self.case_files(case_id) if f in self._unreadable]
+
+    def digest(self, rel: str) -> str:
+        """The file's :func:`quick_digest` as indexed ('' when unknown)."""
+        if not hasattr(self, "_digests"):
+            self._digests = dict(zip(self.table["rel_path"], self.table["digest"].astype(str), strict=True))
+        return self._digests.get(rel, "")
 
     def header(self, rel: str) -> dict[str, object]:
         row = self.table[self.table["rel_path"] == rel]

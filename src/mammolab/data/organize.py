@@ -664,10 +664,22 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
         [(u.split, a.label, u.patient_id) for u in units for a in u.abnormalities]
     check_split_classes(pd.DataFrame(planned, columns=["split", "label", "patient_id"]),
                         mf.classes_for(cfg.labels), allow=cfg.allow_degenerate)
-    jobs = [_Job(u, str(download.resolve()), str(out.resolve()), cfg.model_dump(), cfg_hash) for u in units]
+    jobs = [_Job(u, str(download.resolve()), str(out.resolve()), cfg.model_dump(), _unit_hash(cfg_hash, u, index))
+            for u in units]
     return _collect(out, jobs, plan_events, cfg.model_dump(), cfg_hash, cfg.labels, workers,
                     inputs={"download": str(download.resolve()), "csv_dir": str(csv_dir.resolve()),
                             "metadata": str(Path(metadata).resolve()) if metadata else None})
+
+
+def _unit_hash(cfg_hash: str, u: Unit, index: DownloadIndex) -> str:
+    """What a unit's finished images depend on: the config and the content of every source file it reads.
+
+    A DICOM replaced in place (same name, other pixels) changes its digest in the download index, so
+    the unit is redone instead of its stale images being reused.
+    """
+    files = sorted({*([u.image_file] if u.image_file else []), *(f for a in u.abnormalities for f in a.roi_files),
+                    *(f for a in u.others for f in a.roi_files)})
+    return f"{cfg_hash}:{config_hash([[f, index.digest(f)] for f in files])}"
 
 
 def _collect(out: Path, jobs: list[Any], plan_events: dict[str, Any], cfg: dict[str, Any], cfg_hash: str,
