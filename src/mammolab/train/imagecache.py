@@ -4,6 +4,12 @@ Decoding a full-size mammogram PNG costs tens of milliseconds, more than a train
 network on a GPU, so the classic loop (decode + resize every epoch) is input-bound. Here the
 resized images are stored once as one ``uint8``/``uint16`` array ``[N, H, W]``:
 
+* Where: ``--cache-dir DIR`` (``cache_dir``), else ``$MAMMOLAB_CACHE``, else ``DATASET/.mammolab-cache``
+  when the dataset folder can be written, else the run folder's ``cache/`` (see :func:`resolve_cache_dir`).
+  Not ``~/.cache``, which the user never chose and which is often a small home quota on clusters.
+* Space is reserved up front (``posix_fallocate``), not a sparse file filled through a memory map: a
+  full disk is then one line naming the folder and the bytes needed before training starts, instead
+  of a bus error (SIGBUS, exit 135) in the middle of decoding.
 * ``cache="auto"`` (default): a ``.npy`` file under the cache folder, keyed by everything that
   decides its content (manifest hash, the dataset's config hash, the files' sizes and times, the
   list of images, size and resize mode). It is loaded into RAM when it fits in half the available
@@ -35,18 +41,65 @@ from mammolab.io.atomic import TEMP_SUFFIX, read_json, remove_stale_temps, write
 from mammolab.progress import default_workers, make_progress
 
 __all__ = ["CACHE_VERSION", "ImageStore", "build_image_store", "default_cache_dir", "pad_placement", "resize_image",
-           "to_unit"]
+           "resolve_cache_dir", "to_unit"]
 
 CACHE_VERSION = 1
 _INLINE_BELOW = 48  # fewer images than this are decoded in-process (no pool start-up)
 
 
 def default_cache_dir() -> Path:
-    """``$MAMMOLAB_CACHE``, else ``$XDG_CACHE_HOME/mammolab``, else ``~/.cache/mammolab``."""
+    """``$MAMMOLAB_CACHE``, else ``$XDG_CACHE_HOME/mammolab``, else ``~/.cache/mammolab`` (other caches than
+    the image cache: downloaded weights and the like; the image cache uses :func:`resolve_cache_dir`)."""
     if os.environ.get("MAMMOLAB_CACHE"):
         return Path(os.environ["MAMMOLAB_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "mammolab"
+
+
+#: The image cache inside a dataset folder (hidden: it is not part of the dataset's manifest).
+DATASET_CACHE = ".mammolab-cache"
+
+
+def resolve_cache_dir(dataset_dir: str | Path, cache_dir: str | Path | None = None,
+                      run_dir: str | Path | None = None) -> Path:
+    """Where the image cache of ``dataset_dir`` goes, in order: ``cache_dir`` (``--cache-dir``),
+    ``$MAMMOLAB_CACHE``, ``DATASET/.mammolab-cache`` when the dataset folder can be written (every run on
+    that dataset reuses it, and it goes away with the dataset), else ``RUN/cache`` (a read-only shared
+    dataset: the run folder is always writable), else a per-user folder under the temp folder."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("MAMMOLAB_CACHE"):
+        return Path(os.environ["MAMMOLAB_CACHE"]) / "images"
+    dataset_dir = Path(dataset_dir)
+    if os.access(dataset_dir, os.W_OK | os.X_OK):
+        return dataset_dir / DATASET_CACHE
+    if run_dir is not None:
+        return Path(run_dir) / "cache"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"mammolab-cache-{os.getuid()}"
+
+
+def _reserve(path: Path, folder: Path) -> None:
+    """Allocate every block of ``path`` now (it was created sparse), or fail in one line naming ``folder``."""
+    import errno
+    import shutil
+
+    from mammolab.errors import OutputError
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(folder).free
+        raise OutputError(f"{folder}: not enough space for the image cache: it needs {size / 2**20:.1f} MiB, "
+                          f"{free / 2**20:.1f} MiB free; free space, pass --cache-dir on another disk, or "
+                          "--cache ram") from None
+    finally:
+        os.close(fd)
 
 
 def resize_image(img: np.ndarray, size: ImageSize | Sequence[int], mode: str = "stretch") -> np.ndarray:
@@ -237,8 +290,10 @@ def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, imag
         return ImageStore(arr, rel_paths, None, True, key, time.perf_counter() - t0, False, failed)
     if cache not in ("auto", "disk"):
         raise MammoLabError(f"cache: expected auto, ram or disk, got {cache!r}")
-    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "images"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = resolve_cache_dir(dataset_dir, cache_dir)
+    from mammolab.io.atomic import ensure_writable_dir
+
+    ensure_writable_dir(folder, option="--cache-dir")
     file = folder / f"{key}.npy"
     failed_file = folder / f"{key}.failed.json"
     reused = file.is_file()
@@ -250,6 +305,11 @@ def build_image_store(dataset_dir: str | Path, rel_paths: Sequence[str], *, imag
         tmp = folder / f".{key}.npy.{os.getpid()}.0{TEMP_SUFFIX}"
         try:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            try:
+                _reserve(tmp, folder)  # before any page is touched: ENOSPC here, not SIGBUS later
+            except BaseException:
+                del mm
+                raise
             failed = _decode_into(mm, dataset_dir, rel_paths, image_size, resize, workers)
             mm.flush()
             del mm
