@@ -126,7 +126,8 @@ def test_roi_film_height_cuts_every_patch_at_one_scale(synth_legacy, tmp_path: P
                                                             roi_film_height=128).content_hash("organize")
     from mammolab.config import config_hash
 
-    dump = plain.model_dump(exclude={"png", "allow_degenerate", "roi_film_height", "roi_background"})
+    dump = plain.model_dump(exclude={"png", "allow_degenerate", "allow_duplicates", "roi_film_height",
+                                     "roi_background"})
     assert plain.content_hash("organize") == config_hash({"stage": "organize", **dump})
 
 

@@ -159,3 +159,35 @@ def test_cbis_source_replaced_in_place_is_redone(download, tmp_path: Path) -> No
     assert after.shape == before.shape and not np.array_equal(after, before)
     third = organize(dl, csv_dir=download.csv_dir, out=out, workers=1)
     assert third.processed_units == 0  # unchanged sources: everything reused
+
+
+def _listing(lesions: Path, tmp: Path) -> tuple[pd.DataFrame, Path]:
+    src = pd.read_csv(lesions / "manifest.csv", dtype=str, keep_default_na=False)
+    listing = src[["path", "label", "patient_id", "split"]].copy()
+    listing["path"] = [str(lesions / p) for p in listing["path"]]
+    listing["split"] = listing["split"].replace({"val": "train"})
+    return listing, tmp / "list.csv"
+
+
+def test_same_image_under_two_patients_across_splits_is_refused_or_reported(lesions, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from mammolab.data.organize import organize
+
+    listing, csv = _listing(lesions, tmp_path)
+    train = listing[listing["split"] == "train"].iloc[0]
+    copy = tmp_path / "copy_of_train.png"
+    shutil.copy(train["path"], copy)  # a byte-identical copy filed under a new test patient
+    listing.loc[len(listing)] = [str(copy), train["label"], "P_COPY", "test"]
+    listing.to_csv(csv, index=False)
+    with pytest.raises(MammoLabError) as err:
+        organize(manifest=csv, out=tmp_path / "ds", workers=1)
+    msg = str(err.value)
+    assert train["path"] in msg and str(copy) in msg and "P_COPY" in msg and train["patient_id"] in msg
+    assert "identical content" in msg and "\n" not in msg and not (tmp_path / "ds").exists()
+    res = organize(manifest=csv, out=tmp_path / "ds", workers=1, config={"allow_duplicates": True})
+    assert res.quality["patient_overlap_total"] == 0  # what the report used to say, and all it said
+    leaks = json.loads((tmp_path / "ds" / "quality_report.json").read_text())["content_duplicates"]
+    assert len(leaks) == 1 and "P_COPY" in leaks[0] and train["patient_id"] in leaks[0]
+    assert "Identical image content" in (tmp_path / "ds" / "quality_report.md").read_text()

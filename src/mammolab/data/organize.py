@@ -66,6 +66,10 @@ class _DatasetOptions(StrictModel):
         "stored", description="PNG encoding of the images: stored (uncompressed: the size of the DICOM pixels, "
         "about 5x faster to read in every later pass) or fast (compressed, ~20% smaller on noisy 16-bit films). "
         "Pixels are the same either way, so it is not part of the config hash. Masks are always run-length coded.")
+    allow_duplicates: bool = Field(
+        False, description="Go on when one image's content (byte-identical files, e.g. a copy or a symlinked "
+        "folder) is listed in two splits; it is reported as a leak in the quality report. Decides nothing about "
+        "the data, so it is not part of the config hash.")
     allow_degenerate: bool = Field(
         False, description="Go on when the validation or test split lacks a class (its AUC and Youden threshold "
         "are then undefined). Decides nothing about the data, so it is not part of the config hash.")
@@ -87,7 +91,7 @@ class _DatasetOptions(StrictModel):
 
         An option added later enters the hash only when set, so datasets made before it keep their hash.
         """
-        dump = self.model_dump(exclude={"png", "allow_degenerate"})
+        dump = self.model_dump(exclude={"png", "allow_degenerate", "allow_duplicates"})
         if dump.get("roi_film_height") is None:
             dump.pop("roi_film_height", None)
         if not dump.get("roi_background"):
@@ -664,11 +668,63 @@ def organize_cbis(download: str | Path, csv_dir: str | Path, out: str | Path, co
         [(u.split, a.label, u.patient_id) for u in units for a in u.abnormalities]
     check_split_classes(pd.DataFrame(planned, columns=["split", "label", "patient_id"]),
                         mf.classes_for(cfg.labels), allow=cfg.allow_degenerate)
+    plan_events["content_duplicates"] = content_duplicates(
+        [(str(download / u.image_file), u.patient_id, u.split) for u in units if u.image_file]
+        + [(str(download / f), u.patient_id, u.split) for u in units for a in u.abnormalities for f in a.roi_files],
+        allow=cfg.allow_duplicates, what="organize")
     jobs = [_Job(u, str(download.resolve()), str(out.resolve()), cfg.model_dump(), _unit_hash(cfg_hash, u, index))
             for u in units]
     return _collect(out, jobs, plan_events, cfg.model_dump(), cfg_hash, cfg.labels, workers,
                     inputs={"download": str(download.resolve()), "csv_dir": str(csv_dir.resolve()),
                             "metadata": str(Path(metadata).resolve()) if metadata else None})
+
+
+def _full_digest(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_duplicates(sources: Sequence[tuple[str, str, str]], *, allow: bool, what: str) -> list[str]:
+    """Files of identical content listed under two patients or in two splits: a leak the patient split misses.
+
+    ``sources`` holds ``(file, patient_id, split)`` per image; files are compared by their quick digest,
+    then by a hash of all their bytes. Content in two splits is refused in one line naming both files
+    and patients (a model tested on an image it trained on), unless ``allow``; every duplicate across
+    patients or splits is returned for the quality report. Refused rather than grouped into one split:
+    the split may be the user's (a CBIS official test, a manifest's split column) and two patients
+    with one image is a labelling error that should be seen and fixed, not hidden.
+    """
+    from mammolab.data.cbis import quick_digest
+
+    by_quick: dict[str, list[tuple[str, str, str]]] = {}
+    for src, patient, split in sources:
+        with contextlib.suppress(OSError):
+            by_quick.setdefault(quick_digest(src), []).append((src, patient, split))
+    found: list[str] = []
+    for group in by_quick.values():
+        if len({(p, sp) for _, p, sp in group}) < 2:
+            continue
+        by_full: dict[str, list[tuple[str, str, str]]] = {}
+        for item in group:
+            by_full.setdefault(_full_digest(item[0]), []).append(item)
+        for same in by_full.values():
+            first = same[0]
+            for other in same[1:]:
+                if (other[1], other[2]) == (first[1], first[2]):
+                    continue
+                line = (f"{first[0]} (patient {first[1]}, {first[2]}) and {other[0]} (patient {other[1]}, "
+                        f"{other[2]}) have identical content")
+                if other[2] != first[2] and not allow:
+                    raise MammoLabError(f"{what}: {line}, so one image would be in {first[2]} and {other[2]}; "
+                                        "remove one copy (or pass allow_duplicates: true to go on and have it "
+                                        "reported as a leak)")
+                found.append(line)
+    return sorted(found)
 
 
 def _unit_hash(cfg_hash: str, u: Unit, index: DownloadIndex) -> str:
@@ -749,6 +805,8 @@ def _quality(df: pd.DataFrame, events: list[dict[str, str]], plan: dict[str, Any
         "patient_overlap_total": int(sum(len(v) for v in overlap.values())),
         "split_warnings": split_warnings[1] + split_warnings[0],
         "files_missing": plan.get("files_missing", []),
+        # identical files under two patients or in two splits: a leak patient_overlap cannot see
+        "content_duplicates": plan.get("content_duplicates", []),
     }
     if source == "manifest":
         return {**common,
@@ -784,7 +842,8 @@ def quality_markdown(q: dict[str, Any]) -> str:
         lines.append(f"| {s} | {q['patients'][s]} | " + " | ".join(str(v) for v in row.values())
                      + f" | {sum(row.values())} |")
     lines.append("")
-    sections = [("Splits with too few patients of a class", "split_warnings"),
+    sections = [("Identical image content under two patients or in two splits (leak)", "content_duplicates"),
+                ("Splits with too few patients of a class", "split_warnings"),
                 ("Files missing", "files_missing"), ("Repeated CSV rows (dropped)", "duplicate_rows_dropped"),
                 ("Masks found swapped (told apart by content)", "masks_swapped"),
                 ("Manifest rows skipped", "rows_skipped"), ("Boxes crossing the image edge (clipped)", "boxes_clipped"),
@@ -1250,6 +1309,8 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
     items = _split_items(items, cfg)
     check_split_classes(items, classes, allow=cfg.allow_degenerate)
     split_of = dict(zip(items["file_id"], items["split"], strict=True))
+    duplicates = content_duplicates([(p["src"], p["patient_id"], split_of[p["file_id"]]) for p in planned],
+                                    allow=cfg.allow_duplicates, what=f"--manifest: {csv_path.name}")
     fold_of = dict(zip(items["file_id"], items["fold"], strict=True))
     inputs = [csv_path, *(Path(p["src"]) for p in planned),
               *(Path(les.mask_src) for p in planned for _, g in p["items"] for les in g if les.mask_src)]
@@ -1269,7 +1330,7 @@ def organize_manifest(csv_path: str | Path, out: str | Path, config: ImportConfi
                                cfg.roi_film_height, cfg.roi_background, cfg.seed,
                                tuple(p["blind"]) if cfg.roi_background else ()))
     plan = {"files_missing": [f"{e['item']}: {e['detail']}" for e in events if e["type"] == "file_missing"],
-            "events": [e for e in events if e["type"] != "file_missing"]}
+            "events": [e for e in events if e["type"] != "file_missing"], "content_duplicates": duplicates}
     return _collect(out, jobs, plan, cfg.model_dump(), cfg_hash, cfg.labels, workers,
                     inputs={"manifest": str(csv_path.resolve())}, process=_import_one, source="manifest")
 
@@ -1325,6 +1386,9 @@ def summary_lines(result: OrganizeResult) -> list[str]:
     for s, row in q["counts"].items():
         lines.append(f"  {s:5s} " + "  ".join(f"{k}={v}" for k, v in row.items()) + f"  patients={q['patients'][s]}")
     lines.append(f"  patient overlap between splits: {q['patient_overlap_total']}")
+    if q.get("content_duplicates"):
+        lines.append(f"  warning: identical image content under two patients or in two splits: "
+                     f"{len(q['content_duplicates'])} (see the quality report)")
     if "background_patches" in q:
         lines.append(f"  background (normal-tissue) patches: {q['background_patches']}"
                      + (f"; films with fewer than asked: {len(q['background_short'])}" if q["background_short"]
