@@ -11,11 +11,18 @@ bug and propagates.
 (more processes than cores only add memory and switching); 0 or a negative number is an error
 (:func:`resolve_workers`).
 
+Workers start from a clean server process (``forkserver`` where the platform has it, else
+``spawn``), never by forking the caller: a caller that has already used OpenCV's or OpenMP's
+thread pool (a notebook that trained a model, a test session, ``mammolab run``) would hand each
+forked child a pool whose locks belong to threads that do not exist there, and the child hangs in
+its first ``cv2`` call.
+
 Set ``MAMMOLAB_QUIET=1`` (tests, CI) to silence bars.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import operator
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -101,6 +108,12 @@ def _call(fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
         return False, str(exc)
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: from a clean forkserver (Linux), else spawned (macOS, Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = None,
                  description: str = "working") -> tuple[list[R | None], list[tuple[int, str]]]:
     """Apply ``fn`` to each item; return results in input order and ``(index, error)`` for failures.
@@ -122,7 +135,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int | Non
                     errors.append((i, value))
                 progress.advance(task)
             return results, errors
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
             pending: dict[Any, int] = {}
             it = iter(enumerate(items))
             window = workers * 4
