@@ -128,7 +128,7 @@ class Difficulty:
 #: 0.87. In ``hard`` most of a lesion's ambiguity is per view (narrow class ranges, large view noise),
 #: so the second view is worth +0.08 to an ideal reader: enough for a two-view model to show its gain
 #: on a few hundred test breasts. A ResNet-18 on the rendered pixels comes close to the ideal reader
-#: (README: the calibration of ``hard``).
+#: (docs/recipes/whole-image.md: the calibration of ``hard``).
 DIFFICULTIES: dict[str, Difficulty | None] = {
     "easy": None,
     "medium": Difficulty(0.8, 0.75, (0.5, 1.0), (0.0, 0.5), 0.15),
