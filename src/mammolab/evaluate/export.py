@@ -34,7 +34,7 @@ from mammolab.errors import MammoLabError
 from mammolab.imagesize import as_hw, size_text
 from mammolab.io.atomic import TEMP_SUFFIX, atomic_write_text, read_json, write_json
 
-__all__ = ["FORMATS", "ExportResult", "export_run", "model_card"]
+__all__ = ["FORMATS", "ExportResult", "export_run", "model_card", "preprocessing_spec"]
 
 FORMATS = ("onnx", "torchscript")
 NOTICE = ("Research software, not a medical device: not for diagnosis, screening or any clinical decision. "
@@ -148,6 +148,128 @@ def _two_view_card(recipe: Any, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------------------- the card's preprocessing
+
+#: Where the card points a reader who wants the preprocessing as code rather than as words.
+REFERENCE = ("mammolab-runtime (the light install: no torch; docs/guide/export.md, 'Light runtime'): "
+             "`mammolab predict DIR FILE` and, in Python, `Predictor.load(DIR).prepare(image)` apply these "
+             "steps; that code is the reference implementation of this section")
+
+_READ = {
+    "dicom": ("pydicom: pixel data decoded; if a Modality LUT Sequence or RescaleSlope/RescaleIntercept is present, "
+              "pydicom.pixels.apply_modality_lut; then, if a VOI LUT Sequence or WindowCenter is present, "
+              "pydicom.pixels.apply_voi_lut(index=0) (the first window); then the result v is stretched linearly "
+              "to 16 bit: rint((v - min(v)) * 65535 / (max(v) - min(v))) as uint16 (all 0 when max == min); "
+              "then MONOCHROME1 is inverted: 65535 - v"),
+    "raster": ("PNG, JPEG, TIFF, PGM, BMP: cv2.imdecode(..., cv2.IMREAD_UNCHANGED), bit depth unchanged (8-bit "
+               "stays uint8, 16-bit stays uint16); colour images become grey with cv2.cvtColor(COLOR_BGR2GRAY or "
+               "COLOR_BGRA2GRAY); any other pixel type is stretched to uint16 as a DICOM is"),
+    "output": "a 2-D uint8 or uint16 array",
+}
+
+_OP_RULES = {
+    "resize": ("h, w = image shape; ratio = max(w / width, h / height) if keep_aspect else min(w / width, "
+               "h / height); k = min(int(ratio), h, w); if k >= 2: drop the last h % k rows and w % k columns "
+               "(h, w = h // k * k, w // k * k) and shrink first with cv2.resize(img, (w // k, h // k), "
+               "interpolation=cv2.INTER_AREA); then with the trimmed h, w: keep_aspect: scale = min(width / w, "
+               "height / h), nw = max(1, round(w * scale)), nh = max(1, round(h * scale)) (round half to even), "
+               "else nw, nh = width, height; cv2.resize to (nw, nh) with INTER_AREA if nw or nh is smaller than the "
+               "current image's side, else INTER_LINEAR; then bit_depth (8: uint16 -> v >> 8; 16: uint8 -> v * 257; "
+               "null: unchanged); if (nw, nh) != (width, height): the image is placed on a height x width canvas of "
+               "0 at x0 = (width - nw) // 2, y0 = (height - nh) // 2 (align center) or at 0, 0 (align start)"),
+    "denoise": ("median: cv2.medianBlur(img, ksize) (uint16 with ksize > 5: scipy.ndimage.median_filter(img, "
+                "size=ksize, mode='reflect')); gaussian: cv2.GaussianBlur(img, (ksize, ksize), sigma); bilateral: "
+                "s = 255 (uint8) or 65535 (uint16), f = cv2.bilateralFilter(img.astype(float32) / s, ksize, "
+                "sigma_color, sigma_space), out = clip(rint(f * s), 0, s) in the image's dtype"),
+    "clahe": ("cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(img) at the image's "
+              "current bit depth (uint8 or uint16, as the previous step left it; no conversion), then every pixel "
+              "that was 0 before CLAHE is set back to 0"),
+    "orient": ("k = max(1, ceil(max(h, w) / 512)); col = img[::k, ::k].astype(float64).sum(axis=0); half = "
+               "len(col) // 2; the chest wall is on the left when col[:half].sum() >= col[len(col) - half:].sum(); "
+               "if that side is not chest_wall: cv2.flip(img, 1)"),
+    "crop_border": ("mode fixed: dx = round(w * margin), dy = round(h * margin), img[dy:h - dy, dx:w - dx]; mode "
+                    "auto: the border found by mammolab.preprocess.ops.find_border on a 512 px thumbnail (an "
+                    "algorithm, not a formula: use the reference implementation)"),
+    "remove_annotations": ("the breast found by mammolab.preprocess.ops.breast_mask on a 512 px thumbnail is kept "
+                           "and everything else set to 0 (an algorithm, not a formula: use the reference "
+                           "implementation)"),
+}
+
+
+def preprocessing_spec(recipe: Any) -> dict[str, Any]:
+    """Every step from a source file to the model's input tensor, precise enough to re-implement.
+
+    The card of an older export listed the recipe's step names only, and a client following it was up
+    to 95 grey levels off (the resize interpolation, the 16-to-8-bit rule, the padding value and the
+    CLAHE implementation were not said); each rule here is the code's own (tests/runtime re-implement
+    the steps from this dictionary alone and match the Predictor's input to 1e-6).
+    """
+    height, width = as_hw(recipe.transform.image_size)
+    depth = recipe.source.bit_depth
+    steps: list[dict[str, Any]] = []
+    if recipe.source.kind == "roi":
+        steps.append({"op": "roi_cut", "applies": "only when a lesion box x0,y0,x1,y1 is given (--box)",
+                      "roi_size": recipe.source.roi_size, "roi_margin": recipe.source.roi_margin,
+                      "roi_film_height": recipe.source.roi_film_height,
+                      "rule": "the square patch organize cut, from the film as read (before bit_depth): cx, cy = "
+                              "the box centre, longest = its longer side; side = ceil(longest * (1 + 2 * roi_margin)) "
+                              "(roi_margin null: 0.5), or with roi_film_height: max(round(roi_size * film height / "
+                              "roi_film_height), ceil(longest)); side = max(side, 8); the side x side square at "
+                              "x = round(cx - side / 2), y = round(cy - side / 2), 0 outside the film; cv2.resize to "
+                              "roi_size x roi_size (roi_size null: the model input's longer side) with INTER_AREA "
+                              "when roi_size < side, else INTER_LINEAR"})
+    steps.append({"op": "bit_depth", "bit_depth": depth,
+                  "rule": {8: "uint16 -> uint8 by the top 8 bits: v >> 8 (floor(v / 256)); uint8 unchanged",
+                           16: "uint8 -> uint16: v * 257 (255 -> 65535); uint16 unchanged",
+                           None: "unchanged (the file's own depth)"}[depth]})
+    pre = recipe.steps()
+    if pre:
+        steps.append({"op": "refuse_all_black", "rule": "an image without a non-zero pixel is refused (no prediction)"})
+    for step in pre:
+        for name, params in step.items():
+            steps.append({"op": name, "params": dict(params), "rule": _OP_RULES.get(name, "see the reference")})
+    t = recipe.transform
+    steps.append({"op": "model_resize", "height": height, "width": width, "mode": t.resize,
+                  "rule": ("h, w = image shape; stretch: th, tw = height, width; pad: scale = min(height / h, "
+                           "width / w), th = min(height, max(1, round(h * scale))), "
+                           "tw = min(width, max(1, round(w * scale))) (round half to even); if (th, tw) != (h, w): "
+                           "cv2.resize(img, (tw, th), interpolation="
+                           "cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR); pad: the result is placed on "
+                           "a height x width canvas of 0 (the image's dtype) at y0 = (height - th) // 2, "
+                           "x0 = (width - tw) // 2 (letterbox, the odd pixel at the bottom/right)")})
+    steps.append({"op": "scale", "rule": "float32(v) / float32(255) for uint8, float32(v) / float32(65535) for uint16 "
+                                         "(the dtype the image has after the steps above)"})
+    steps.append({"op": "normalise", "mean": t.mean, "std": t.std, "rule": "(x - mean) / std in float32"})
+    return {
+        "reference_implementation": REFERENCE,
+        "read": dict(_READ),
+        "steps": steps,
+        "already_preprocessed": ("an image of the run's own training dataset went through the steps up to "
+                                 "model_resize already: only model_resize, scale and normalise apply to it"),
+        "input_tensor": {"shape": ["N", 1, height, width], "dtype": "float32", "layout": "NCHW, C-contiguous",
+                         "channels": "1 (grey; not replicated: a model with an RGB stem takes the grey image "
+                                     "as exported)"},
+    }
+
+
+def _preprocessing_lines(spec: dict[str, Any]) -> list[str]:
+    """The card's preprocessing as numbered Markdown lines (one per step, the rule spelled out)."""
+    lines = ["## Preprocessing, step by step (to re-implement it)", "",
+             f"Reference implementation: {spec['reference_implementation']}.", "",
+             f"- read, DICOM: {spec['read']['dicom']}", f"- read, other formats: {spec['read']['raster']}",
+             f"- result: {spec['read']['output']}", ""]
+    for i, st in enumerate(spec["steps"], 1):
+        rest = {k: v for k, v in st.items() if k not in ("op", "rule", "applies")}
+        what = f" {json.dumps(rest.get('params', rest), sort_keys=True)}" if rest else ""
+        when = f" ({st['applies']})" if st.get("applies") else ""
+        lines.append(f"{i}. `{st['op']}`{what}{when}: {st['rule']}")
+    tensor = spec["input_tensor"]
+    lines += ["", f"Model input: {tensor['shape']} {tensor['dtype']}, {tensor['layout']}; channels: "
+              f"{tensor['channels']}. {spec['already_preprocessed'][0].upper()}{spec['already_preprocessed'][1:]}.",
+              ""]
+    return lines
+
+
 def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dict[str, Any]:
     """What a reader of the exported model needs to know, as data (the Markdown card is made from it)."""
     info = read_json(run_dir / "run.json") or {}
@@ -159,6 +281,8 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
         "input": "[N, 1, {}, {}] float32, made by the recipe".format(*as_hw(recipe.transform.image_size)),
         "checkpoint": recipe.checkpoint,  # the run's weights this model holds (best.ckpt unless asked)
         "threshold": recipe.threshold, "threshold_source": recipe.threshold_source,
+        "decision": (f"{recipe.classes[1]} when P({recipe.classes[1]}) >= threshold, else {recipe.classes[0]}"
+                     if recipe.binary else "the class of the largest probability"),
         "mammolab_version": recipe.mammolab_version,
         "data": {"dataset": recipe.dataset.get("name"), "manifest_hash": recipe.dataset.get("manifest_hash"),
                  "kind": recipe.source.kind, "split_sizes": info.get("n_images"),
@@ -167,6 +291,8 @@ def model_card(run_dir: Path, recipe: Any, fmt: str, max_abs_diff: float) -> dic
                                                "parameters") if k in info},
         "metrics": _metrics_summary(run_dir),
         "recipe": recipe.model_dump(mode="json", exclude={"views"}),
+        # every step as a rule a client can re-implement (interpolation, bit depth, padding, CLAHE, tensor)
+        "preprocessing": preprocessing_spec(recipe),
         "export_check": {"max_abs_diff_vs_pytorch": max_abs_diff},
         "intended_use": ("Research on breast-lesion classification: reproducing and comparing models on "
                          f"{recipe.source.kind} images prepared by the recipe in this folder."),
@@ -227,8 +353,10 @@ def card_markdown(card: dict[str, Any]) -> str:
               "2. preprocessing: " + ("; ".join(steps) if steps else "none"),
               f"3. transform: resize to {_size_words(r['transform']['image_size'])} ({r['transform']['resize']}), "
               f"scale by the bit depth's range, normalise (mean {r['transform']['mean']}, "
-              f"std {r['transform']['std']})", "",
-              "## Intended use", "", card["intended_use"], "", card["notice"], ""]
+              f"std {r['transform']['std']})", ""]
+    if card.get("preprocessing"):  # cards written before it was recorded have the three lines above only
+        lines += _preprocessing_lines(card["preprocessing"])
+    lines += ["## Intended use", "", card["intended_use"], "", card["notice"], ""]
     return "\n".join(lines)
 
 
