@@ -46,6 +46,7 @@ from mammolab.data.splits import (
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.io.images import is_dicom_file, read_dicom_pixels, read_image, to_uint8, write_png
+from mammolab.io.lock import LOCK_NAME, current_command, output_lock
 from mammolab.io.memory import retain_freed_memory
 from mammolab.io.reasons import distinct_reasons
 from mammolab.progress import parallel_map, resolve_workers
@@ -613,7 +614,7 @@ def _prepare_out(out: Path, cfg_hash: str, overwrite: bool, inputs: Sequence[Pat
     ensure_writable_dir(out)  # one line naming the folder now, not a traceback from the first image
     remove_stale_temps(out)  # what a killed run was writing when it died
     info = mf.read_info(out)
-    if not any(out.iterdir()):
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock is not content
         return
     if not info and not (out / WORK_DIR).is_dir():
         if not overwrite:
@@ -1348,8 +1349,10 @@ def organize(download: str | Path | None = None, *, out: str | Path, csv_dir: st
     out_path = Path(out)
     created = not out_path.exists()
     try:
-        return _organize(download, out=out, csv_dir=csv_dir, manifest=manifest, config=config, metadata=metadata,
-                         workers=workers, overwrite=overwrite, **options)
+        # One writer per --out: a second organize there is refused in one line naming this one.
+        with output_lock(out_path, command=current_command(f"organize(out={str(out)!r})")):
+            return _organize(download, out=out, csv_dir=csv_dir, manifest=manifest, config=config,
+                             metadata=metadata, workers=workers, overwrite=overwrite, **options)
     except MammoLabError:
         if created and out_path.is_dir() and not _holds_images(out_path):
             shutil.rmtree(out_path, ignore_errors=True)

@@ -31,6 +31,7 @@ from mammolab.evaluate.metrics import evaluate_predictions
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import read_csv as read_safe_csv
 from mammolab.io.csvsafe import to_csv_text
+from mammolab.io.lock import locks_output
 
 __all__ = [
     "EVAL_DIRNAME",
@@ -245,6 +246,7 @@ def _external_source(predictor: Any, dataset: Path) -> tuple[Path, str, list[str
     return first_dir, "source", notes
 
 
+@locks_output("run_dir", name="evaluate", create=False)  # it writes RUN/eval and the run's recipe threshold
 def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *, n_boot: int = 2000, seed: int = 0,
                  batch_size: int | None = None, checkpoint: str = "best", force: bool = False,
                  dataset: str | Path | None = None) -> Path:

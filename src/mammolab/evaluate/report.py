@@ -34,6 +34,7 @@ from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
 from mammolab.io.csvsafe import to_csv_text
+from mammolab.io.lock import locks_output
 
 __all__ = ["RunSummary", "compare_runs", "load_run_summary"]
 
@@ -512,6 +513,7 @@ def _sort_key(s: RunSummary) -> tuple[int, float, float, float, str]:
             -(low if low is not None else -np.inf), brier if brier is not None else np.inf, s.label)
 
 
+@locks_output("out_dir", name="compare")  # one writer per --out, a killed compare's temps removed
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, split: str = "test",
                  evaluate_missing: bool = True) -> dict[str, Path]:
     """Write ``report.html``, ``comparison.csv``, ``comparison.md`` and ``roc_overlay.png`` to ``out_dir``.

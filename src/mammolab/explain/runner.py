@@ -29,6 +29,7 @@ from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hi
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import to_csv_text
+from mammolab.io.lock import locks_output
 
 __all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
 
@@ -191,6 +192,7 @@ def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid:
             "threshold": round(operating_threshold(run.run_dir), 6) if len(run.classes) == 2 else None}
 
 
+@locks_output("out_dir", name="explain")  # one writer per --out, a killed explain's temps removed
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
                 method: str = "gradcam", out_dir: str | Path, checkpoint: str = "best", grid: int = 8,
                 batch_size: int = 16, tolerance: float = 0.0, force: bool = False, target: str = "true",

@@ -15,8 +15,14 @@ naming the holder: pid, host, command and since when.
   and a dead pid is a stale lock and is taken over; a live pid, or another host, refuses.
 * **Re-entrant in one process**: ``mammolab run`` trains, then evaluates the same run in-process;
   nested locks of one folder by one process are counted, not refused.
-* **The file is not removed** at release: removing it would let a process that opened the old file
-  and one that creates a new one both "hold" the lock. Its content is cleared instead.
+* **The file is removed at release**, while still locked, so a finished command leaves no trace (and a
+  folder the lock itself created, still empty, goes too: a refused or failed command leaves nothing).
+  A process that opened the old file before the removal and locks it after finds that file no longer
+  under the name (the inode check in ``_acquire``) and starts again on the new one, so two processes
+  never both "hold" the lock.
+* **Stale temp files go at the start**: :func:`locks_output` removes, under the lock, the temp files that
+  killed runs left in the folder (:func:`mammolab.io.atomic.remove_stale_temps`), so a re-run after a
+  kill starts clean; no other process can be writing them while the lock is held.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from typing import Any, TypeVar
 
 from mammolab.errors import MammoLabError
 
-__all__ = ["LOCK_NAME", "LockedError", "locks_output", "output_lock"]
+__all__ = ["LOCK_NAME", "LockedError", "current_command", "locks_output", "output_lock"]
 
 LOCK_NAME = ".mammolab.lock"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,21 +111,28 @@ def output_lock(folder: str | Path, *, command: str | None = None,
                 lock_file: str | Path | None = None) -> Iterator[Path]:
     """Hold ``folder``'s lock (``folder/.mammolab.lock``, or ``lock_file``) for the ``with`` block.
 
-    Creates ``folder`` when needed. Raises :class:`LockedError` (one line naming the holder) when
-    another process holds it. ``command`` is what the holder file says this process runs.
+    Creates ``folder`` when needed (and removes it again at release when it is still empty: nothing
+    looks like an output that is not one). Raises :class:`LockedError` (one line naming the holder)
+    when another process holds it. ``command`` is what the holder file says this process runs.
     """
     folder = Path(folder)
     lock = Path(lock_file) if lock_file is not None else folder / LOCK_NAME
     from mammolab.io.atomic import ensure_writable_dir
 
+    created = not lock.parent.exists()
     ensure_writable_dir(lock.parent, option="--out" if lock_file is None else "--out (its parent folder)")
     key = str(lock.resolve())
-    with _guard:
-        if key in _held:  # re-entrant in this process
-            fd, depth = _held[key]
-            _held[key] = (fd, depth + 1)
-        else:
-            _held[key] = (_acquire(folder, lock, command), 1)
+    try:
+        with _guard:
+            if key in _held:  # re-entrant in this process
+                fd, depth = _held[key]
+                _held[key] = (fd, depth + 1)
+            else:
+                _held[key] = (_acquire(folder, lock, command), 1)
+    except BaseException:
+        if created:
+            _remove_empty(lock.parent)
+        raise
     try:
         yield lock
     finally:
@@ -129,11 +142,24 @@ def output_lock(folder: str | Path, *, command: str | None = None,
                 _held[key] = (fd, depth - 1)
             else:
                 del _held[key]
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+                _release(fd, lock)
+                if created:
+                    _remove_empty(lock.parent)
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Remove the lock file while still holding it (see the module docstring), then unlock."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+            lock.unlink()
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _remove_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty: someone else's files are never removed
 
 
 def _acquire(folder: Path, lock: Path, command: str | None) -> int:
@@ -165,10 +191,22 @@ def _acquire(folder: Path, lock: Path, command: str | None) -> int:
     raise MammoLabError(f"{lock}: could not take the output lock (the file keeps being replaced)")
 
 
-def locks_output(param: str = "out", name: str | None = None) -> Callable[[F], F]:
+def current_command(fallback: str) -> str:
+    """What the lock file says this process runs: the ``mammolab`` command line, or ``fallback`` (the
+    function and its folder) when MammoLab is called from Python."""
+    if Path(sys.argv[0]).name.startswith("mammolab"):
+        return " ".join(["mammolab", *sys.argv[1:]])
+    return fallback
+
+
+def locks_output(param: str = "out", name: str | None = None, *, create: bool = True,
+                 clean: bool = True) -> Callable[[F], F]:
     """Decorator: the function holds the lock of the folder given as its argument ``param`` while it runs.
 
     One line above a stage's entry function, so each stage is locked without touching its body.
+    ``create=False`` is for a folder the function reads as well as writes (a run folder): when it does
+    not exist the function runs unlocked and says so in its own words. ``clean`` removes the temp files
+    killed runs left in the folder, once the lock is held (:func:`mammolab.io.atomic.remove_stale_temps`).
     """
 
     def deco(fn: F) -> F:
@@ -178,11 +216,14 @@ def locks_output(param: str = "out", name: str | None = None) -> Callable[[F], F
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             bound = sig.bind_partial(*args, **kwargs)
             folder = bound.arguments.get(param)
-            if folder is None:
+            if folder is None or (not create and not Path(folder).is_dir()):
                 return fn(*args, **kwargs)
-            cmd = " ".join(["mammolab", *sys.argv[1:]]) if Path(sys.argv[0]).name.startswith("mammolab") \
-                else f"{name or fn.__name__} --out {folder}"
+            cmd = current_command(f"{name or fn.__name__}({param}={str(folder)!r})")
             with output_lock(folder, command=cmd):
+                if clean:
+                    from mammolab.io.atomic import remove_stale_temps
+
+                    remove_stale_temps(folder)
                 return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

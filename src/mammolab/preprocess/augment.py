@@ -30,6 +30,7 @@ from mammolab.io.atomic import (
     write_json,
 )
 from mammolab.io.images import write_png
+from mammolab.io.lock import locks_output
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import Sample, flip, rotate
 from mammolab.preprocess.pipeline import check_out, file_stamp, load_sample, record_path
@@ -157,6 +158,7 @@ class AugmentResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@locks_output("out", name="augment", clean=False)  # one writer per --out; temps removed after the checks
 def augment(dataset: str | Path, out: str | Path, config: AugmentConfig | dict[str, Any] | str | Path | None = None,
             *, workers: int | None = None, **overrides: Any) -> AugmentResult:
     """Write ``dataset`` to ``out`` with every row of the augmented splits expanded into its copies."""

@@ -34,6 +34,7 @@ from mammolab.data import manifest as mf
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text, ensure_writable_dir, read_json, remove_stale_temps, write_json
 from mammolab.io.images import read_image, read_mask, write_png
+from mammolab.io.lock import LOCK_NAME, locks_output
 from mammolab.io.memory import retain_freed_memory
 from mammolab.preprocess.ops import OPS, Op, Sample
 from mammolab.progress import parallel_map, resolve_workers
@@ -467,7 +468,7 @@ def check_out(src: Path, out: Path, stage: str = "preprocess", records: str = RE
                             "(the input is never modified)")
     if o.exists() and not o.is_dir():
         raise MammoLabError(f"--out: {out} exists and is not a folder")
-    if o.is_dir() and any(o.iterdir()):
+    if o.is_dir() and any(p.name != LOCK_NAME for p in o.iterdir()):  # our own lock is not content
         info = mf.read_info(o)
         if info.get("stage") != stage and not (o / WORK_DIR / records).is_dir():
             raise MammoLabError(f"--out: {out} is not empty and is not a 'mammolab {stage}' output; "
@@ -480,6 +481,7 @@ def _default_preset(info: dict[str, Any]) -> str:
     return "patch" if kind in ("crop", "roi") else "full"
 
 
+@locks_output("out", name="preprocess", clean=False)  # one writer per --out; temps removed after the checks
 def preprocess(dataset: str | Path, out: str | Path,
                config: PreprocessConfig | dict[str, Any] | str | Path | None = None, *,
                workers: int | None = None, preview: int = 0, size: tuple[int, int] | None = None,
