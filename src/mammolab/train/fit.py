@@ -371,11 +371,51 @@ def _result(out: Path, info: dict[str, Any], skipped: bool) -> RunResult:
                      int(info.get("epochs_run", 0)), read_metrics(out), info, skipped)
 
 
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(checkpoint, "")``, or ``(None, why)`` when ``path`` cannot be resumed from. weights_only: a hostile
+    pickle is refused, never run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on unusual pickle protocols: the error says it all
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        return None, f"truncated, damaged or not written by MammoLab: {exc.__class__.__name__}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return None, f"it holds a {type(ckpt).__name__}, not a MammoLab training checkpoint"
+    return ckpt, ""
+
+
+def _fallback_checkpoint(out: Path, cfg: TrainConfig, last: Path, why: str) -> Path | None:
+    """The newest readable checkpoint of the run other than an unreadable ``last.ckpt`` (in practice
+    ``best.ckpt``: a full training state too), announced in one warning line; None when there is none.
+
+    A last.ckpt can be damaged outside MammoLab (a copy cut short, a file system fault): resuming from
+    best.ckpt retrains only the epochs after it, where refusing would leave ``--overwrite`` (every epoch
+    lost) as the only way on."""
+    found: list[tuple[int, Path]] = []
+    for path in sorted((out / "checkpoints").glob("*.ckpt")):
+        if path == last:
+            continue
+        ckpt, _ = _read_checkpoint(path)
+        if ckpt is None:
+            continue
+        try:
+            check_checkpoint_model(ckpt, cfg.model, path)
+        except MammoLabError:
+            continue
+        found.append((int(ckpt.get("epoch", -1)), path))
+    if not found:
+        return None
+    epoch, path = max(found)
+    from mammolab.progress import console
+
+    console.print(f"[yellow]warning:[/] {last} is {why}; resuming from {path} (epoch {epoch + 1}): the epochs "
+                  "after it are trained again", highlight=False, soft_wrap=True)
+    return path
+
+
 def _check_resume(out: Path, cfg: TrainConfig) -> Path:
     last = out / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise MammoLabError(f"--resume: {last} not found; the run stopped before its first epoch ended",
-                            hint="start it again without --resume (add --overwrite)")
     stored = TrainConfig.model_validate(load_yaml(out / CONFIG_NAME))
     if stored.model != cfg.model:
         raise MammoLabError(f"--resume: {out} holds model {stored.model!r}, not {cfg.model!r}")
@@ -384,17 +424,19 @@ def _check_resume(out: Path, cfg: TrainConfig) -> Path:
     if changed:
         raise MammoLabError(f"--resume: option(s) {', '.join(changed)} differ from {out / CONFIG_NAME}; a resumed "
                             "run keeps its config (only epochs, patience and runtime options may change)")
-    try:  # weights_only: a hostile pickle is refused, never run; any refusal is one line here
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on unusual pickle protocols: the error says it all
-            ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MammoLabError(f"--resume: {last} is not a readable checkpoint (truncated, damaged or not "
-                            f"written by MammoLab: {exc.__class__.__name__}); resume needs the checkpoint of the "
-                            "last finished epoch",
-                            hint="restore the file from a copy, or start the run again with --overwrite") from None
-    if not isinstance(ckpt, dict):
-        raise MammoLabError(f"--resume: {last} holds a {type(ckpt).__name__}, not a MammoLab checkpoint",
+    if not last.is_file():
+        fallback = _fallback_checkpoint(out, cfg, last, "missing")
+        if fallback is not None:
+            return fallback
+        raise MammoLabError(f"--resume: {last} not found; the run stopped before its first epoch ended",
+                            hint="start it again without --resume (add --overwrite)")
+    ckpt, why = _read_checkpoint(last)
+    if ckpt is None:  # one line either way: a warning and the fallback, or the refusal
+        fallback = _fallback_checkpoint(out, cfg, last, f"not a readable checkpoint ({why})")
+        if fallback is not None:
+            return fallback
+        raise MammoLabError(f"--resume: {last} is not a readable checkpoint ({why}), and the run has no other "
+                            "readable checkpoint; resume needs the checkpoint of a finished epoch",
                             hint="restore the file from a copy, or start the run again with --overwrite")
     check_checkpoint_model(ckpt, cfg.model, last)
     return last
@@ -608,6 +650,7 @@ def _train(dataset: str | Path, config: TrainConfig | dict[str, Any], out: str |
         "epochs_planned": cfg.epochs, "parameters": model.parameter_counts(),
         "n_images": {k: int(len(v)) for k, v in dm.frames.items()}, "monitor": monitor,
         "monitor_reason": monitor_reason, **whole_image, "resumed": ckpt_path is not None,
+        "resumed_from": ckpt_path.name if ckpt_path else None,
         "versions": _versions(), "pos_weight": pos_weight, "seed": cfg.seed, "fold": cfg.fold, "subset": cfg.subset,
     }
     write_json(out / RUN_JSON, info)
