@@ -71,8 +71,11 @@ def tune(
 
     out = out or Path("runs") / f"tune-{model}"
     sets = parse_sets(set_)
-    if sets:  # fixed train options: --set over the --config file
+    if sets:  # fixed train options: --set over the --config file, each value typed as for train --set
         from mammolab.config import deep_merge, load_yaml
+        from mammolab.tune.runner import check_sets
+
+        check_sets(model, config, sets)
 
         config = deep_merge(load_yaml(config) if config else {}, sets)  # type: ignore[assignment]
 

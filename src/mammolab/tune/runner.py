@@ -36,8 +36,8 @@ from mammolab.tune.search import best_trial, create_or_load_study, run_trials, w
 from mammolab.tune.space import SearchSpace, load_space
 from mammolab.tune.storage import ClaimLock, default_storage_url, open_storage, redact_url
 
-__all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "export_preset", "remove_failed_trial_dirs", "tune",
-           "tune_config"]
+__all__ = ["EXCLUDED_FIELDS", "RUN_SIZE_FIELDS", "TuneResult", "check_sets", "export_preset",
+           "remove_failed_trial_dirs", "tune", "tune_config"]
 
 #: Train-config fields a search space may not tune: the tuner sets them (model, run size, seed) or
 #: they change where a run executes rather than what it learns.
@@ -74,6 +74,22 @@ def _base_options(model: str, base_config: str | Path | Mapping[str, Any] | None
     fixed.pop("model", None)
     size = {"model": model, "epochs": epochs, "image_size": image_size, "subset": subset, "seed": seed}
     return fixed, {k: v for k, v in size.items() if v is not None}
+
+
+def check_sets(model: str, base_config: str | Path | Mapping[str, Any] | None, sets: Mapping[str, Any]) -> None:
+    """``tune --set`` values typed as ``train --set`` types them: ``--set epochs=true`` is one line naming
+    the key and the type expected, not a trial of 1 epoch (lax validation reads true as 1).
+
+    The base is the ``--config`` file resolved for ``model``; only the values ``--set`` gave are judged
+    strictly (:func:`mammolab.config.check_set_types`)."""
+    if not sets:
+        return
+    from mammolab.config import check_set_types
+    from mammolab.train.config import TrainConfig, resolve_train_config
+
+    fixed = load_yaml(base_config) if isinstance(base_config, (str, Path)) else dict(base_config or {})
+    base = resolve_train_config({**fixed, "model": fixed.get("model") or model})
+    check_set_types(TrainConfig, base.model_dump(mode="json"), dict(sets))
 
 
 def tune_config(fixed: Mapping[str, Any], run_size: Mapping[str, Any], overrides: Mapping[str, Any]) -> Any:
