@@ -485,7 +485,7 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
                 queue_timeout: float = 30.0, max_pixels: int | None = None, header_timeout: float = 10.0,
                 read_timeout: float = 15.0, keep_alive: float = 5.0, request_timeout: float = 120.0,
                 max_uploads: int = 8, max_connections: int = 128, allow_hosts: tuple[str, ...] | list[str] = (),
-                cors_origins: tuple[str, ...] | list[str] = (), api_key: str | None = None,
+                cors_origins: tuple[str, ...] | list[str] = (), api_key: str | None = None, checkpoint: str = "best",
                 predictor: Any = None) -> MammoServer:
     """Check the options, load the run (or exported model) and bind the socket (``port=0`` picks a free one).
 
@@ -501,7 +501,8 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
     if predictor is None:
         from mammolab.evaluate.predict import Predictor
 
-        predictor = Predictor.load(run_dir)  # a two-view run or export serves breasts (mammolab.app.serve_breast)
+        # a two-view run or export serves breasts (mammolab.app.serve_breast); checkpoint: best unless asked
+        predictor = Predictor.load(run_dir, checkpoint=checkpoint)
     app = create_app(predictor, settings)
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
