@@ -89,7 +89,7 @@ def test_roi_kind_square_patches_with_box(synth_legacy, tmp_path: Path) -> None:
 
 def test_roi_film_height_cuts_every_patch_at_one_scale(synth_legacy, tmp_path: Path) -> None:
     """--roi-film-height 128 on 256-px films: 32-px patches of 64 source px, lesions at half their film size."""
-    from mammolab.data.organize import _roi_patch
+    from mammolab.data.patches import roi_patch as _roi_patch
     from mammolab.recipe import _cut_roi, build_recipe
 
     out = tmp_path / "fixed"

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mammolab.data.cbis_import import _classify_roi
 from mammolab.data.manifest import load_manifest
-from mammolab.data.organize import OrganizeConfig, _bbox, _classify_roi, _is_binary, organize_cbis
+from mammolab.data.organize import OrganizeConfig, organize_cbis
+from mammolab.data.patches import bbox as _bbox
+from mammolab.data.patches import is_binary as _is_binary
 from mammolab.io import read_dicom_pixels, read_image
 
 pytestmark = pytest.mark.shared
@@ -55,7 +58,7 @@ def test_real_masks_bounding_boxes(shared_dir: Path) -> None:
 
 
 def test_classify_swapped_roi_files(tmp_path: Path) -> None:
-    from mammolab.data.organize import Abnormality
+    from mammolab.data.cbis_import import Abnormality
 
     from helpers import write_dicom
 

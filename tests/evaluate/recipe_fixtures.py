@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from mammolab.data.cbis import DownloadIndex, read_case_csvs
-from mammolab.data.organize import OrganizeConfig, _bbox, _is_binary, organize_cbis, plan_cbis
+from mammolab.data.organize import OrganizeConfig, organize_cbis, plan_cbis
+from mammolab.data.patches import bbox as _bbox
+from mammolab.data.patches import is_binary as _is_binary
 from mammolab.io import read_dicom_pixels
 
 TRAIN = {"model": "mammoresnet", "weights": "none", "image_size": 32, "epochs": 1, "batch_size": 16,
