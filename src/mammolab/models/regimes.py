@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from mammolab.errors import MammoLabError
-from mammolab.models.registry import Backbone, MammoNet
+from mammolab.models.base import Backbone, MammoNet
 
 __all__ = ["DEFAULT_TRAINABLE_STAGES", "apply_regime", "backbone_stages"]
 

@@ -9,11 +9,15 @@ same adaptation with timm's ``adapt_input_conv``.
 
 from __future__ import annotations
 
+import difflib
+import functools
+
 from mammolab.errors import MammoLabError
-from mammolab.models.registry import Backbone, register_model
+from mammolab.models.hub import offline_if_unreachable
+from mammolab.models.registry import TIMM_PREFIX, Backbone, ModelEntry, register_model, register_prefix
 from mammolab.models.weights import load_backbone_weights
 
-__all__ = ["timm_backbone"]
+__all__ = ["timm_backbone", "timm_entry"]
 
 
 def _offline_error(arch: str, hub_id: str, exc: Exception, offline: str | None = None) -> MammoLabError:
@@ -31,8 +35,6 @@ def timm_backbone(arch: str, *, name: str | None = None, weights: str | None = N
 
     name = name or arch
     if weights == "imagenet":
-        from mammolab.models.hub import offline_if_unreachable
-
         with offline_if_unreachable() as offline:  # offline: the hub's cache only, no ~50 s of retries
             try:
                 body = timm.create_model(arch, pretrained=True, in_chans=in_chans, num_classes=0)
@@ -87,3 +89,35 @@ def efficientnet_b3(weights: str | None = None, in_chans: int = 1) -> Backbone:
                 default_size=299, min_size=75)
 def inception_resnet_v2(weights: str | None = None, in_chans: int = 1) -> Backbone:
     return timm_backbone("inception_resnet_v2", weights=weights, in_chans=in_chans)
+
+
+_TIMM_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def timm_entry(name: str) -> ModelEntry:
+    """A registry entry made on demand for ``timm/<arch>``: timm's own name list is the registry.
+
+    The builder is :func:`timm_backbone`, the same path as the named models, so features, stages
+    (timm's ``feature_info``), the 1-channel stem and weights all work. timm is imported here, not
+    at module level: the package imports this plug-in, and ``import timm`` costs about a second.
+    """
+    if name in _TIMM_ENTRIES:
+        return _TIMM_ENTRIES[name]
+    import timm
+
+    arch = name[len(TIMM_PREFIX):]
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
+        hint = (f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close
+                else "timm.list_models('*pattern*') lists timm's names")
+        raise MammoLabError(f"--model: timm has no model {arch!r} (from {name!r})", hint=hint)
+    cfg = timm.models.get_pretrained_cfg(arch)
+    size = int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+    pretrained = cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file)
+    entry = ModelEntry(name, functools.partial(timm_backbone, arch, name=name),
+                       f"timm model {arch} (no registry entry)", pretrained, size, 32)
+    _TIMM_ENTRIES[name] = entry
+    return entry
+
+
+register_prefix(TIMM_PREFIX, timm_entry)
