@@ -42,8 +42,9 @@ from urllib.parse import urlsplit
 
 from fastapi import File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from mammolab.app.serve_api import Prediction, check_fields, checkpoint_name, png_bytes
 from mammolab.app.serve_limits import (
     INTERNAL_ERROR,
     Access,
@@ -173,27 +174,6 @@ def _fd_room() -> int:
 
 # ------------------------------------------------------------------------------------------ the app
 
-class Prediction(BaseModel):
-    """One scored image."""
-
-    model_config = ConfigDict(populate_by_name=True)
-    file: str = Field(description="the uploaded file's name")
-    probability: float = Field(description="P(malignant)")
-    predicted_class: str = Field(alias="class", description="the predicted class (binary: probability >= "
-                                 "threshold)")
-    probs: dict[str, float] = Field(description="probability of each class")
-    threshold: float = Field(description="the operating threshold the model carries")
-    warnings: list[str] = Field(description="the input looks outside what the model was trained on, etc.")
-    model: str = Field(description="the model (architecture and regime)")
-    run: str = Field(description="the run's name")
-    checkpoint: str | None = Field(None, description="the checkpoint file that scored it (e.g. best.ckpt; null for "
-                                   "an exported model without one)")
-    version: str = Field(description="the MammoLab version that trained the model")
-    mammolab_version: str = Field(description="the MammoLab version serving it")
-    heatmap_method: str | None = Field(None, description="with heatmap=1: gradcam, gradcam++ or occlusion")
-    heatmap_png: str | None = Field(None, description="with heatmap=1: base64 PNG, image | overlay")
-
-
 class Health(BaseModel):
     """Liveness, the model served, and how many predictions are running."""
 
@@ -237,12 +217,6 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def checkpoint_name(predictor: Any) -> str | None:
-    """The checkpoint file that scores (``best.ckpt``), never the server's path to it."""
-    ckpt = getattr(predictor, "checkpoint", None)
-    return Path(str(ckpt)).name if ckpt else None
-
-
 def _validation_detail(exc: Any) -> str:
     """FastAPI's list of validation errors as the one line the API promises."""
     errors = exc.errors() if hasattr(exc, "errors") else []
@@ -275,18 +249,6 @@ def _install_error_handlers(app: Any) -> None:
     @app.exception_handler(Exception)
     async def bug(request: Any, exc: Exception) -> JSONResponse:  # logged once, by ErrorGuard
         return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
-
-
-async def check_fields(request: Any, fields: tuple[str, ...], unknown: str, twice: str) -> None:
-    """422 for a multipart field the route does not take (``unknown`` with ``{names}``), or one given twice
-    (``twice`` with ``{field}`` and ``{n}``): FastAPI would score the last one silently."""
-    form = await request.form()  # already parsed by FastAPI for the route's fields: the cached form
-    extra = sorted({str(k) for k in form} - set(fields))
-    if extra:
-        raise HTTPException(422, unknown.format(names=", ".join(extra)))
-    for name in fields:
-        if len(form.getlist(name)) > 1:
-            raise HTTPException(422, twice.format(field=name, n=len(form.getlist(name))))
 
 
 def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
@@ -370,7 +332,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
                               warnings=[str(w) for w in res.get("warnings", [])], model=model_label, run=predictor.name,
                               checkpoint=checkpoint, version=predictor.version, mammolab_version=serving_version,
                               heatmap_method=method if overlay is not None else None,
-                              heatmap_png=base64.b64encode(_png_bytes(overlay)).decode("ascii")
+                              heatmap_png=base64.b64encode(png_bytes(overlay)).decode("ascii")
                               if overlay is not None else None)
 
     @app.get("/health", response_model=Health, responses=COMMON_ERRORS, summary="Liveness and load")
@@ -418,15 +380,6 @@ def wrap_app(app: Any, settings: ServeSettings) -> Any:
         inner = CORSMiddleware(inner, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                                allow_headers=["X-API-Key", "Authorization", "Content-Type"], max_age=600)
     return ErrorGuard(AccessGuard(inner, settings.access()), send_timeout=settings.request_timeout)
-
-
-def _png_bytes(rgb: Any) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise MammoLabError("could not encode the heatmap overlay as PNG")
-    return buf.tobytes()
 
 
 # ------------------------------------------------------------------------------------------ the server

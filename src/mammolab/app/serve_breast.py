@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import File, HTTPException, Query, Request, UploadFile
 from pydantic import Field
 
-from mammolab.app.serve import Prediction, check_fields, checkpoint_name
+from mammolab.app.serve_api import Prediction, check_fields, checkpoint_name, png_bytes
 from mammolab.errors import MammoLabError
 from mammolab.train.views import VIEWS
 
@@ -74,7 +74,6 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
     single-image route holds while hooks sit on the model (one heatmap at a time)."""
     from starlette.concurrency import run_in_threadpool
 
-    from mammolab.app.serve import _png_bytes
     from mammolab.evaluate.breast import predict_breast
     from mammolab.io.header import check_pixels, read_header
 
@@ -141,7 +140,7 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
             model=model_label, run=predictor.name, checkpoint=checkpoint_name(predictor), version=predictor.version,
             mammolab_version=serving_version,
             heatmap_method=method if heatmap else None,
-            heatmap_png=base64.b64encode(_png_bytes(res["heatmap"])).decode("ascii") if heatmap else None,
+            heatmap_png=base64.b64encode(png_bytes(res["heatmap"])).decode("ascii") if heatmap else None,
             views_present=[v for v in VIEWS if v in given],
             missing_view=res["missing_view"], cc=res["cc"], mlo=res["mlo"])
 
