@@ -41,15 +41,37 @@ class SynthSection(StrictModel):
     """Generate a CBIS-DDSM-shaped download instead of reading one (``mammolab synth``)."""
 
     patients: int = Field(40, ge=6, le=99999)
-    image_size: int = Field(1024, ge=64, le=8192)
+    film_height: int = Field(1024, ge=64, le=8192, description="height of each full mammogram in pixels "
+                             "(mammolab synth --film-height; image_size before 0.2, still read with a warning)")
     layout: Literal["legacy", "nbia"] = "legacy"
     seed: int = Field(0, ge=0)
     difficulty: Literal["easy", "medium", "hard"] = Field(
         "easy", description="lesion difficulty (mammolab synth --difficulty): easy, medium or hard")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_key(cls, data: Any) -> Any:
+        # the CLI's --image-size of synth became --film-height (one word per idea): the key follows, for one release
+        if isinstance(data, dict) and "image_size" in data:
+            import sys
+
+            if "film_height" in data:
+                raise ValueError("give film_height only (image_size is its old name)")
+            print("warning: data.synth.image_size is deprecated and will be removed in the next release; use "
+                  "film_height", file=sys.stderr, flush=True)
+            data = {("film_height" if k == "image_size" else k): v for k, v in data.items()}
+        return data
+
+    @property
+    def image_size(self) -> int:
+        """``film_height`` under the name :func:`mammolab.data.synth.synthesize` takes it."""
+        return self.film_height
+
     def args(self) -> dict[str, Any]:
-        """The arguments as ``synth.json`` records them (difficulty only when not easy: older outputs stay current)."""
+        """The arguments as ``synth.json`` records them (difficulty only when not easy, the film height as
+        ``image_size``, synthesize's name: older outputs stay current)."""
         data = self.model_dump()
+        data = {("image_size" if k == "film_height" else k): v for k, v in data.items()}
         if data["difficulty"] == "easy":
             data.pop("difficulty")
         return data

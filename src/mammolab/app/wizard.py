@@ -156,7 +156,7 @@ def build_experiment(answers: dict[str, Any]) -> dict[str, Any]:
     """The experiment mapping for a set of answers (the wizard's questions, as plain data)."""
     data: dict[str, Any]
     if answers["source"] == "synthetic":
-        data = {"synth": {"patients": answers["patients"], "image_size": answers["synth_size"], "seed": 0}}
+        data = {"synth": {"patients": answers["patients"], "film_height": answers["synth_size"], "seed": 0}}
     elif answers["source"] == "cbis-ddsm":
         data = {"download": answers["download"], "csv_dir": answers["csv_dir"]}
         if answers.get("metadata"):
@@ -203,7 +203,7 @@ def equivalent_commands(exp: dict[str, Any]) -> list[str]:
     if "synth" in data:
         s = data["synth"]
         cmds.append(f"mammolab synth {q(str(out / 'download'))} --patients {s['patients']} "
-                    f"--image-size {s['image_size']}")
+                    f"--film-height {s['film_height']}")
         data = {"download": str(out / "download" / "download"), "csv_dir": str(out / "download" / "csv")}
     org = " ".join(f"--{k.replace('_', '-')} {q(str(v))}" for k, v in exp["organize"].items())
     if "manifest" in data:

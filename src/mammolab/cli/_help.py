@@ -43,10 +43,12 @@ OPTION_CHOICES: dict[tuple[str, str], str] = {
     ("predict", "method"): "mammolab.explain.cam:METHODS",
     ("serve", "method"): "mammolab.explain.cam:METHODS",
     ("export", "fmt"): "mammolab.evaluate.export:FORMATS",
-    ("explain", "split"): "mammolab.data.manifest:SPLITS",
+    ("*", "split"): "mammolab.cli._options:SPLIT_CHOICES",
+    ("*", "bit_depth"): "mammolab.cli._options:BIT_DEPTHS",
+    ("*", "checkpoint"): "mammolab.cli._options:CHECKPOINTS",
 }
 #: Flags whose name differs from the config field they set.
-FIELD_ALIASES = {"logger": "loggers", "accumulate": "accumulate_grad_batches"}
+FIELD_ALIASES = {"logger": "loggers", "accumulate": "accumulate_grad_batches", "loader_workers": "num_workers"}
 _DEFAULT_TAG = re.compile(r"(?<!\\)\[(default: [^\]]*)\]")
 
 
@@ -102,8 +104,9 @@ def polish_command(name: str, command: Any, ctx: Any = None) -> None:
             label = None  # a switch: nothing to type after it
         else:
             choices = next((c for m in models if (c := field_choices(m, key))), None) if key else None
-            if choices is None and (name, param.name) in OPTION_CHOICES:
-                choices = [str(c) for c in _load(OPTION_CHOICES[(name, param.name)])]
+            target = OPTION_CHOICES.get((name, param.name or "")) or OPTION_CHOICES.get(("*", param.name or ""))
+            if choices is None and target:
+                choices = [str(c) for c in _load(target)]
             param._mammolab_choices = choices
             label = "|".join(choices) if choices else _plain_type(param)
             if choices and getattr(param.type_descriptor, "is_list", False):
@@ -154,6 +157,12 @@ for _cls in _ORIGINAL:
 
 
 class _PolishedCommand(typer.core.TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # old spellings (mammolab.cli._options.DEPRECATED) become the new ones, one warning line each
+        from mammolab.cli._options import rewrite_deprecated
+
+        return super().parse_args(ctx, rewrite_deprecated(self.name or "", args))
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         polish_command(self.name or "", self, ctx)
         super().format_help(ctx, formatter)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
-from mammolab.cli._options import parse_sets, set_option
+from mammolab.cli._options import parse_sets, set_option, tta_option
 
 
 @app.command("run", epilog="Example: mammolab run experiments/demo.yaml --set train.defaults.epochs=2 --only "
@@ -41,7 +41,8 @@ def run_cmd(
 
 @app.command(epilog="Example: mammolab wizard --out my_study.yaml")
 def wizard(
-    out: Path | None = typer.Option(None, "--out", help="Where to write the experiment YAML (asked when omitted)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the experiment YAML (asked when "
+                                    "omitted)."),
 ) -> None:
     """A guided questionnaire for newcomers: data, organize, preprocess, models and regimes.
 
@@ -65,6 +66,8 @@ def serve(
     max_mb: float = typer.Option(50.0, "--max-mb", help="Largest accepted request body in megabytes (413 above, "
                                  "whatever Content-Length says)."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method: gradcam, gradcam++ or occlusion."),
+    tta: bool = tta_option(help="Flip test-time augmentation for every prediction: average the probabilities of "
+                           "the image and its horizontal and vertical flips (3 forward passes per view)."),
     max_concurrent: int = typer.Option(2, "--max-concurrent", help="Predictions run at once; others wait up to "
                                        "--queue-timeout seconds, then get 503."),
     queue_timeout: float = typer.Option(30.0, "--queue-timeout", help="Seconds a request waits for a free "
@@ -97,7 +100,7 @@ def serve(
     """A local web page and JSON API: upload a DICOM or image, get P(malignant), the class and the heatmap.
 
     Open the printed address in a browser; the API is POST /api/predict, documented at /docs.
-    A two-view (--views cc+mlo) model scores a breast: the page takes its CC and MLO images (fields
+    A two-view (train --views cc+mlo) model scores a breast: the page takes its CC and MLO images (fields
     cc and mlo; either may be missing, not both). Every limit answers JSON; see docs/guide/serve.md.
     Press Ctrl-C to stop.
     """

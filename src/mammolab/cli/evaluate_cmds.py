@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import check_split, checkpoint_option, overwrite_option, split_option, tta_option
 
 _SAY = {"soft_wrap": True, "highlight": False}  # paths stay on one copyable line
 
@@ -17,21 +18,19 @@ _SAY = {"soft_wrap": True, "highlight": False}  # paths stay on one copyable lin
                     "evaluate runs/r18 --dataset data/inbreast-pp")
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train' (config.yaml, checkpoints/)."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate: test, val or train (with --dataset "
-                              "also all)."),
+    split: str = split_option(help="Split to evaluate: test, val or train; all (every image) only with "
+                              "--dataset."),
     dataset: Path | None = typer.Option(None, "--dataset", help="External validation: another organized dataset "
                                         "(CBIS-DDSM or organize --manifest); the run's recipe is applied to its "
                                         "images and the result goes to RUN/eval/<dataset>-<split>/."),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Flip test-time augmentation: average the "
-                             "probabilities of the image and its horizontal and vertical flips "
-                             "(written to eval/<split>-tta/)."),
+    tta: bool = tta_option(help="Flip test-time augmentation: average the probabilities of the image and its "
+                           "horizontal and vertical flips (written to eval/<split>-tta/)."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples (of patients) for the 95% confidence "
                                "intervals."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per prediction batch."),
-    force: bool = typer.Option(False, "--force", help="Redo an evaluation that is already up to date."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
-                                   "refused) or last (the last epoch's weights)."),
+    overwrite: bool = overwrite_option("Redo an evaluation that is already up to date."),
+    checkpoint: str = checkpoint_option(),
 ) -> None:
     """Score a run on a split: per-image predictions (CSV), metrics (JSON) and figures, inside the run.
 
@@ -43,7 +42,8 @@ def evaluate(
     from mammolab.evaluate.evaluation import evaluate_run, load_evaluation
     from mammolab.progress import console
 
-    folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=force,
+    check_split(split, all_ok=dataset is not None, where=" without --dataset")
+    folder = evaluate_run(run, split, tta, n_boot=n_boot, seed=seed, batch_size=batch_size, force=overwrite,
                           dataset=dataset, checkpoint=checkpoint)
     metrics, _ = load_evaluation(run, split, tta, dataset=dataset)
     auc = metrics["auc"]
@@ -73,7 +73,7 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders to compare (evaluated first if needed)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.html (self-contained, opens offline), "
                              "comparison.csv, comparison.md and roc_overlay.png."),
-    split: str = typer.Option("test", "--split", help="Split whose evaluation is compared."),
+    split: str = split_option(help="Split whose evaluation is compared: test, val or train."),
 ) -> None:
     """Compare runs in one HTML report plus comparison.csv and a Markdown table.
 
@@ -84,7 +84,7 @@ def compare(
     from mammolab.evaluate.report import compare_runs
     from mammolab.progress import console
 
-    paths = compare_runs(runs, out, split=split)
+    paths = compare_runs(runs, out, split=check_split(split, all_ok=False))
     console.print(f"compare: {len(runs)} run(s); table: {paths['csv']}  markdown: {paths['markdown']}", **_SAY)
     console.print(f"report: {paths['html']}", **_SAY)
 
@@ -95,7 +95,7 @@ def explain(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train'."),
     images: list[Path] | None = typer.Argument(None, help="Image files to explain (default: every image of "
                                                 "--split). Images of the run's dataset get their lesion box."),
-    split: str = typer.Option("test", "--split", help="Split to explain when no IMAGE is given."),
+    split: str = split_option(help="Split to explain when no IMAGE is given: test, val or train."),
     method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ (pytorch-grad-cam, last feature "
                                "map) or occlusion (batched grey patches on a coarse grid)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for overlays/*.png, localisation.csv and "
@@ -112,9 +112,8 @@ def explain(
                                      "default: the last feature map with at least 4x4 cells."),
     limit: int | None = typer.Option(None, "--limit", help="Explain only this many images of --split (classes "
                                      "interleaved), for a quick look at a large split."),
-    force: bool = typer.Option(False, "--force", help="Redo an explanation that is already up to date."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
-                                   "refused) or last (the last epoch's weights)."),
+    overwrite: bool = overwrite_option("Redo an explanation that is already up to date."),
+    checkpoint: str = checkpoint_option(),
 ) -> None:
     """Heatmaps of where the model looks: each overlay beside the plain image, lesion box drawn on top.
 
@@ -125,8 +124,8 @@ def explain(
     from mammolab.explain.runner import explain_run
     from mammolab.progress import console
 
-    s = explain_run(run, images or None, split=split, method=method, out_dir=out, grid=grid,
-                    batch_size=batch_size, tolerance=tolerance, force=force, target=target,
+    s = explain_run(run, images or None, split=check_split(split, all_ok=False), method=method, out_dir=out,
+                    grid=grid, batch_size=batch_size, tolerance=tolerance, force=overwrite, target=target,
                     layer=layer, limit=limit, checkpoint=checkpoint)
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
@@ -143,15 +142,16 @@ def explain(
 
 
 @app.command(epilog="Examples: mammolab predict runs/r18 scan1.dcm scan2.png --json --heatmap heatmaps/\n\n"
-             "Two-view run, one breast: mammolab predict runs/e3-2v left_cc.dcm left_mlo.dcm --views cc+mlo\n\n"
-             "Two-view run, a breast filmed in CC only: mammolab predict runs/e3-2v right_cc.dcm --views cc")
+             "Two-view run, one breast: mammolab predict runs/e3-2v left_cc.dcm left_mlo.dcm --file-views "
+             "cc+mlo\n\nTwo-view run, a breast filmed in CC only: mammolab predict runs/e3-2v right_cc.dcm "
+             "--file-views cc")
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by 'mammolab train', or a folder from 'mammolab export'."),
     files: list[Path] = typer.Argument(..., help="Image files: DICOM, PNG, JPEG, TIFF or PGM (8 or 16 bit). With "
-                                       "--views: each breast's files in that order (CC_FILE MLO_FILE ...)."),
+                                       "--file-views: each breast's files in that order (CC_FILE MLO_FILE ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of a table."),
     heatmap: Path | None = typer.Option(None, "--heatmap", help="Folder to save a heatmap overlay per file (with "
-                                        "--views: one figure per breast, CC and MLO maps side by side)."),
+                                        "--file-views: one figure per breast, CC and MLO maps side by side)."),
     method: str = typer.Option("gradcam", "--method", help="Heatmap method for --heatmap: gradcam, gradcam++ or "
                                "occlusion."),
     threshold: str = typer.Option("recipe", "--threshold", help="Binary runs: P(malignant) at or above which a "
@@ -159,13 +159,12 @@ def predict(
                                   "validation once evaluated, else 0.5), 'youden' or a number."),
     box: str | None = typer.Option(None, "--box", help="ROI-patch models: x0,y0,x1,y1 of the lesion in a whole "
                                    "film (pixels, right/bottom exclusive); the patch is cut as organize cut it."),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over horizontal and vertical flips."),
-    views: str | None = typer.Option(None, "--views", help="Two-view (--views cc+mlo) runs: the views of each "
-                                     "breast's FILES, in order: cc+mlo (CC_FILE MLO_FILE per breast), or cc / mlo "
-                                     "for a breast filmed in one view (predicted as training handles a missing "
-                                     "view; the result says which). One result per breast."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
-                                   "refused) or last (the last epoch's weights)."),
+    tta: bool = tta_option(),
+    views: str | None = typer.Option(None, "--file-views", help="Two-view (train --views cc+mlo) runs: the views "
+                                     "of each breast's FILES, in order: cc+mlo (CC_FILE MLO_FILE per breast), or "
+                                     "cc / mlo for a breast filmed in one view (predicted as training handles a "
+                                     "missing view; the result says which). One result per breast."),
+    checkpoint: str = checkpoint_option(),
 ) -> None:
     """Probability of malignancy and predicted class for each file, through the run's recipe.
 
@@ -174,7 +173,7 @@ def predict(
     transform, so it gets the probability evaluation gave it. Unreadable or unsupported files get
     one clear line each and the rest are still predicted; the exit code is 1 when any file failed.
     An input that looks outside the recipe (a whole film given to a patch model) is predicted
-    with a warning. A two-view run scores breasts: give --views and each breast's files in that
+    with a warning. A two-view run scores breasts: give --file-views and each breast's files in that
     order; each file goes through the same recipe, and the breast gets one probability.
     """
     from rich.table import Table
@@ -188,7 +187,7 @@ def predict(
         from mammolab.evaluate.breast import predict_breast_files
 
         if box is not None:
-            raise MammoLabError("--box: not available with --views (two-view breast predictions)")
+            raise MammoLabError("--box: not available with --file-views (two-view breast predictions)")
         results = predict_breast_files(run, files, views, threshold=threshold, tta=tta, heatmap_dir=heatmap,
                                        method=method, checkpoint=checkpoint)
     else:
@@ -232,16 +231,17 @@ def export(
                             "onnxruntime) or torchscript."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for model.onnx or model.pt, recipe.json, "
                              "model_card.md and model_card.json."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default; a run without best.ckpt is "
-                                   "refused) or last; the card and recipe name the checkpoint exported."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+    checkpoint: str = checkpoint_option(help="best (default; a run without best.ckpt is refused) or last; the "
+                                         "card and recipe name the checkpoint exported."),
+    overwrite: bool = overwrite_option("Replace an earlier export in --out."),
 ) -> None:
     """A self-contained model folder: the network, its recipe and a model card.
 
     'mammolab predict OUT FILES' runs it with the same recipe as the run (the same probabilities);
     the exported network is checked against the run's PyTorch model before the command succeeds.
-    A two-view (--views cc+mlo) run exports its breast model (inputs x [N, 2, 1, H, W], CC then MLO,
-    and present [N, 2]): 'mammolab predict OUT CC_FILE MLO_FILE --views cc+mlo', or 'mammolab serve OUT'.
+    A two-view (train --views cc+mlo) run exports its breast model (inputs x [N, 2, 1, H, W], CC then
+    MLO, and present [N, 2]): 'mammolab predict OUT CC_FILE MLO_FILE --file-views cc+mlo', or 'mammolab
+    serve OUT'.
     """
     from mammolab.evaluate.export import export_run
     from mammolab.progress import console

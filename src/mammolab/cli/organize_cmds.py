@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import bit_depth_option, overwrite_option, workers_option
 
 
 @app.command(
@@ -60,8 +61,8 @@ def organize(
     folds: int | None = typer.Option(
         None, "--folds", help="Patient-grouped cross-validation folds over the training rows (column 'fold'). "
                               "[default: 5]"),
-    bit_depth: int | None = typer.Option(
-        None, "--bit-depth", help="16 (keeps the DICOM dynamic range) or 8. [default: 16]"),
+    bit_depth: int | None = bit_depth_option("Bit depth of the written images: 16 (keeps the DICOM dynamic range) "
+                                             "or 8. [default: 16]"),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the split. [default: 0]"),
     png: str | None = typer.Option(
         None, "--png", help="PNG encoding of the images: 'stored' (uncompressed, as large as the DICOM pixels, "
@@ -71,13 +72,10 @@ def organize(
         False, "--allow-degenerate", help="Go on when the validation or test split has no image of a class "
                                           "(refused by default: its AUC and Youden threshold are undefined)."),
     config: Path | None = typer.Option(
-        None, "--config", help="YAML file with any of the options above (command-line options win)."),
-    workers: int | None = typer.Option(
-        None, "--workers", "-j",
-        help="Parallel worker processes: 1 or more, capped at the cores. [default: all cores]"),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo an output folder made with other options (only its own files are "
-                                   "replaced)."),
+        None, "--config", "-c", help="YAML file with any of the options above (command-line options win)."),
+    workers: int | None = workers_option(),
+    overwrite: bool = overwrite_option("Redo an output folder made with other options (only its own files are "
+                                       "replaced)."),
 ) -> None:
     """Turn a raw CBIS-DDSM download (DICOM + the four CSVs) into a clean, patient-split dataset.
 

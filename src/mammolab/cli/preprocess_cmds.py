@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
+from mammolab.cli._options import bit_depth_option, workers_option
 from mammolab.errors import MammoLabError
 
 
@@ -44,17 +45,18 @@ def preprocess(
                                      "mammograms: crop_border, remove_annotations, orient, resize 1024x640 8-bit, "
                                      "median denoise, CLAHE) or 'patch' (lesion crops: resize 512x512, denoise, "
                                      "CLAHE). Default: 'patch' for crop/ROI datasets, else 'full'."),
-    workers: int | None = typer.Option(
-        None, "--workers", "-j",
-        help="Parallel worker processes, one image each: 1 or more, capped at the cores (default: all cores)."),
+    workers: int | None = workers_option(help="Parallel worker processes, one image each: 1 or more, capped at "
+                                         "the cores. [default: all cores]"),
     preview: int = typer.Option(
         0, "--preview", help="Also write OUT/preview.png: a contact sheet of N images, one column per step "
                              "(input first; lesion boxes red, masks green), to check each step at a glance."),
     size: str | None = typer.Option(
         None, "--size", help="Override the resize step's target as HEIGHTxWIDTH (e.g. 512x320) or one number "
-                             "for a square (adds a resize step when the config has none)."),
-    bit_depth: int | None = typer.Option(
-        None, "--bit-depth", help="Override the output bit depth of the resize step: 8 or 16."),
+                             "for a square (adds a resize step when the config has none): the size of the "
+                             "written images (experiment YAML preprocess.size), not the model's input (train "
+                             "--image-size)."),
+    bit_depth: int | None = bit_depth_option("Override the bit depth of the written images (the resize step's): "
+                                             "8 or 16."),
 ) -> None:
     """Preprocess every image of a dataset in one pass: read once, all steps in memory, write once.
 
@@ -83,9 +85,7 @@ def augment(
         None, "--angle", help="Rotation angle in degrees for rotate_pos/rotate_neg (default: 15)."),
     splits: str | None = typer.Option(
         None, "--splits", help="Comma-separated splits to augment; others are copied as they are (default: train)."),
-    workers: int | None = typer.Option(
-        None, "--workers", "-j",
-        help="Parallel worker processes: 1 or more, capped at the cores (default: all cores)."),
+    workers: int | None = workers_option(),
 ) -> None:
     """Offline augmentation as in the classic recipe: original, flips and +-15 degree rotations of each training image.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
-from mammolab.cli._options import LOGGER_HELP, parse_sets, set_option
+from mammolab.cli._options import LOGGER_HELP, overwrite_option, parse_sets, set_option
 
 
 @app.command(epilog="Example: mammolab models   (then: mammolab train DATA --model resnet18_pft --out runs/r18)")
@@ -56,7 +56,7 @@ def train(
                                      "or --resume supplies it."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write: config.yaml, run.json, metrics.csv, "
                              "curves.png, checkpoints/{best,last}.ckpt."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of train options (any option below, "
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of train options (any option below, "
                                        "plus augment:, head_hidden:, ...); command-line options override it."),
     regime: str | None = typer.Option(None, "--regime", help="opw (frozen backbone, linear head), pft (last "
                                       "stages + head train) or cft (everything trains). Default: the preset's, "
@@ -94,16 +94,15 @@ def train(
                                            "(default auto)."),
     precision: str | None = typer.Option(None, "--precision", help="32, bf16 or fp16 (mixed precision; fp16 "
                                          "needs a GPU). Default 32."),
-    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0:"
-                                           " images come from the cache, so workers rarely help)."),
+    loader_workers: int | None = typer.Option(None, "--loader-workers", help="DataLoader worker processes, "
+                                              "inside training (config key num_workers; default 0: images come "
+                                              "from the cache, so they rarely help). Not a stage's -j/--workers."),
     cache: str | None = typer.Option(None, "--cache", help="Image cache: auto (a file, see --cache-dir; in RAM "
                                      "when it fits), disk (always memory-mapped) or ram (no file)."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Folder of the image cache file. Default: "
                                          "$MAMMOLAB_CACHE, else DATASET/.mammolab-cache (reused by every run on "
                                          "the dataset), else RUN/cache when the dataset is read-only. Its space "
                                          "is reserved before training starts."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (same as "
-                                     "--logger tensorboard)."),
     logger: list[str] | None = typer.Option(None, "--logger", help=LOGGER_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking server or store, e.g. "
                                             "http://mlflow.lab:5000 (default: sqlite:///RUN/mlflow.db)."),
@@ -135,7 +134,7 @@ def train(
                                             "the backward pass (timm models): less memory, more time."),
     resume: bool = typer.Option(False, "--resume", help="Continue the killed run in --out from its last "
                                 "checkpoint (same config; --epochs may grow)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    overwrite: bool = overwrite_option("Replace a run already in --out."),
 ) -> None:
     """Train a registry model or preset on a dataset folder; a finished run with the same config is skipped.
 
@@ -151,8 +150,7 @@ def train(
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "scheduler": scheduler, "patience": patience,
         "freeze_proportion": freeze_proportion, "trainable_stages": trainable_stages, "seed": seed, "fold": fold,
         "subset": subset, "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator,
-        "precision": precision, "num_workers": num_workers, "cache": cache, "cache_dir": cache_dir,
-        "tensorboard": tensorboard or None,
+        "precision": precision, "num_workers": loader_workers, "cache": cache, "cache_dir": cache_dir,
         "views": views, "fusion": fusion, "init_from": init_from, "head_type": head_type,
         "weights_prefix": weights_prefix, "weights_convention": weights_convention,
         "effective_batch": effective_batch, "accumulate_grad_batches": accumulate,

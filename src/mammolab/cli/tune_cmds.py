@@ -37,7 +37,7 @@ def tune(
     space: Path | None = typer.Option(None, "--space", help="Search space YAML (default: the shipped "
                                       "tune_space.yaml: lr, weight_decay, optimizer, batch_size, dropout, "
                                       "head_sizes, freeze_proportion, augmentation_strength)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML of train options held fixed during the "
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML of train options held fixed during the "
                                        "search (e.g. scheduler: none); they are also written into --export."),
     epochs: int = typer.Option(5, "--epochs", help="Epochs per trial (pruning may stop a trial earlier)."),
     image_size: str | None = typer.Option(None, "--image-size", help="Input size in pixels for every trial: N "
