@@ -4,19 +4,23 @@ Every figure's title carries the split and the sample size, so a figure that end
 or a paper on its own still says what it shows. Figures are built on matplotlib's object API
 (``Figure`` + Agg canvas, no pyplot global state), rendered to PNG bytes and written atomically;
 ``render_png`` is also what the HTML report uses to embed figures without touching the disk.
+The figure basics live in :mod:`mammolab.figures` and the training curves in
+:mod:`mammolab.train.curves` (both re-exported here), so training draws its curves without
+importing evaluation.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from mammolab.io.atomic import atomic_write_bytes
+from mammolab.figures import maybe_save as _maybe_save
+from mammolab.figures import new_figure as _new_figure
+from mammolab.figures import render_png, save_figure
+from mammolab.train.curves import best_epoch, plot_training_curves
 
 __all__ = [
     "best_epoch",
@@ -33,32 +37,6 @@ __all__ = [
     "save_figure",
 ]
 
-_DPI = 110
-
-
-def _new_figure(size: tuple[float, float] = (5.0, 4.6)) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def render_png(fig: Any) -> bytes:
-    """Render a matplotlib figure to PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
-
-
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write a figure as PNG atomically and return its path."""
-    path = Path(path)
-    atomic_write_bytes(path, render_png(fig))
-    return path
-
-
 def _title(what: str, split: str, n: int, extra: str = "") -> str:
     text = f"{what} - {split} split (n={n})"
     return f"{text}\n{extra}" if extra else text
@@ -70,12 +48,6 @@ def _fmt_ci(value: float | None, lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None:
         return f"{value:.3f}"
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _maybe_save(fig: Any, path: str | Path | None) -> Any:
-    if path is not None:
-        save_figure(fig, path)
-    return fig
 
 
 def plot_roc(fpr: Sequence[float], tpr: Sequence[float], *, split: str, n: int, auc: float | None = None,
@@ -254,62 +226,3 @@ def plot_reliability_overlay(curves: Sequence[dict[str, Any]], *, split: str, n:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=7)
     return _maybe_save(fig, path)
-
-
-_CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
-    ("loss", "train_loss", "val_loss"),
-    ("accuracy", "train_acc", "val_acc"),
-    ("AUC", "train_auc", "val_auc"),
-)
-
-
-def best_epoch(history: pd.DataFrame, column: str = "val_auc") -> int | None:
-    """The epoch with the highest ``column`` (the one ``best.ckpt`` holds); first of equals; None when unknown."""
-    if column not in history or not history[column].notna().any():
-        return None
-    x = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1), index=history.index)
-    return int(x.loc[history[column].idxmax()])
-
-
-def plot_training_curves(history: pd.DataFrame, *, title: str = "", path: str | Path | None = None,
-                         axes: Sequence[Any] | None = None,
-                         label_fn: Callable[[str], str] | None = None) -> Any:
-    """Loss, accuracy, AUC and learning rate per epoch from a run's ``metrics.csv``.
-
-    Epochs are whole numbers on the axis; the epoch with the best validation AUC (the one
-    ``best.ckpt`` holds) is marked on every panel; the learning rate is on a log axis, so a
-    cosine or step schedule reads at a glance. ``axes`` (three or four) draws into existing axes.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    has_lr = "lr" in history and (pd.to_numeric(history["lr"], errors="coerce") > 0).any()
-    fig = None
-    if axes is None:
-        panels = 4 if has_lr else 3
-        fig = _new_figure((3.7 * panels, 3.4))
-        axes = fig.subplots(1, panels)
-    x = history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1))
-    best = best_epoch(history)
-    for ax, (name, tr, va) in zip(axes, _CURVE_PANELS, strict=False):
-        for col, style in ((tr, "-"), (va, "--")):
-            if col in history and history[col].notna().any():
-                lab = col.split("_")[0]
-                ax.plot(x, history[col], ls=style, marker="o", ms=3, label=label_fn(lab) if label_fn else lab)
-        ax.set(xlabel="epoch", title=name)
-    if has_lr and len(axes) > 3:
-        lr = pd.to_numeric(history["lr"], errors="coerce")
-        ax = axes[3]
-        ax.plot(x[lr > 0], lr[lr > 0], color="C2", marker="o", ms=3, label="lr")
-        ax.set_yscale("log")
-        ax.set(xlabel="epoch", title="learning rate (log)")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if best is not None:
-            ax.axvline(best, color="0.35", ls=":", lw=1.2, label=f"best epoch ({best})")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if fig is not None:
-        fig.suptitle(title or "Training curves", fontsize=10)
-        return _maybe_save(fig, path)
-    return axes

@@ -66,6 +66,7 @@ from mammolab.models.transfer import init_from_run
 from mammolab.models.weights import check_checkpoint_model
 from mammolab.progress import quiet
 from mammolab.train.config import RUNTIME_FIELDS, TrainConfig, resolve_train_config, result_hash
+from mammolab.train.curves import plot_training_curves
 from mammolab.train.datamodule import MammoDataModule
 from mammolab.train.module import MammoModule
 from mammolab.train.scaling import accumulation, apply_model_options
@@ -257,10 +258,8 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
 def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Loss, accuracy, AUC and learning rate per epoch, best epoch marked, written atomically as PNG.
 
-    The same figure as the comparison report's (``mammolab.evaluate.plots.plot_training_curves``).
+    The same figure as the comparison report's (:func:`mammolab.train.curves.plot_training_curves`).
     """
-    from mammolab.evaluate.plots import plot_training_curves
-
     plot_training_curves(metrics, title=title, path=path)
 
 
