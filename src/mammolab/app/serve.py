@@ -108,6 +108,7 @@ class ServeSettings:
     read_timeout: float = 15.0
     keep_alive: float = 5.0
     method: str = "gradcam"
+    tta: bool = False  # flip test-time augmentation on every prediction (serve --tta), as predict/evaluate --tta
     request_timeout: float = 120.0
     max_uploads: int = 8
     max_connections: int = 128
@@ -280,9 +281,9 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
 
     def predict(data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
         if not heatmap:
-            return predictor.predict_file(data, filename=name, heatmap=False)
+            return predictor.predict_file(data, filename=name, heatmap=False, tta=settings.tta)
         with cam_lock:
-            return predictor.predict_file(data, filename=name, heatmap=True, method=method)
+            return predictor.predict_file(data, filename=name, heatmap=True, method=method, tta=settings.tta)
 
     if is_two_view(predictor):  # a breast model: fields cc and mlo, the same limits (mammolab.app.serve_breast)
         from mammolab.app.serve_breast import add_breast_route
@@ -439,7 +440,7 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
                 read_timeout: float = 15.0, keep_alive: float = 5.0, request_timeout: float = 120.0,
                 max_uploads: int = 8, max_connections: int = 128, allow_hosts: tuple[str, ...] | list[str] = (),
                 cors_origins: tuple[str, ...] | list[str] = (), api_key: str | None = None, checkpoint: str = "best",
-                predictor: Any = None) -> MammoServer:
+                predictor: Any = None, tta: bool = False) -> MammoServer:
     """Check the options, load the run (or exported model) and bind the socket (``port=0`` picks a free one).
 
     Options are checked before the model loads, so a typo costs no loading time; a run that cannot be
@@ -447,7 +448,7 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
     check_range("--port", port, 0, 65535, " (0 = any free port)", integer=True)
     settings = ServeSettings(max_bytes=max_bytes, max_pixels=max_pixels, max_concurrent=max_concurrent,
                              queue_timeout=queue_timeout, header_timeout=header_timeout, read_timeout=read_timeout,
-                             keep_alive=keep_alive, method=method, request_timeout=request_timeout,
+                             keep_alive=keep_alive, method=method, tta=tta, request_timeout=request_timeout,
                              max_uploads=max_uploads, max_connections=max_connections, host=host,
                              allow_hosts=tuple(allow_hosts), cors_origins=tuple(cors_origins),
                              api_key=api_key or None).check()

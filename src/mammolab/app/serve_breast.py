@@ -120,7 +120,8 @@ def add_breast_route(app: Any, predictor: Any, settings: Any, *, slots: asyncio.
                                 headers={"Retry-After": "5"}) from None
         busy["now"] += 1
         def run() -> dict[str, Any]:
-            kwargs = {"names": {v: name for v, (name, _) in given.items()}, "heatmap": heatmap, "method": method}
+            kwargs = {"names": {v: name for v, (name, _) in given.items()}, "heatmap": heatmap, "method": method,
+                      "tta": settings.tta}
             if not heatmap or lock is None:
                 return predict_breast(predictor, {v: data for v, (_, data) in given.items()}, **kwargs)
             with lock:

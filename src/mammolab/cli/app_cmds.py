@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mammolab.cli._app import app
-from mammolab.cli._options import parse_sets, set_option, tta_option
+from mammolab.cli._options import checkpoint_option, parse_sets, set_option, tta_option
 
 
 @app.command("run", epilog="Example: mammolab run experiments/demo.yaml --set train.defaults.epochs=2 --only "
@@ -93,9 +93,9 @@ def serve(
     api_key: str | None = typer.Option(None, "--api-key", envvar="MAMMOLAB_API_KEY", show_envvar=True,
                                        help="Require this key for /api/ (header X-API-Key or Authorization: "
                                        "Bearer); the page asks for it or takes /#key=KEY."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Run folders: best (default; a run without "
-                                   "best.ckpt is refused) or last (the last epoch's weights, named in every "
-                                   "answer and on the page)."),
+    checkpoint: str = checkpoint_option(help="Run folders: best (default; a run without best.ckpt is refused) "
+                                         "or last (the last epoch's weights, named in every answer and on the "
+                                         "page)."),
 ) -> None:
     """A local web page and JSON API: upload a DICOM or image, get P(malignant), the class and the heatmap.
 
@@ -117,7 +117,8 @@ def serve(
                          max_concurrent=max_concurrent, queue_timeout=queue_timeout, max_pixels=max_pixels,
                          header_timeout=header_timeout, read_timeout=read_timeout, request_timeout=request_timeout,
                          max_uploads=max_uploads, max_connections=max_connections, allow_hosts=allow_host or (),
-                         cors_origins=cors_origin or (), api_key=api_key, checkpoint=checkpoint)
+                         cors_origins=cors_origin or (), api_key=api_key, checkpoint=checkpoint,
+                         tta=tta)
     if host.strip("[]").lower() not in LOOPBACK and not api_key:
         console.print(f"[bold yellow]warning:[/] --host {host} serves beyond this machine without --api-key "
                       "(or MAMMOLAB_API_KEY): anyone who can reach it can use the model", highlight=False,
