@@ -36,7 +36,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 
 RESUME=()
 if [[ -f "$RUN/checkpoints/last.ckpt" && ! -f "$RUN/run.json" ]] || \
-   { [[ -f "$RUN/checkpoints/last.ckpt" ]] && grep -q '"status": "running"' "$RUN/run.json"; }; then
+   { [[ -f "$RUN/checkpoints/last.ckpt" ]] && grep -Eq '"status": "(running|interrupted|failed)"' "$RUN/run.json"; }; then
     RESUME=(--resume)
 fi
 
