@@ -13,7 +13,7 @@ def tiny_experiment(out: Path, *, epochs: int = 1, runs: list[dict[str, Any]] | 
     return {
         "name": "tiny",
         "out": str(out),
-        "data": {"synth": {"patients": 8, "image_size": 128, "seed": 3}},
+        "data": {"synth": {"patients": 8, "film_height": 128, "seed": 3}},
         # 8 patients: the validation split holds one, so one class is missing there (allowed on purpose)
         "organize": {"kind": "roi", "roi_size": 32, "bit_depth": 8, "allow_degenerate": True},
         "preprocess": {"config": "patch", "size": [32, 32]},

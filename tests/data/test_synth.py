@@ -280,7 +280,7 @@ def test_rerun_skips_resumes_and_refuses(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"patients": 5}, "--patients"),
-    ({"image_size": 64}, "--image-size"),
+    ({"image_size": 64}, "--film-height"),
     ({"layout": "flat"}, "--layout"),
     ({"seed": -1}, "--seed"),
 ])
@@ -338,18 +338,18 @@ def test_cli_synth(tmp_path: Path) -> None:
 
     runner = CliRunner()
     help_text = runner.invoke(app, ["synth", "--help"], terminal_width=200).output
-    for option in ("--patients", "--image-size", "--layout", "--seed", "--workers", "OUT"):
+    for option in ("--patients", "--film-height", "--layout", "--seed", "--workers", "OUT"):
         assert option in help_text
     for words in ("at least 6", "0.6x", "metadata.csv", "same bytes", "in parallel"):
         assert words in " ".join(help_text.split())
     out = tmp_path / "cli"
-    res = runner.invoke(app, ["synth", str(out), "--patients", "6", "--image-size", "128", "--layout", "nbia",
+    res = runner.invoke(app, ["synth", str(out), "--patients", "6", "--film-height", "128", "--layout", "nbia",
                               "--seed", "2", "--workers", "1"], terminal_width=300)
     assert res.exit_code == 0, res.output
     assert "mammolab organize" in res.output and "--metadata" in res.output
     assert json.loads((out / "synth.json").read_text())["args"]["layout"] == "nbia"
     assert (out / "download" / "metadata.csv").is_file()
-    res = runner.invoke(app, ["synth", str(out), "--patients", "6", "--image-size", "128", "--layout", "nbia",
+    res = runner.invoke(app, ["synth", str(out), "--patients", "6", "--film-height", "128", "--layout", "nbia",
                               "--seed", "2"])
     assert res.exit_code == 0 and "skipped" in " ".join(res.output.split())
     res = runner.invoke(app, ["synth", str(tmp_path / "bad"), "--layout", "flat"])

@@ -88,7 +88,7 @@ def test_explain_two_view_occlusion_limit_cli_and_errors(boxed_run: tuple[Path, 
     any_png = next(ds.rglob("*.png"))
     with pytest.raises(MammoLabError, match="explain works on its --split") as info:
         explain_run(run, [any_png], out_dir=tmp_path / "files")
-    assert "--views cc+mlo --heatmap DIR" in str(info.value) and "\n" not in str(info.value)
+    assert "--file-views cc+mlo --heatmap DIR" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(MammoLabError, match="--layer: MammoNet has no module named 'layer9'"):
         explain_run(run, out_dir=tmp_path / "bad-layer", layer="layer9", force=True)
 
@@ -102,7 +102,7 @@ def test_predict_views_heatmap_writes_breast_figures(boxed_run: tuple[Path, Path
     both = preds[preds["views"] == "cc+mlo"].iloc[0]
     one = preds[preds["views"] == "cc"].iloc[0]
     cc, mlo, lone = ds / both["cc_path"], ds / both["mlo_path"], ds / one["cc_path"]
-    res = CliRunner().invoke(app, ["predict", str(run), str(cc), str(mlo), "--views", "cc+mlo", "--heatmap",
+    res = CliRunner().invoke(app, ["predict", str(run), str(cc), str(mlo), "--file-views", "cc+mlo", "--heatmap",
                                    str(tmp_path / "maps"), "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout[res.stdout.index("["):])

@@ -101,13 +101,14 @@ def test_exported_breast_model_from_the_cli_and_single_image_refusals(two_view_r
     _, preds = load_evaluation(run, "test")
     row = preds[preds["views"] == "cc+mlo"].iloc[0]
     cc, mlo = ds / row["cc_path"], ds / row["mlo_path"]
-    res = CliRunner().invoke(app, ["predict", str(exports["onnx"]), str(cc), str(mlo), "--views", "cc+mlo", "--json"])
+    res = CliRunner().invoke(app, ["predict", str(exports["onnx"]), str(cc), str(mlo), "--file-views", "cc+mlo",
+                                   "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout[res.stdout.index("["):])
     assert len(payload) == 1 and abs(payload[0]["prob"] - row["prob"]) < 1e-4 and payload[0]["views"] == "cc+mlo"
 
     # Single-image paths refuse the exported breast model with one line, as they refuse the run.
-    with pytest.raises(MammoLabError, match="give each breast's files with --views") as info:
+    with pytest.raises(MammoLabError, match="give each breast's files with --file-views") as info:
         predict_files(exports["torchscript"], [cc])
     assert "\n" not in str(info.value)
     predictor = Predictor.load(exports["onnx"])
@@ -118,7 +119,7 @@ def test_exported_breast_model_from_the_cli_and_single_image_refusals(two_view_r
         predictor.predict_files([cc])
     res = CliRunner().invoke(app, ["predict", str(exports["onnx"]), str(cc)])
     assert res.exit_code != 0 and isinstance(res.exception, MammoLabError)
-    assert "give each breast's files with --views" in str(res.exception)
+    assert "give each breast's files with --file-views" in str(res.exception)
     from mammolab.explain.runner import explain_run
 
     # explain needs the run's PyTorch model, for breast models as for single-view ones

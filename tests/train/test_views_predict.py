@@ -57,7 +57,7 @@ def test_breast_predict_gives_the_evaluation_probability(two_view_run: tuple[Pat
 
     first = both.iloc[0]
     res = CliRunner().invoke(app, ["predict", str(run), str(ds / first["cc_path"]), str(ds / first["mlo_path"]),
-                                   str(ds / "missing.png"), str(ds / first["mlo_path"]), "--views", "cc+mlo",
+                                   str(ds / "missing.png"), str(ds / first["mlo_path"]), "--file-views", "cc+mlo",
                                    "--json"])
     assert res.exit_code == 1, res.output
     payload = json.loads(res.stdout[res.stdout.index("["):])
@@ -67,18 +67,18 @@ def test_breast_predict_gives_the_evaluation_probability(two_view_run: tuple[Pat
 def test_breast_predict_errors(two_view_run: tuple[Path, Path], tmp_path: Path) -> None:
     run, ds = two_view_run
     any_png = next(ds.rglob("*.png"))
-    with pytest.raises(MammoLabError, match="give each breast's files with --views"):
+    with pytest.raises(MammoLabError, match="give each breast's files with --file-views"):
         predict_files(run, [any_png])
     with pytest.raises(MammoLabError, match="do not split into breasts of 2"):
         predict_breast_files(run, [any_png] * 3, "cc+mlo")
-    with pytest.raises(MammoLabError, match="--views: expected one of cc\\+mlo, cc, mlo"):
+    with pytest.raises(MammoLabError, match="--file-views: expected one of cc\\+mlo, cc, mlo"):
         predict_breast_files(run, [any_png], "cc+ml")
     single = tmp_path / "single"  # a run folder whose config says single view: --views is refused cheaply
     single.mkdir()
     cfg = (run / "config.yaml").read_text().replace("views: cc+mlo", "views: single")
     assert "views: single" in cfg
     (single / "config.yaml").write_text(cfg)
-    with pytest.raises(MammoLabError, match="single-view model; predict its files without --views"):
+    with pytest.raises(MammoLabError, match="single-view model; predict its files without --file-views"):
         predict_breast_files(single, [any_png], "cc")
 
 
@@ -92,7 +92,7 @@ def test_explain_of_two_view_runs_draws_breasts(two_view_run: tuple[Path, Path],
         explain_run(run, [next(ds.rglob("*.png"))], out_dir=tmp_path / "explain")
     msg = str(info.value)
     assert msg.startswith(f"explain: {run} is a two-view (CC + MLO) breast model") and "\n" not in msg
-    assert "--views cc+mlo --heatmap DIR" in msg
+    assert "--file-views cc+mlo --heatmap DIR" in msg
     assert not (tmp_path / "explain").exists()
     s = explain_run(run, out_dir=tmp_path / "explain", method="occlusion", grid=2, limit=1)
     assert s["n_breasts"] == 1 and len(list((tmp_path / "explain" / "overlays").glob("*.png"))) == 1

@@ -26,8 +26,8 @@ def synth(
                                "<case>/<date-DDSM-n>/<1-description-n>/000000.dcm) or 'nbia' (current NBIA Data "
                                "Retriever: CBIS-DDSM/<case>/.../1-1.dcm plus download/metadata.csv)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments always give the same bytes."),
-    workers: int | None = workers_option(help="Parallel worker processes rendering images: 1 or more, capped at "
-                                         "the cores; the output does not depend on it. [default: all cores]"),
+    workers: int | None = workers_option(help="Worker processes rendering images in parallel: 1 or more, capped "
+                                         "at the cores; the output does not depend on it. [default: all cores]"),
     difficulty: str = typer.Option("easy", "--difficulty", help="easy (default: clearly distinct classes), "
                                    "medium or hard: smaller, fainter lesions whose benign and malignant looks "
                                    "overlap, with partly independent evidence in the CC and MLO views."),

@@ -112,6 +112,9 @@ def explain(
                                      "default: the last feature map with at least 4x4 cells."),
     limit: int | None = typer.Option(None, "--limit", help="Explain only this many images of --split (classes "
                                      "interleaved), for a quick look at a large split."),
+    tta: bool = tta_option(help="Flip test-time augmentation: each image's probability, and so the predicted "
+                           "class explained, averages the image and its horizontal and vertical flips (the "
+                           "heatmap is of the image itself)."),
     overwrite: bool = overwrite_option("Redo an explanation that is already up to date."),
     checkpoint: str = checkpoint_option(),
 ) -> None:
@@ -126,7 +129,7 @@ def explain(
 
     s = explain_run(run, images or None, split=check_split(split, all_ok=False), method=method, out_dir=out,
                     grid=grid, batch_size=batch_size, tolerance=tolerance, force=overwrite, target=target,
-                    layer=layer, limit=limit, checkpoint=checkpoint)
+                    layer=layer, limit=limit, checkpoint=checkpoint, tta=tta)
     for err in s.get("errors", []):
         console.print(f"[yellow]skipped[/] {err['error']}", **_SAY)
     line = f"explain ({method}): {s['n_images']} image(s), overlays in {s['overlays']}"

@@ -977,8 +977,8 @@ def synthesize(out: str | Path, patients: int = 40, image_size: int = 1024, layo
         raise MammoLabError(f"--patients: expected an integer from {MIN_PATIENTS} (the fewest that hold every "
                             f"class in train and test) to 99999, got {patients!r}")
     if not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise MammoLabError(f"--image-size: expected an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
-                            f"pixels, got {image_size!r}")
+        raise MammoLabError(f"--film-height (image_size): expected an integer from {MIN_IMAGE_SIZE} to "
+                            f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise MammoLabError(f"--seed: expected a non-negative integer, got {seed!r}")
     if difficulty not in DIFFICULTIES:

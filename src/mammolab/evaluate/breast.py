@@ -1,11 +1,11 @@
 """Breast-level prediction for two-view (CC + MLO) runs: a breast's files in, one probability out.
 
 A ``--views cc+mlo`` run (:mod:`mammolab.train.views`) scores a *breast*, not an image, so
-``mammolab predict`` takes a breast's files in the order ``--views`` names them
-(``predict RUN CC_FILE MLO_FILE --views cc+mlo``; several breasts as consecutive groups). Each file
+``mammolab predict`` takes a breast's files in the order ``--file-views`` names them
+(``predict RUN CC_FILE MLO_FILE --file-views cc+mlo``; several breasts as consecutive groups). Each file
 goes through the run's recipe exactly as a single-view file does (:meth:`Predictor.prepare`, so an
 organized image gets the probability ``evaluate`` gave its breast), and a breast with one view
-(``--views cc`` or ``--views mlo``) is handled as training and evaluation handle it: the missing
+(``--file-views cc`` or ``--file-views mlo``) is handled as training and evaluation handle it: the missing
 view is filled with the present one and flagged absent, so attention fusion gives it no weight and
 concat fusion sees the present view's features twice. The result says which view was missing.
 
@@ -31,7 +31,7 @@ from mammolab.train.views import VIEWS
 __all__ = ["VIEW_CHOICES", "breast_heatmap", "is_two_view", "parse_views", "predict_breast", "predict_breast_files",
            "refuse_two_view", "run_views"]
 
-#: What ``--views`` of ``predict`` accepts: the views of each breast's files, in order.
+#: What ``--file-views`` of ``predict`` accepts: the views of each breast's files, in order.
 VIEW_CHOICES = ("cc+mlo", "cc", "mlo")
 
 
@@ -73,7 +73,7 @@ def parse_views(views: str) -> tuple[str, ...]:
     """``cc+mlo`` -> ``("CC", "MLO")``; ``cc`` / ``mlo`` for a breast filmed in one view only."""
     key = str(views).strip().lower().replace(" ", "")
     if key not in VIEW_CHOICES:
-        raise MammoLabError(f"--views: expected one of {', '.join(VIEW_CHOICES)} (the views of each breast's "
+        raise MammoLabError(f"--file-views: expected one of {', '.join(VIEW_CHOICES)} (the views of each breast's "
                             f"files, in order), got {views!r}")
     return tuple(v.upper() for v in key.split("+"))
 
@@ -138,7 +138,8 @@ def predict_breast(predictor: Any, files: dict[str, str | Path | bytes], *, tta:
     from mammolab.evaluate.predict import _read_source
 
     if not is_two_view(predictor):
-        raise MammoLabError(f"--views: {predictor.path} is a single-view model; predict its files without --views")
+        raise MammoLabError(f"--file-views: {predictor.path} is a single-view model; predict its files without "
+                            "--file-views")
     given = {str(v).upper(): f for v, f in files.items() if f is not None}
     if not given or set(given) - set(VIEWS):
         raise MammoLabError(f"predict: a breast needs a CC and/or an MLO file, got views {sorted(given) or 'none'}")
@@ -172,7 +173,7 @@ def predict_breast_files(run_dir: str | Path, files: Sequence[str | Path], views
                          threshold: float | str | None = None, checkpoint: str = "best",
                          tta: bool = False, heatmap_dir: str | Path | None = None,
                          method: str = "gradcam") -> list[dict[str, Any]]:
-    """What ``mammolab predict RUN FILES --views V`` does: the files, in groups of the views ``V`` names
+    """What ``mammolab predict RUN FILES --file-views V`` does: the files, in groups of the views ``V`` names
     (one group per breast), each group one result (see :func:`predict_breast`) with ``path`` (the
     group's files joined by `` + ``); a breast whose file fails is ``{path, cc, mlo, error}``.
     With ``heatmap_dir`` each breast's figure is written there as ``<cc stem>+<mlo stem>_<method>.png``
@@ -188,13 +189,14 @@ def predict_breast_files(run_dir: str | Path, files: Sequence[str | Path], views
 
     order = parse_views(views)
     if not files:
-        raise MammoLabError(f"predict --views {views}: give each breast's files in the order "
+        raise MammoLabError(f"predict --file-views {views}: give each breast's files in the order "
                             f"{' '.join(v + '_FILE' for v in order)}")
     if len(files) % len(order):
-        raise MammoLabError(f"predict --views {views}: {len(files)} file(s) do not split into breasts of "
+        raise MammoLabError(f"predict --file-views {views}: {len(files)} file(s) do not split into breasts of "
                             f"{len(order)} ({' '.join(v + '_FILE' for v in order)} per breast)")
     if not is_two_view(run_dir):
-        raise MammoLabError(f"--views: {run_dir} is a single-view model; predict its files without --views")
+        raise MammoLabError(f"--file-views: {run_dir} is a single-view model; predict its files without "
+                            "--file-views")
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})

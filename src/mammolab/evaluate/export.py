@@ -15,7 +15,7 @@ A two-view run (``--views cc+mlo``) exports its breast model: inputs ``x [N, 2, 
 breast's CC then MLO image, each made by the recipe) and ``present [N, 2]`` float32 (1 = the view
 is there; a missing view's slot holds the present view's image, as :mod:`mammolab.evaluate.breast`
 fills it), logits out, dynamic batch. ``recipe.json`` says ``views: cc+mlo`` and the card states the
-inputs, so ``predict DIR CC_FILE MLO_FILE --views cc+mlo`` and ``serve DIR`` run it as they run the run.
+inputs, so ``predict DIR CC_FILE MLO_FILE --file-views cc+mlo`` and ``serve DIR`` run it as they run the run.
 """
 
 from __future__ import annotations
@@ -325,8 +325,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card['name']} ({card['model']})", "", f"> {card['notice']}", "",
              "## Model", "", f"- format: {card['format']}; input {card['input']}", f"- output: {card['output']}",
              *([f"- two-view breast model (views {card['views']}): one probability per breast from its CC and MLO "
-                "images; `mammolab predict DIR CC_FILE MLO_FILE --views cc+mlo`, or `--views cc` / `mlo` for a "
-                "breast filmed in one view"] if card.get("views") else []),
+                "images; `mammolab predict DIR CC_FILE MLO_FILE --file-views cc+mlo`, or `--file-views cc` / `mlo` "
+                "for a breast filmed in one view"] if card.get("views") else []),
              f"- classes: {', '.join(card['classes'])}",
              *([f"- exported from the run's {card['checkpoint']}"] if card.get("checkpoint") else []),
              f"- operating threshold: {card['threshold']:.4f} ({card['threshold_source']})",

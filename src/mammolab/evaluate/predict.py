@@ -291,7 +291,7 @@ class Predictor:
         if is_two_view(self):
             raise MammoLabError(f"predict: {self.path} is a two-view (CC + MLO) breast model; it scores a breast's "
                                 "CC and MLO images together, not single images",
-                                hint="mammolab predict MODEL CC_FILE MLO_FILE --views cc+mlo "
+                                hint="mammolab predict MODEL CC_FILE MLO_FILE --file-views cc+mlo "
                                      "(mammolab.evaluate.breast.predict_breast)")
 
     # -------------------------------------------------------------------------------- core
@@ -568,8 +568,8 @@ def predict_files(run_dir: str | Path, files: Sequence[str | Path], *, heatmap_d
     from mammolab.evaluate.breast import refuse_two_view
 
     # a two-view run or exported breast model (train/views.py, evaluate/breast.py)
-    refuse_two_view(predictor, "predict", "give each breast's files with --views",
-                    "mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo; one view only: --views cc FILE")
+    refuse_two_view(predictor, "predict", "give each breast's files with --file-views",
+                    "mammolab predict RUN CC_FILE MLO_FILE --file-views cc+mlo; one view only: --file-views cc FILE")
     if threshold is not None and str(threshold).strip().lower() != "recipe":
         predictor.recipe = predictor.recipe.model_copy(update={"threshold": resolve_threshold(run_dir, threshold)})
     results = predictor.predict_files(files, box=box, heatmap=heatmap_dir is not None, method=method, tta=tta,

@@ -51,7 +51,7 @@ def _breast_entries(run: Any, split: str, limit: int | None) -> list[dict[str, A
 
 def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: int, batch_size: int,
                     tolerance: float, force: bool, target: str, layer: str | None,
-                    limit: int | None) -> dict[str, Any]:
+                    limit: int | None, tta: bool = False) -> dict[str, Any]:
     """What :func:`mammolab.explain.runner.explain_run` does for a loaded two-view ``run`` (module docstring)."""
     import torch
 
@@ -60,7 +60,14 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
     from mammolab.explain.breast import breast_heatmaps, breast_probabilities
     from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
     from mammolab.explain.overlay import breast_panel, write_rgb_png
-    from mammolab.explain.runner import _key, _safe_name, operating_threshold, resolve_targets, to_image_space
+    from mammolab.explain.runner import (
+        _key,
+        _safe_name,
+        operating_threshold,
+        resolve_targets,
+        to_image_space,
+        tta_probabilities,
+    )
     from mammolab.io.atomic import atomic_write_text, read_json, write_json
     from mammolab.io.images import read_image
     from mammolab.progress import track
@@ -70,7 +77,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
     entries = _breast_entries(run, split, limit)
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no breast (CC or MLO image) to explain")
-    key = {**_key(run, entries, method, split, grid, target, layer), "views": "cc+mlo"}
+    key = {**_key(run, entries, method, split, grid, target, layer, tta), "views": "cc+mlo"}
     summary_path = out_dir / "localisation.json"
     old = None if force else read_json(summary_path)
     if isinstance(old, dict) and old.get("key") == key:
@@ -101,7 +108,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
             tensors.append(torch.stack([t if t is not None else fill for t in views]))
         x = torch.stack(tensors).to(run.device)
         present = torch.tensor([[v in arrs for v in VIEWS] for arrs in arrays], device=run.device)
-        probs = breast_probabilities(run.model, x, present)
+        probs = tta_probabilities(lambda v, p=present: breast_probabilities(run.model, v, p), x, tta)
         targets = resolve_targets(target, run.classes, probs, [e["label"] for e in good], threshold)
         maps = breast_heatmaps(run.model, x, present, method, targets, grid=grid, batch_size=batch_size, layer=layer)
         p_pos = positive_probability(probs[:, 1] if binary else probs, run.classes)

@@ -85,8 +85,8 @@ def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
 
 def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
                         batch_size: int = 16, target: str = "predicted", labels: Sequence[str] | None = None,
-                        layer: str | None = None,
-                        threshold: float = 0.5) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+                        layer: str | None = None, threshold: float = 0.5,
+                        tta: bool = False) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """Class probabilities ``(N, C)``, one heatmap per image in that image's own pixels, and the class explained.
 
     ``target`` is ``predicted`` (decided at ``threshold``), ``true`` (with ``labels``) or a class name;
@@ -100,7 +100,7 @@ def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "g
     for i in range(0, len(arrays), batch_size):
         chunk = arrays[i:i + batch_size]
         x = torch.stack([run.preprocess(a) for a in chunk]).to(run.device)
-        probs = target_probabilities(run.model, x)
+        probs = tta_probabilities(lambda v: target_probabilities(run.model, v), x, tta)
         targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size],
                                   threshold)
         maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
@@ -181,23 +181,34 @@ def operating_threshold(run_dir: str | Path) -> float:
     return 0.5
 
 
+def tta_probabilities(probabilities: Any, x: Any, tta: bool) -> np.ndarray:
+    """``probabilities(x)``, averaged with the horizontal and vertical flips' under ``tta`` (explain --tta),
+    the flips of :meth:`mammolab.evaluate.predict.Predictor.probabilities`: the class explained is the
+    class predict --tta prints. The heatmap itself is of the unflipped image."""
+    views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
+    return np.mean([probabilities(v) for v in views], axis=0)
+
+
 def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
-         layer: str | None) -> dict[str, Any]:
+         layer: str | None, tta: bool = False) -> dict[str, Any]:
     from mammolab.evaluate.evaluation import checkpoint_stamp
 
     files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
     return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
             "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
             "layer": None if method == "occlusion" else layer,
-            "threshold": round(operating_threshold(run.run_dir), 6) if len(run.classes) == 2 else None}
+            "threshold": round(operating_threshold(run.run_dir), 6) if len(run.classes) == 2 else None,
+            **({"tta": True} if tta else {})}  # without --tta the key is as before: older outputs stay current
 
 
 @locks_output("out_dir", name="explain")  # one writer per --out, a killed explain's temps removed
 def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None, *, split: str = "test",
                 method: str = "gradcam", out_dir: str | Path, checkpoint: str = "best", grid: int = 8,
                 batch_size: int = 16, tolerance: float = 0.0, force: bool = False, target: str = "true",
-                layer: str | None = None, limit: int | None = None) -> dict[str, Any]:
+                layer: str | None = None, limit: int | None = None, tta: bool = False) -> dict[str, Any]:
     """Write heatmap overlays and localisation scores for a split (or ``images``) of a run.
+
+    ``tta`` decides each image's probability (and so its predicted class) from it and its flips.
 
     ``target`` chooses the class each heatmap explains (``true``: the label, as in the pointing game;
     ``predicted``; or a class name) and
@@ -222,17 +233,17 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         if images:
             raise MammoLabError(f"explain: {run_dir} is a two-view (CC + MLO) breast model; explain works on its "
                                 "--split (breasts paired as in training); for chosen files use "
-                                "'mammolab predict RUN CC_FILE MLO_FILE --views cc+mlo --heatmap DIR'")
+                                "'mammolab predict RUN CC_FILE MLO_FILE --file-views cc+mlo --heatmap DIR'")
         from mammolab.explain.breast_runner import explain_breasts
 
         return explain_breasts(run, split=split, method=method, out_dir=Path(out_dir), grid=grid,
                                batch_size=batch_size, tolerance=tolerance, force=force, target=target, layer=layer,
-                               limit=limit)
+                               limit=limit, tta=tta)
     entries = _entries_for_files(run, images) if images else _entries_for_split(run, split, limit)
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
     out_dir = Path(out_dir)
-    key = _key(run, entries, method, "files" if images else split, grid, target, layer)
+    key = _key(run, entries, method, "files" if images else split, grid, target, layer, tta)
     summary_path = out_dir / "localisation.json"
     old = None if force else read_json(summary_path)
     if isinstance(old, dict) and old.get("key") == key:
@@ -266,7 +277,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
             continue
         probs, heats, explained = heatmaps_for_arrays(run, arrays, method, grid=grid, batch_size=batch_size,
                                                       target=target, labels=[e["label"] for e in good], layer=layer,
-                                                      threshold=threshold)
+                                                      threshold=threshold, tta=tta)
         p_pos = positive_probability(probs[:, 1] if probs.shape[1] == 2 else probs, run.classes)
         for e, arr, heat, pr, pp, t in zip(good, arrays, heats, probs, p_pos, explained, strict=True):
             boxes = e["boxes"]
