@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fault_tools import TRAIN_ARGS, base_env, run_cli
+from fault_tools import TRAIN_ARGS, base_env, count_renames, run_cli
 
 from mammolab.errors import OutputError
 from mammolab.io.atomic import TEMP_SUFFIX, atomic_write_bytes, temp_files
@@ -479,13 +479,25 @@ def _plant_temp(folder: Path, name: str) -> Path:
     return path
 
 
-def test_killed_evaluate_compare_explain_temps_are_removed_by_the_re_run(trained, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def good_run(lesions, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run on the clean lesion dataset (``trained``'s has an unreadable validation image)."""
+    from mammolab.train.fit import prepare_config, train
+
+    run = tmp_path_factory.mktemp("good") / "run"
+    cfg = prepare_config(run, overrides={"model": "mammocnn", "image_size": 32, "batch_size": 8, "seed": 3,
+                                         "weights": "none", "cache": "ram", "epochs": 1})
+    train(lesions, cfg, run)
+    return run
+
+
+def test_killed_evaluate_compare_explain_temps_are_removed_by_the_re_run(good_run: Path, tmp_path: Path) -> None:
     from mammolab.evaluate.evaluation import evaluate_run
     from mammolab.evaluate.report import compare_runs
     from mammolab.explain.runner import explain_run
 
     run = tmp_path / "run"
-    shutil.copytree(trained.run, run, copy_function=os.link)  # checkpoints hard-linked: replaced, never changed
+    shutil.copytree(good_run, run, copy_function=os.link)  # checkpoints hard-linked: replaced, never changed
     planted = [_plant_temp(run / "eval" / "test", "predictions.csv"), _plant_temp(run, "recipe.json")]
     folder = evaluate_run(run, n_boot=20)
     assert (folder / "metrics.json").is_file() and not any(p.exists() for p in planted)
@@ -500,24 +512,26 @@ def test_killed_evaluate_compare_explain_temps_are_removed_by_the_re_run(trained
     assert temp_files(run) == temp_files(compared) == temp_files(explained) == []
 
 
-def test_killed_export_is_re_run(trained, tmp_path: Path) -> None:
+def test_killed_export_is_re_run(good_run: Path, lesions, tmp_path: Path) -> None:
     """SIGKILLed at its last atomic write (everything written, export.json not yet renamed into the temp
     folder): the folder under --out does not exist, only the temp sibling; the same command again
     removes it and exports, and predict takes the result."""
     from typer.testing import CliRunner
 
     from mammolab.cli import app
+    from mammolab.evaluate.export import export_run
 
+    with count_renames() as renames:  # an uninterrupted export: the model, recipe, card and export.json last
+        export_run(good_run, tmp_path / "reference", "torchscript")
     out = tmp_path / "exported"
-    args = ["export", str(trained.run), "--out", str(out), "--format", "torchscript"]
-    # the first rename is in the temp sibling folder; a model, a recipe, a card and export.json follow
-    r = run_cli(args, tmp=tmp_path, kill_at=4)
+    args = ["export", str(good_run), "--out", str(out), "--format", "torchscript"]
+    r = run_cli(args, tmp=tmp_path, kill_at=renames[0])
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert not out.exists() and [p.name for p in tmp_path.glob(f".{out.name}.*{TEMP_SUFFIX}")]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, (again.output, again.exception)
     assert (out / "export.json").is_file() and not list(tmp_path.glob(f".{out.name}.*"))
-    images = sorted(trained.data.root.glob("test/*/*.png"))[:2]
+    images = sorted(lesions.glob("test/*/*.png"))[:2]
     pred = CliRunner().invoke(app, ["predict", str(out), *map(str, images)])
     assert pred.exit_code == 0, (pred.output, pred.exception)
 
