@@ -552,7 +552,8 @@ def _first_runs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 def chest_wall_slivers(mask: np.ndarray, t8: np.ndarray, *, max_width: float = 0.08, thin: float = 0.01,
                        min_length: float = 0.02, max_slope: float = 0.35, max_residual: float = 1.5,
-                       min_sharp: float = 0.35, min_contrast: float = 1.2) -> np.ndarray:
+                       min_sharp: float = 0.35, min_contrast: float = 1.2, flare_contrast: float = 1.5,
+                       flare_width: float = 0.03) -> np.ndarray:
     """Film-edge slivers at the chest wall that ride along with the breast mask, as a 0/255 mask.
 
     On a digitised film the film's edge at the chest wall is a straight, bright band along the film
@@ -569,7 +570,13 @@ def chest_wall_slivers(mask: np.ndarray, t8: np.ndarray, *, max_width: float = 0
       ``min_length`` of the height and twice its width, and it is narrower than ``max_width`` of the
       width;
     * its inner edge is sharp: within two pixels the intensity drops by at least ``min_sharp`` of its
-      contrast to the film background (tissue fades over the skin line);
+      contrast to the film background (tissue fades over the skin line); or, where the digitiser's
+      flare softens that edge, the band is narrower than ``flare_width`` of the width (flare spreads a
+      few pixels; the skin of the abdomen below an MLO breast, which also peaks at the chest wall and
+      fades inwards, is wider), brightest in its outer half in most rows, fades inwards (its inner
+      end below 70% of that peak) and is at least ``flare_contrast`` times as far above the
+      background as the breast tissue beside it (evidence required: tissue beside the band must be
+      found);
     * it is unexposed film: unless thinner than ``thin`` of the width (no anatomy is a straight line
       that thin), it is at least ``min_contrast`` times as far above the background as the breast
       tissue next to it along the chest wall.
@@ -628,7 +635,8 @@ def chest_wall_slivers(mask: np.ndarray, t8: np.ndarray, *, max_width: float = 0
         if not straight:
             continue
         if not (apart and width <= thin * w) and not _looks_like_film(
-                seg, tt, mm, has, first, end, run, width, bg, min_sharp, min_contrast if width > thin * w else None):
+                seg, tt, mm, has, first, end, run, width, bg, min_sharp, min_contrast if width > thin * w else None,
+                flare_contrast if width <= flare_width * w else None):
             continue
         target = out[:, ::-1] if flip else out  # a view: writes land in ``out``
         for r in seg:
@@ -638,20 +646,33 @@ def chest_wall_slivers(mask: np.ndarray, t8: np.ndarray, *, max_width: float = 0
 
 def _looks_like_film(seg: np.ndarray, tt: np.ndarray, mm: np.ndarray, has: np.ndarray, first: np.ndarray,
                      end: np.ndarray, run: np.ndarray, width: float, bg: float, min_sharp: float,
-                     min_contrast: float | None) -> bool:
-    """The sharp-edge and (with ``min_contrast``) brightness tests of :func:`chest_wall_slivers` for the
-    band ``[first, end)`` of the rows ``seg`` of the chest-wall-left thumbnail ``tt`` (mask ``mm``)."""
+                     min_contrast: float | None, flare_contrast: float | None = None) -> bool:
+    """The sharp-edge (or flare) and brightness tests of :func:`chest_wall_slivers` for the band
+    ``[first, end)`` of the rows ``seg`` of the chest-wall-left thumbnail ``tt`` (mask ``mm``):
+    ``min_contrast`` None skips the brightness test of a sharp band (a thin one), ``flare_contrast``
+    None turns the flare path off."""
     h, w = tt.shape
     x0, x1 = first[seg], end[seg]
     cols = np.arange(w)[None, :]
     block = tt[seg].astype(np.float32)
-    peaks = np.where((cols >= x0[:, None]) & (cols < x1[:, None]), block, -1.0).max(axis=1)
+    in_band = (cols >= x0[:, None]) & (cols < x1[:, None])
+    banded = np.where(in_band, block, -1.0)
+    peaks = banded.max(axis=1)
     inside = np.where((cols >= np.maximum(x0, x1 - 2)[:, None]) & (cols < x1[:, None]), block, -1.0).max(axis=1)
     beyond = (cols >= x1[:, None]) & (cols < np.minimum(w, x1 + 3)[:, None])
     outside = np.where(x1 < w, np.where(beyond, block, 1e9).min(axis=1), bg)
     sharp = (inside - outside) / np.maximum(1.0, peaks - bg)
+    flare = False
     if float(np.median(sharp)) < min_sharp:
-        return False
+        if flare_contrast is None:
+            return False
+        # A flared film edge: brightest in the half at the film side, fading inwards (its inner end
+        # below 70% of that peak).
+        at_side = (np.argmax(banded, axis=1) - x0) <= max(2.0, width / 2)
+        fades = (inside - bg) <= 0.7 * (peaks - bg)
+        if float(np.mean(at_side & fades)) < 0.75:
+            return False
+        flare, min_contrast = True, flare_contrast
     if min_contrast is None:
         return True
     # The breast tissue beside the band along the chest wall: the rows next to its breast end.
@@ -659,7 +680,7 @@ def _looks_like_film(seg: np.ndarray, tt: np.ndarray, mm: np.ndarray, has: np.nd
     before = [r for r in range(max(0, s0 - 12), s0) if has[r] and run[r] > 2 * width + 4]
     beside = before or [r for r in range(s1 + 1, min(h, s1 + 13)) if has[r] and run[r] > 2 * width + 4]
     if not beside:
-        return True
+        return not flare  # a sharp band with nothing to compare is film; a soft one needs the evidence
     c0 = int(np.median(x0))
     span = max(4, int(2 * width + 2))
     near, inm = tt[beside, c0:c0 + span], mm[beside, c0:c0 + span]
@@ -668,18 +689,24 @@ def _looks_like_film(seg: np.ndarray, tt: np.ndarray, mm: np.ndarray, has: np.nd
 
 
 def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | None = None,
-                         min_island: float = 0.001) -> dict[str, Any]:
+                         source: np.ndarray | None = None, min_island: float = 0.001) -> dict[str, Any]:
     """What is left besides the breast in a segmented image (black outside the breast), for reports.
 
     On a thumbnail: ``islands``, the share of the kept area not connected to its largest piece
     (pieces of at least ``min_island`` of the thumbnail); ``label_like``, the share of the thumbnail
     in bright patches (at least 85% of the maximum, at most 1% of the thumbnail) that drop to black
     or near-black within two pixels on at least 30% of their outline, as burnt-in labels and markers
-    do and tissue does not; ``edge``, whether a straight edge along a side is still there
-    (:func:`straight_edge_mask`); ``sliver``, the share of the thumbnail in a film-edge sliver along the
-    chest wall (:func:`chest_wall_slivers`, with looser settings than the removal uses: a report may
-    point at a band of tissue too, a removal must not cut one). ``suspect`` is true when any of them
-    is found, so a user can look at those films first instead of at thousands.
+    do and tissue does not (the black beyond a film side, the matrix a digitised film is centred in, is
+    no evidence: tissue at the chest wall meets it with a sharp edge too; :func:`_beyond_film_sides`);
+    ``edge``, whether a straight edge along a side is still there (:func:`straight_edge_mask`);
+    ``sliver``, the share of the thumbnail in a film-edge sliver along the chest wall
+    (:func:`chest_wall_slivers`, with looser settings than the removal uses: a report may point at a
+    band of tissue too, a removal must not cut one). ``suspect`` is true when any of them is found, so
+    a user can look at those films first instead of at thousands.
+
+    ``source``: the input's thumbnail on the same grid, when the caller has it. On the output alone
+    every band's inner edge is sharp (the mask cut it), so the sliver test's sharpness and brightness
+    are judged on the input's pixels instead; without it they are judged on the output.
     """
     t, _ = thumbnail(image) if thumb is None else thumb
     t8 = _to_u8(t)
@@ -698,6 +725,7 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
     if cv2.countNonZero(cand):
         n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
     dark = t8 <= 38
+    empty = _beyond_film_sides(nz)
     h, w = t8.shape
     ker = np.ones((5, 5), np.uint8)
     label_area = 0
@@ -707,14 +735,40 @@ def segmentation_residue(image: np.ndarray, *, thumb: tuple[np.ndarray, int] | N
             continue
         x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
         comp = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
-        ring = cv2.dilate(comp, ker) > comp
+        ring = (cv2.dilate(comp, ker) > comp) & ~empty[y0:y1, x0:x1]
         if ring.any() and float(dark[y0:y1, x0:x1][ring].mean()) >= 0.3:
             label_area += int(a)
     out["label_like"] = round(label_area / float(t8.size), 5)
     out["edge"] = bool(straight_edge_mask(t8, step=30.0, share=0.4).any())
-    sliver = chest_wall_slivers(nz, t8, min_sharp=0.3)
+    judge = t8 if source is None or source.shape != t8.shape else _to_u8(source)
+    sliver = chest_wall_slivers(nz, judge, min_sharp=0.3)
     out["sliver"] = round(cv2.countNonZero(sliver) / float(t8.size), 5)
     out["suspect"] = bool(out["islands"] > 0 or label_area > 0 or out["edge"] or out["sliver"] > 0)
+    return out
+
+
+def _beyond_film_sides(nz: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """Where a kept region cut straight by a film side meets the matrix beyond it (boolean mask).
+
+    A side of the kept region's bounding box is a film side when the kept pixels cover at least
+    ``share`` of that outermost row/column (the breast runs along the film's edge there); everything
+    beyond it is the black matrix, not the background around a patch. A label left in a corner only
+    reaches the box's side with its own few pixels, so the black around it still counts.
+    """
+    h, w = nz.shape
+    out = np.zeros((h, w), bool)
+    rows, cols = np.nonzero(nz.any(axis=1))[0], np.nonzero(nz.any(axis=0))[0]
+    if not len(rows):
+        return out
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    if nz[r0:r1 + 1, c0].mean() >= share:
+        out[:, :c0] = True
+    if nz[r0:r1 + 1, c1].mean() >= share:
+        out[:, c1 + 1:] = True
+    if nz[r0, c0:c1 + 1].mean() >= share:
+        out[:r0] = True
+    if nz[r1, c0:c1 + 1].mean() >= share:
+        out[r1 + 1:] = True
     return out
 
 
@@ -732,7 +786,7 @@ def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: floa
         mask = cv2.resize(mask[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_NEAREST)
     t8 = _to_u8(thumb)
     kept = np.where(mask > 0, t8, 0).astype(np.uint8)
-    out = segmentation_residue(kept, thumb=(kept, 1))
+    out = segmentation_residue(kept, thumb=(kept, 1), source=t8)
     _, binary = cv2.threshold(t8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     removed = 0.0
