@@ -42,4 +42,4 @@ fi
 
 srun mammolab train "$DATASET" --model "$MODEL" --out "$RUN" \
     --accelerator gpu --devices "$GPUS" --num-nodes "${SLURM_NNODES:-1}" --strategy ddp --precision bf16 \
-    --num-workers "$((SLURM_CPUS_PER_TASK > 1 ? SLURM_CPUS_PER_TASK - 1 : 0))" "${RESUME[@]}"
+    --loader-workers "$((SLURM_CPUS_PER_TASK > 1 ? SLURM_CPUS_PER_TASK - 1 : 0))" "${RESUME[@]}"
