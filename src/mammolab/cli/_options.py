@@ -128,8 +128,9 @@ def overwrite_option(help: str) -> Any:  # noqa: A002
 
 def workers_option(help: str = "Parallel worker processes: 1 or more, capped at the cores. "  # noqa: A002
                    "[default: all cores]") -> Any:
-    """``-j/--workers``: the worker processes of a stage, on every command that has them."""
-    return typer.Option(None, "--workers", "-j", min=1, help=help)
+    """``-j/--workers``: the worker processes of a stage, on every command that has them (the stage checks
+    the number: one line naming --workers, from :func:`mammolab.progress.resolve_workers`)."""
+    return typer.Option(None, "--workers", "-j", help=help)
 
 
 def bit_depth_option(help: str) -> Any:  # noqa: A002
