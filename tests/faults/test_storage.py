@@ -422,6 +422,7 @@ def holder() -> Iterator[Callable[[Path, str], int]]:
 
 def _stage_calls(lesions: Path, trained) -> dict[str, tuple[Callable[[Path], object], bool]]:
     """Each writing stage called on a folder: (the call, whether the folder is the run itself)."""
+    from mammolab.data.synth import synthesize
     from mammolab.evaluate.evaluation import evaluate_run
     from mammolab.evaluate.report import compare_runs
     from mammolab.explain.runner import explain_run
@@ -429,6 +430,7 @@ def _stage_calls(lesions: Path, trained) -> dict[str, tuple[Callable[[Path], obj
     from mammolab.preprocess.pipeline import preprocess
 
     return {
+        "synth": (lambda out: synthesize(out, patients=6, image_size=256, workers=1), False),
         "preprocess": (lambda out: preprocess(lesions, out, "patch", workers=1), False),
         "augment": (lambda out: augment(lesions, out, workers=1), False),
         "evaluate": (lambda run: evaluate_run(run), True),
@@ -437,7 +439,7 @@ def _stage_calls(lesions: Path, trained) -> dict[str, tuple[Callable[[Path], obj
     }
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "augment", "evaluate", "explain", "compare"])
+@pytest.mark.parametrize("stage", ["synth", "preprocess", "augment", "evaluate", "explain", "compare"])
 def test_every_writing_stage_refuses_a_second_writer(stage: str, lesions, trained, holder, tmp_path: Path) -> None:
     call, is_run = _stage_calls(lesions, trained)[stage]
     folder = tmp_path / ("run" if is_run else "out")

@@ -55,6 +55,7 @@ import numpy as np
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text, write_json
+from mammolab.io.lock import LOCK_NAME, locks_output
 
 #: Bump when the generator's output changes for the same arguments (a stale output is then refused).
 GENERATOR_VERSION = 1
@@ -943,7 +944,7 @@ def _check_out(out: Path, args: dict[str, Any]) -> dict[str, Any] | None:
     """Refuse a non-empty OUT that is not this same synth output; return its synth.json if it is."""
     if out.exists() and not out.is_dir():
         raise MammoLabError(f"OUT: {out} is a file (expected a folder to create, or an empty one)")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock is not content
         return None
     marker = out / "synth.json"
     try:
@@ -959,6 +960,7 @@ def _check_out(out: Path, args: dict[str, Any]) -> dict[str, Any] | None:
     return info
 
 
+@locks_output("out", name="synth")  # one writer per OUT; a killed synth's temp files removed
 def synthesize(out: str | Path, patients: int = 40, image_size: int = 1024, layout: str = "legacy",
                seed: int = 0, workers: int | None = None, difficulty: str = "easy") -> SynthResult:
     """Write a synthetic CBIS-DDSM download (DICOM tree + the four CSVs) under ``out``.
