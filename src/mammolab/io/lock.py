@@ -2,9 +2,10 @@
 
 Two processes writing one folder with different options both "succeeded" before this module: one
 training silently overwrote the other, organize left orphan images. Now every stage that writes a
-folder (organize, preprocess, train, evaluate, explain, export, compare) holds
+folder (synth, organize, preprocess, augment, train, evaluate, explain, export, compare) holds
 ``FOLDER/.mammolab.lock`` while it writes, and a second writer stops at its start with one line
-naming the holder: pid, host, command and since when.
+naming the holder: pid, host, command and since when. (``tune`` is the exception by design: several
+workers share one tuning folder and one study; each trial's run folder is locked by ``train``.)
 
 * **The kernel decides, not a file's presence**: the lock is ``flock`` on the open file, so it dies
   with its process (a SIGKILLed run leaves no lock behind, only a file whose content is ignored).
