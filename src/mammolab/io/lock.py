@@ -109,19 +109,20 @@ def _refusal(folder: Path, lock: Path, info: dict[str, Any]) -> LockedError:
 
 @contextlib.contextmanager
 def output_lock(folder: str | Path, *, command: str | None = None,
-                lock_file: str | Path | None = None) -> Iterator[Path]:
+                lock_file: str | Path | None = None, option: str = "--out") -> Iterator[Path]:
     """Hold ``folder``'s lock (``folder/.mammolab.lock``, or ``lock_file``) for the ``with`` block.
 
     Creates ``folder`` when needed (and removes it again at release when it is still empty: nothing
     looks like an output that is not one). Raises :class:`LockedError` (one line naming the holder)
-    when another process holds it. ``command`` is what the holder file says this process runs.
+    when another process holds it. ``command`` is what the holder file says this process runs; ``option``
+    is how an unwritable folder is named in the error (the command's option or argument).
     """
     folder = Path(folder)
     lock = Path(lock_file) if lock_file is not None else folder / LOCK_NAME
     from mammolab.io.atomic import ensure_writable_dir
 
     created = not lock.parent.exists()
-    ensure_writable_dir(lock.parent, option="--out" if lock_file is None else "--out (its parent folder)")
+    ensure_writable_dir(lock.parent, option=option if lock_file is None else f"{option} (its parent folder)")
     key = str(lock.resolve())
     try:
         with _guard:
@@ -220,7 +221,7 @@ def locks_output(param: str = "out", name: str | None = None, *, create: bool = 
             if folder is None or (not create and not Path(folder).is_dir()):
                 return fn(*args, **kwargs)
             cmd = current_command(f"{name or fn.__name__}({param}={str(folder)!r})")
-            with output_lock(folder, command=cmd):
+            with output_lock(folder, command=cmd, option="RUN" if param == "run_dir" else "--out"):
                 if clean:
                     from mammolab.io.atomic import remove_stale_temps
 
