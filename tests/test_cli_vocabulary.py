@@ -219,3 +219,27 @@ def test_experiment_synth_key_follows_the_option(capsys: pytest.CaptureFixture[s
     assert err.count("\n") == 1 and "data.synth.image_size is deprecated" in err and err.strip().endswith("film_height")
     with pytest.raises(ValidationError, match="film_height only"):
         SynthSection.model_validate({"patients": 8, "image_size": 256, "film_height": 256})
+
+
+def test_python_api_says_overwrite_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``ml.evaluate``/``ml.explain`` mirror the CLI: ``overwrite=``; ``evaluate(force=)`` warns for one release."""
+    import mammolab.api as ml
+    import mammolab.evaluate.evaluation as evaluation
+    import mammolab.explain.runner as runner
+
+    seen: list[dict[str, Any]] = []
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        raise MammoLabError("stopped here")
+
+    monkeypatch.setattr(evaluation, "evaluate_run", stop)
+    monkeypatch.setattr(runner, "explain_run", stop)
+    for call in (lambda: ml.evaluate(tmp_path, overwrite=True), lambda: ml.explain(tmp_path, overwrite=True),
+                 lambda: ml.evaluate(tmp_path)):
+        with pytest.raises(MammoLabError, match="stopped here"):
+            call()
+    with pytest.warns(DeprecationWarning, match="use overwrite="), pytest.raises(MammoLabError):
+        ml.evaluate(tmp_path, force=True)
+    assert [s["force"] for s in seen] == [True, True, False, True]
+    assert "overwrite" not in seen[1]

@@ -116,15 +116,22 @@ def _read_evaluation(folder: Path) -> Evaluation:
 
 def evaluate(run: str | Path, split: str = "test", *, tta: bool = False, dataset: str | Path | None = None,
              n_boot: int = 2000, seed: int = 0, batch_size: int | None = None, checkpoint: str = "best",
-             force: bool = False) -> Evaluation:
+             overwrite: bool = False, force: bool | None = None) -> Evaluation:
     """Score a run on a split (or on another dataset with ``dataset=``), as ``mammolab evaluate`` does.
 
-    Writes ``RUN/eval/<split>/`` (skipped when up to date) and returns it read back.
+    Writes ``RUN/eval/<split>/`` (skipped when up to date, redone with ``overwrite=True``) and returns
+    it read back. ``force`` is ``overwrite``'s old name (the CLI's ``--force``), kept for one release.
     """
+    if force is not None:
+        import warnings
+
+        warnings.warn("evaluate(force=...) is deprecated and will be removed in the next release; use "
+                      "overwrite=...", DeprecationWarning, stacklevel=2)
+        overwrite = overwrite or force
     from mammolab.evaluate.evaluation import evaluate_run
 
     kwargs: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "batch_size": batch_size, "checkpoint": checkpoint,
-                              "force": force}
+                              "force": overwrite}
     if dataset is not None:
         kwargs["dataset"] = dataset
     return _read_evaluation(Path(evaluate_run(run, split, tta, **kwargs)))
@@ -149,9 +156,13 @@ def explain(run: str | Path, images: Sequence[str | Path] | None = None, *, spli
     """Heatmap overlays and localisation scores, as ``mammolab explain`` does.
 
     ``out`` defaults to ``RUN/explain/<split>-<method>`` (``RUN/explain/files-<method>`` for ``images``);
-    ``options`` are :func:`mammolab.explain.runner.explain_run`'s (``target``, ``limit``, ``layer``...).
+    ``options`` are :func:`mammolab.explain.runner.explain_run`'s (``target``, ``limit``, ``layer``, ``tta``...),
+    with ``overwrite=True`` to redo an explanation that is up to date, as ``mammolab explain --overwrite``.
     """
     from mammolab.explain.runner import explain_run
+
+    if "overwrite" in options:  # the CLI's word; explain_run still calls it force
+        options["force"] = bool(options.pop("overwrite")) or bool(options.get("force"))
 
     folder = Path(out) if out is not None else Path(run) / "explain" / f"{'files' if images else split}-{method}"
     summary = explain_run(run, images, split=split, method=method, out_dir=folder, **options)
