@@ -561,3 +561,22 @@ def test_resume_falls_back_to_best_when_last_is_unreadable(trained, tmp_path: Pa
     assert info["status"] == "complete" and info["resumed_from"] == "best.ckpt" and info["epochs_run"] == 2
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # rewritten, whole
 
+
+
+def test_fallback_with_no_epoch_left_leaves_a_readable_last(good_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed after its final epoch with last.ckpt damaged: the resumed run trains nothing, and still ends
+    with a readable last.ckpt (the checkpoint it resumed from, copied over the damaged one)."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run, copy_function=os.link)
+    last = run / "checkpoints" / "last.ckpt"
+    last.unlink()
+    last.write_bytes(b"PK\x03\x04 cut short")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").unlink()
+    (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    dataset = info["dataset"]
+    code, lines = _cli(["train", dataset, "--out", run, "--epochs", "1", *TRAIN_ARGS, "--resume"], capsys)
+    assert code == 0 and len([ln for ln in lines if ln.startswith("warning:")]) == 1, lines
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

@@ -406,10 +406,15 @@ def _fallback_checkpoint(out: Path, cfg: TrainConfig, last: Path, why: str) -> P
     if not found:
         return None
     epoch, path = max(found)
+    from mammolab.io.atomic import atomic_path
     from mammolab.progress import console
 
-    console.print(f"[yellow]warning:[/] {last} is {why}; resuming from {path} (epoch {epoch + 1}): the epochs "
-                  "after it are trained again", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {last} is {why}; resuming from {path} (epoch {epoch + 1}), copied over "
+                  "it: the epochs after it are trained again", highlight=False, soft_wrap=True)
+    # The damaged file goes now, not at the next epoch's end: a run with no epoch left to train would
+    # otherwise finish with an unreadable last.ckpt.
+    with atomic_path(last) as tmp:
+        shutil.copyfile(path, tmp)
     return path
 
 
