@@ -34,9 +34,30 @@ from mammolab.io.lock import LOCK_NAME, LockedError, output_lock
 
 # ------------------------------------------------------------------------------------------- tools
 
-#: SIGKILLs the CLI in the middle of writing a checkpoint: the FAULT_NTH save of FAULT_FILE (e.g. the
-#: second last.ckpt, at the end of epoch 2) writes half its bytes to the temp file, syncs them, and dies.
-SAVE_KILL_DRIVER = textwrap.dedent("""
+#: The CLI, stopped (SIGSTOP) right after it took its output folder's lock, so a second writer can be
+#: tried while the first really holds it (the test then sends SIGCONT).
+LOCK_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import mammolab.io.lock as lock
+
+    _real_holder = lock._write_holder  # a name SAVE_KILL, run in these globals, does not reuse
+
+    def _write_holder(fd, command):
+        _real_holder(fd, command)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    lock._write_holder = _write_holder
+    if os.environ.get("FAULT_FILE"):
+        exec(open(os.environ["FAULT_SAVE_KILL"]).read())
+    from mammolab.cli import main
+    sys.argv = ["mammolab", *sys.argv[1:]]
+    main()
+""")
+
+#: Run inside LOCK_DRIVER: SIGKILLs the CLI in the middle of writing a checkpoint. The FAULT_NTH save of
+#: FAULT_FILE (the second last.ckpt: the end of epoch 2) writes half its bytes to the temp file, syncs
+#: them, and dies.
+SAVE_KILL = textwrap.dedent("""
     import contextlib, os, signal, sys
     import mammolab.train.fit as fit
 
@@ -65,40 +86,6 @@ SAVE_KILL_DRIVER = textwrap.dedent("""
             yield fh
 
     fit.atomic_write = atomic_write
-    from mammolab.cli import main
-    sys.argv = ["mammolab", *sys.argv[1:]]
-    main()
-""")
-
-#: The CLI, stopped (SIGSTOP) right after it took its output folder's lock, so a second writer can be
-#: tried while the first really holds it; with FAULT_SIGTERM_AFTER=last.ckpt it also sends itself
-#: SIGTERM right after its first last.ckpt is written (a preemption during training).
-LOCK_DRIVER = textwrap.dedent("""
-    import os, signal, sys
-    import mammolab.io.lock as lock
-
-    real = lock._write_holder
-
-    def _write_holder(fd, command):
-        real(fd, command)
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-    lock._write_holder = _write_holder
-    if os.environ.get("FAULT_SIGTERM_AFTER"):
-        import mammolab.train.fit as fit
-
-        name, save, sent = os.environ["FAULT_SIGTERM_AFTER"], fit.AtomicCheckpointIO.save_checkpoint, []
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            save(self, checkpoint, path, storage_options)
-            if os.path.basename(str(path)) == name and not sent:
-                sent.append(1)
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        fit.AtomicCheckpointIO.save_checkpoint = save_checkpoint
-    from mammolab.cli import main
-    sys.argv = ["mammolab", *sys.argv[1:]]
-    main()
 """)
 
 
@@ -113,25 +100,35 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
     return {**base_env(tmp), "TMPDIR": str(tmp), **extra}
 
 
+def _mount_tmpfs(folder: Path, size: int) -> str | None:
+    """Mount a tmpfs of ``size`` bytes on ``folder``; None, or why it cannot be done here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "mounting a tmpfs (another file system for --out) needs root and mount(8)"
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(folder)],
+                       capture_output=True, text=True)
+    return None if r.returncode == 0 else f"mounting a tmpfs is not allowed here: {r.stderr.strip() or r.returncode}"
+
+
+def _umount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
 @pytest.fixture
 def tmpfs() -> Iterator[Callable[[Path, int], Path]]:
     """``tmpfs(folder, size_bytes)`` mounts a tmpfs there (unmounted at the end), or skips the test."""
     mounted: list[Path] = []
 
     def mount(folder: Path, size: int) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() != 0 or shutil.which("mount") is None:
-            pytest.skip("mounting a tmpfs (another file system for --out) needs root and mount(8)")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(folder)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not allowed here: {r.stderr.strip() or r.returncode}")
+        why = _mount_tmpfs(folder, size)
+        if why:
+            pytest.skip(why)
         mounted.append(folder)
         return folder
 
     yield mount
     for folder in reversed(mounted):
-        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+        _umount(folder)
 
 
 def _resize(folder: Path, size: int) -> None:
@@ -185,20 +182,88 @@ def _resume_matches_reference(trained, run: Path, capsys: pytest.CaptureFixture[
 # ------------------------------------------------------------- a kill mid-checkpoint on another file system
 
 
-def test_kill_mid_checkpoint_on_another_file_system_resumes(trained, tmpfs, tmp_path: Path,
+def _cli_captured(args: list) -> tuple[int, list[str]]:
+    """``_cli`` for a fixture (no capsys there): stderr caught by swapping ``sys.stderr``."""
+    import io
+
+    from mammolab.cli import main
+
+    err = io.StringIO()
+    old_err, old_argv = sys.stderr, sys.argv
+    sys.stderr, sys.argv = err, ["mammolab", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.stderr, sys.argv = old_err, old_argv
+    return code, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+@dataclass
+class KilledRun:
+    """A real ``mammolab train`` with --out on a tmpfs: stopped holding its lock while a second writer
+    tried, then SIGKILLed in the middle of writing epoch 2's last.ckpt."""
+
+    run: Path
+    other_fs: str | None  # None: --out is on a tmpfs; else why it could not be mounted
+    pid: int
+    holder: dict
+    second: tuple[int, list[str]]
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def killed_run(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilledRun]:
+    tmp = tmp_path_factory.mktemp("killed")
+    fs = tmp / "project"
+    size = (trained.run / "checkpoints" / "last.ckpt").stat().st_size
+    why = _mount_tmpfs(fs, 5 * size)
+    run = fs / "run"
+    args = ["train", trained.data.root, "--out", run, "--epochs", "2", *TRAIN_ARGS]
+    env = _env(tmp, FAULT_FILE="last.ckpt", FAULT_NTH="2",
+               FAULT_SAVE_KILL=str(_driver(tmp, "save_kill.py", SAVE_KILL)))
+    proc = subprocess.Popen([sys.executable, str(_driver(tmp, "lock_driver.py", LOCK_DRIVER)), *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), "the first writer ended before it took the lock"
+        holder = json.loads((run / LOCK_NAME).read_text())
+        second = _cli_captured(args)  # the second writer: this process, while the first holds the lock
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # the refused writer wrote nothing
+        os.kill(proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=300)
+        yield KilledRun(run, why, proc.pid, holder, second, proc.returncode, stderr)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if why is None:
+            _umount(fs)
+
+
+def test_second_train_writer_is_refused_naming_the_first(killed_run: KilledRun) -> None:
+    code, lines = killed_run.second
+    assert code == 2 and len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith(f"error: {killed_run.run}: another MammoLab process is writing this folder")
+    assert f"pid {killed_run.pid} on {socket.gethostname()}" in line and "running 'mammolab train " in line
+    assert killed_run.holder["pid"] == killed_run.pid and killed_run.holder["command"].startswith("mammolab train ")
+
+
+def test_kill_mid_checkpoint_on_another_file_system_resumes(killed_run: KilledRun, trained, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The issue's case: ``--out`` on a shared file system, ``$TMPDIR`` local. Killed while half of epoch
     2's last.ckpt is written, the run keeps epoch 1 intact under the final name, and --resume ends
     exactly where the uninterrupted run did."""
+    if killed_run.other_fs:
+        pytest.skip(killed_run.other_fs)
+    run = killed_run.run
+    assert os.stat(run).st_dev != os.stat(tmp_path).st_dev  # really another file system than $TMPDIR
+    assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-3000:]
     size = (trained.run / "checkpoints" / "last.ckpt").stat().st_size
-    fs = tmpfs(tmp_path / "project", 5 * size)
-    assert os.stat(fs).st_dev != os.stat(tmp_path).st_dev  # really another file system than $TMPDIR
-    run = fs / "run"
-    driver = _driver(tmp_path, "save_kill.py", SAVE_KILL_DRIVER)
-    proc = subprocess.run([sys.executable, str(driver), "train", str(trained.data.root), "--out", str(run),
-                           "--epochs", "2", *TRAIN_ARGS], env=_env(tmp_path, FAULT_FILE="last.ckpt", FAULT_NTH="2"),
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpts = run / "checkpoints"
     (half,) = temp_files(run)  # the half-written checkpoint, under its temp name only
     assert half.parent == ckpts and half.name.startswith(".last.ckpt.") and 0 < half.stat().st_size < size
@@ -292,80 +357,43 @@ def test_image_cache_on_a_full_disk_is_one_line(lesions, tmpfs, tmp_path: Path) 
 # ---------------------------------------------------------------------------------- one writer per folder
 
 
-@dataclass
-class HeldRun:
-    """A real ``mammolab train`` that was stopped holding its lock while a second writer tried, then
-    resumed and stopped by SIGTERM after its first epoch."""
-
-    run: Path
-    pid: int
-    second: tuple[int, list[str]]
-    holder: dict
-    returncode: int
-    stderr: str
-
-
-@pytest.fixture(scope="module")
-def held_run(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeldRun]:
-    tmp = tmp_path_factory.mktemp("held")
-    run = tmp / "run"
-    driver = _driver(tmp, "lock_driver.py", LOCK_DRIVER)
-    args = ["train", str(trained.data.root), "--out", str(run), "--epochs", "2", *TRAIN_ARGS]
-    proc = subprocess.Popen([sys.executable, str(driver), *args], env=_env(tmp, FAULT_SIGTERM_AFTER="last.ckpt"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
-    try:
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        assert os.WIFSTOPPED(status), "the first writer ended before it took the lock"
-        holder = json.loads((run / LOCK_NAME).read_text())
-        # The second writer: this process, through the CLI's entry point, while the first holds the lock.
-        import io
-
-        err = io.StringIO()
-        old_err, old_argv = sys.stderr, sys.argv
-        sys.stderr, sys.argv = err, ["mammolab", *args]
-        try:
-            from mammolab.cli import main
-
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-        finally:
-            sys.stderr, sys.argv = old_err, old_argv
-        second = (code, [ln for ln in err.getvalue().splitlines() if ln.strip()])
-        assert not (run / "run.json").exists()  # the refused writer touched nothing
-        os.kill(proc.pid, signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    yield HeldRun(run, proc.pid, second, holder, proc.returncode, stderr)
-
-
-def test_second_train_writer_is_refused_naming_the_first(held_run: HeldRun) -> None:
-    code, lines = held_run.second
-    assert code == 2 and len(lines) == 1, lines
-    line = lines[0]
-    assert line.startswith(f"error: {held_run.run}: another MammoLab process is writing this folder")
-    assert f"pid {held_run.pid} on {socket.gethostname()}" in line and "running 'mammolab train " in line
-    assert held_run.holder["pid"] == held_run.pid and held_run.holder["command"].startswith("mammolab train ")
-
-
-def test_sigterm_during_training_saves_and_resume_continues(held_run: HeldRun, trained,
+def test_sigterm_during_training_saves_and_resume_continues(trained, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """SIGTERM (a preempted SLURM job, or the time limit) during epoch 2: exit 128+15, one line saying
-    what was kept, run.json interrupted, the lock released; --resume ends where the uninterrupted run did."""
-    assert held_run.returncode == 128 + signal.SIGTERM, held_run.stderr[-3000:]
-    lines = [ln for ln in held_run.stderr.splitlines() if ln.startswith(("error:", "stopped:"))]
-    assert len(lines) == 1 and lines[0].startswith(f"stopped: {held_run.run}: stopped by SIGTERM during epoch 2; "
+    """SIGTERM (a preempted SLURM job, or the time limit) right after epoch 1's last.ckpt is written:
+    exit 128+15, one line saying what was kept, run.json interrupted, the lock released; --resume ends
+    where the uninterrupted run did. In this process: Lightning's handler takes the signal during
+    fit; a no-op handler of ours stands behind it, so a regression fails the test, not the session."""
+    from mammolab.train.fit import AtomicCheckpointIO
+
+    save, sent = AtomicCheckpointIO.save_checkpoint, []
+
+    def save_then_sigterm(self: AtomicCheckpointIO, checkpoint: dict, path: object, storage_options=None) -> None:
+        save(self, checkpoint, path, storage_options)
+        if Path(str(path)).name == "last.ckpt" and not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_then_sigterm)
+    run = tmp_path / "run"
+    old = signal.signal(signal.SIGTERM, lambda *_: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference was trained: the same kernels, the same sums
+    try:
+        code, lines = _cli(["train", trained.data.root, "--out", run, "--epochs", "2", *TRAIN_ARGS], capsys)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        torch.set_num_threads(threads)
+    assert sent and code == 128 + signal.SIGTERM, lines
+    stops = [ln for ln in lines if ln.startswith(("error:", "stopped:"))]
+    assert len(stops) == 1 and stops[0].startswith(f"stopped: {run}: stopped by SIGTERM during epoch 2; "
                                                    "last.ckpt holds epoch 1 (run.json: interrupted)"), lines
-    assert "--resume" in lines[0]
-    info = json.loads((held_run.run / "run.json").read_text())
+    assert "--resume" in stops[0]
+    info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and info["resumable"] is True
-    assert not (held_run.run / LOCK_NAME).exists()  # released and removed at the clean stop
-    _resume_matches_reference(trained, held_run.run, capsys)
+    assert not (run / LOCK_NAME).exists()  # released and removed at the clean stop
+    monkeypatch.undo()
+    _resume_matches_reference(trained, run, capsys)
 
 
 def test_second_organize_writer_is_refused_and_a_killed_holder_frees_the_folder(download, tmp_path: Path) -> None:
@@ -375,7 +403,7 @@ def test_second_organize_writer_is_refused_and_a_killed_holder_frees_the_folder(
     driver = _driver(tmp_path, "lock_driver.py", LOCK_DRIVER)
     args = ["organize", download.download_dir, "--csv-dir", download.csv_dir, "--out", out, "-j", "1"]
     proc = subprocess.Popen([sys.executable, str(driver), *map(str, args)], env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)  # no FAULT_FILE: no kill
     try:
         _, status = os.waitpid(proc.pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), "the first organize ended before it took the lock"
