@@ -24,7 +24,8 @@ from typing import Any
 
 import typer.core
 
-from mammolab.train.options import literal_values
+from mammolab.cli._options import rewrite_deprecated
+from mammolab.train.options import literal_values, train_options
 
 __all__ = ["CONFIG_MODELS", "MammoGroup", "field_choices", "polish_command"]
 
@@ -127,8 +128,6 @@ def train_options_epilog() -> str:
     """Every TrainConfig option with its choices, default and description, for ``--help``."""
     from rich.markup import escape
 
-    from mammolab.train.options import train_options
-
     lines = [f"[bold]{escape(o.key)}[/bold] ({escape(o.accepts)}; default {escape(o.default)}): "
              f"{escape(o.description)}" for o in train_options()]
     return ("Every training option (--set KEY=VALUE, a --config YAML, or train: in an experiment file):\n\n"
@@ -159,8 +158,6 @@ for _cls in _ORIGINAL:
 class _PolishedCommand(typer.core.TyperCommand):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # old spellings (mammolab.cli._options.DEPRECATED) become the new ones, one warning line each
-        from mammolab.cli._options import rewrite_deprecated
-
         return super().parse_args(ctx, rewrite_deprecated(self.name or "", args))
 
     def format_help(self, ctx: Any, formatter: Any) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_text
+from mammolab.progress import parallel_map
 
 #: Columns every case-description CSV must have (after stripping and normalising density).
 CSV_REQUIRED = (
@@ -287,8 +288,6 @@ class DownloadIndex:
     def build(cls, root: str | Path, *, cache: str | Path | None = None, workers: int = 1,
               metadata: str | Path | None = None) -> DownloadIndex:
         """Index ``root`` by header; reuse ``cache`` rows whose size and mtime are unchanged."""
-        from mammolab.progress import parallel_map
-
         root = Path(root)
         if not root.is_dir():
             raise MammoLabError(f"DOWNLOAD: {root} is not a folder (expected the CBIS-DDSM download root)")

@@ -10,6 +10,7 @@ Column names live here and nowhere else. Paths in the manifest are relative to t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,7 +183,5 @@ def dataset_classes(dataset: str | Path, df: pd.DataFrame | None = None) -> tupl
 
 def manifest_hash(dataset: str | Path) -> str:
     """A content hash of a dataset's manifest, used to key caches and to record what a run saw."""
-    import hashlib
-
     path = Path(dataset) / MANIFEST_NAME
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -56,6 +56,7 @@ import numpy as np
 from mammolab.errors import MammoLabError
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text, write_json
 from mammolab.io.lock import LOCK_NAME, locks_output
+from mammolab.progress import parallel_map
 
 #: Bump when the generator's output changes for the same arguments (a stale output is then refused).
 GENERATOR_VERSION = 1
@@ -971,8 +972,6 @@ def synthesize(out: str | Path, patients: int = 40, image_size: int = 1024, layo
     :class:`Difficulty`) makes the lesions smaller, fainter and more alike between classes. Returns
     where everything is; see the module docstring for the structure and the quirks reproduced.
     """
-    from mammolab.progress import parallel_map
-
     if layout not in LAYOUTS:
         raise MammoLabError(f"--layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not isinstance(patients, int) or patients < MIN_PATIENTS or patients > 99999:
