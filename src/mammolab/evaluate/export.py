@@ -225,9 +225,13 @@ def preprocessing_spec(recipe: Any) -> dict[str, Any]:
     pre = recipe.steps()
     if pre:
         steps.append({"op": "refuse_all_black", "rule": "an image without a non-zero pixel is refused (no prediction)"})
+    from mammolab.preprocess.ops import OPS
+
     for step in pre:
         for name, params in step.items():
-            steps.append({"op": name, "params": dict(params), "rule": _OP_RULES.get(name, "see the reference")})
+            # every parameter, defaults resolved: a client must not have to know MammoLab's defaults
+            full = OPS[name].model_validate(params).model_dump(mode="json") if name in OPS else dict(params)
+            steps.append({"op": name, "params": full, "rule": _OP_RULES.get(name, "see the reference")})
     t = recipe.transform
     steps.append({"op": "model_resize", "height": height, "width": width, "mode": t.resize,
                   "rule": ("h, w = image shape; stretch: th, tw = height, width; pad: scale = min(height / h, "
