@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed.stamp
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean docs docs-serve
+.PHONY: install demo test lint bench clean docs docs-serve runtime-wheel
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/train_input.py
 	$(BIN)/python benchmarks/predict.py
+
+# The light runtime for exported models (no torch): dist/mammolab_runtime-*.whl (docs/guide/export.md).
+runtime-wheel: $(STAMP)
+	$(BIN)/python packaging/build_runtime.py --out dist
 
 # The documentation site (mkdocs.yml): strict, so a warning or a broken link fails; into site/.
 DOCS_STAMP := $(VENV)/.docs.stamp
