@@ -40,7 +40,7 @@ HEAVY = {HEAVY!r}
 class Blocker:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in HEAVY:
-            raise ImportError("runtime test: " + name + " is not part of the light runtime")
+            raise ModuleNotFoundError("No module named " + repr(name) + " (runtime test)", name=name)
         return None
 sys.meta_path.insert(0, Blocker())
 sys.argv = ["mammolab", *sys.argv[1:]]

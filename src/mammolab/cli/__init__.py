@@ -47,3 +47,21 @@ def main() -> None:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]: finished work is kept; re-run to resume.")
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        # The light runtime (mammolab-runtime) has no training stack: a command that needs it says so in one
+        # line instead of a traceback. Any other missing module is a broken install: the traceback stays.
+        root = (exc.name or "").split(".")[0]
+        if root not in TRAINING_STACK:
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "this command")
+        Console(stderr=True).print(f"[bold red]error:[/] mammolab {command} needs {root} (the training stack), "
+                                   "which this install does not have (the light runtime predicts and serves "
+                                   "exported ONNX models only); install everything: pip install mammolab",
+                                   highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+#: Top-level modules of the full install that the light runtime (``pyproject.toml``'s runtime extra) leaves out.
+TRAINING_STACK = frozenset({"torch", "torchvision", "timm", "lightning", "lightning_fabric", "pytorch_lightning",
+                            "torchmetrics", "pytorch_grad_cam", "optuna", "optuna_integration", "sqlalchemy",
+                            "sklearn", "scipy", "matplotlib", "safetensors", "onnx", "onnxscript"})

@@ -107,7 +107,10 @@ def polish_command(name: str, command: Any, ctx: Any = None) -> None:
             choices = next((c for m in models if (c := field_choices(m, key))), None) if key else None
             target = OPTION_CHOICES.get((name, param.name or "")) or OPTION_CHOICES.get(("*", param.name or ""))
             if choices is None and target:
-                choices = [str(c) for c in _load(target)]
+                try:
+                    choices = [str(c) for c in _load(target)]
+                except ModuleNotFoundError:  # the light runtime: the constant's module needs torch; no list
+                    choices = None
             param._mammolab_choices = choices
             label = "|".join(choices) if choices else _plain_type(param)
             if choices and getattr(param.type_descriptor, "is_list", False):
