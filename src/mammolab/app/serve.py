@@ -118,7 +118,7 @@ class ServeSettings:
     api_key: str | None = field(default=None, repr=False)
 
     def check(self) -> ServeSettings:
-        from mammolab.explain.cam import METHODS
+        from mammolab.explain.methods import METHODS  # not explain.cam: that imports torch
         from mammolab.io.header import max_pixels_limit
 
         if self.method not in METHODS:

@@ -40,9 +40,9 @@ CONFIG_MODELS: dict[str, tuple[str, ...]] = {
 OPTION_CHOICES: dict[tuple[str, str], str] = {
     ("synth", "layout"): "mammolab.data.synth:LAYOUTS",
     ("synth", "difficulty"): "mammolab.data.synth:DIFFICULTIES",
-    ("explain", "method"): "mammolab.explain.cam:METHODS",
-    ("predict", "method"): "mammolab.explain.cam:METHODS",
-    ("serve", "method"): "mammolab.explain.cam:METHODS",
+    ("explain", "method"): "mammolab.explain.methods:METHODS",
+    ("predict", "method"): "mammolab.explain.methods:METHODS",
+    ("serve", "method"): "mammolab.explain.methods:METHODS",
     ("export", "fmt"): "mammolab.evaluate.export:FORMATS",
     ("*", "split"): "mammolab.cli._options:SPLIT_CHOICES",
     ("*", "bit_depth"): "mammolab.cli._options:BIT_DEPTHS",

@@ -32,11 +32,11 @@ import torch
 from torch import nn
 
 from mammolab.errors import MammoLabError
+from mammolab.explain.methods import METHODS
 
 __all__ = ["METHODS", "MIN_CAM_CELLS", "compute_heatmaps", "find_target_layer", "predicted_targets",
            "target_probabilities"]
 
-METHODS = ("gradcam", "gradcam++", "occlusion")
 #: Fewest cells per side of an automatically chosen CAM layer (see the module docstring).
 MIN_CAM_CELLS = 4
 
