@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import mammolab  # noqa: E402
-from mammolab.evaluate.predict import Predictor, _TorchBackend  # noqa: E402
+from mammolab.infer import Predictor  # noqa: E402
+from mammolab.infer.backends import TorchBackend  # noqa: E402
 from mammolab.io import read_image, write_png  # noqa: E402
 from mammolab.models.registry import create_model  # noqa: E402
 from mammolab.preprocess.pipeline import load_preprocess_config  # noqa: E402
@@ -73,7 +74,7 @@ def predictor(kind: str, preset: str, model_name: str, size: int) -> Predictor:
                     preprocess=[PreprocessStage(steps=steps)],
                     transform=TransformSpec(image_size=size, resize="stretch", mean=model.mean, std=model.std))
     cpu = torch.device("cpu")
-    return Predictor(recipe, _TorchBackend(model, cpu), path=Path("."), torch_model=model, device=cpu)
+    return Predictor(recipe, TorchBackend(model, cpu), path=Path("."), torch_model=model, device=cpu)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -85,8 +86,8 @@ def timed(fn: Callable[[], object]) -> float:
 def bench(label: str, p: Predictor, file: Path, repeats: int) -> None:
     image = read_image(file)
     prepared = p.prepare(image)
-    x = prepared.tensor[None]
-    model = p._torch_model
+    x = torch.from_numpy(prepared.tensor[None])
+    model = p.model
 
     def forward() -> None:
         with torch.no_grad():

@@ -51,6 +51,7 @@ from predict import predictor as bench_predictor  # noqa: E402  (the patch model
 
 from mammolab.app.serve import make_server  # noqa: E402
 from mammolab.evaluate.predict import Predictor  # noqa: E402
+from mammolab.explain.predicted import heatmapper  # noqa: E402
 from mammolab.io import write_png  # noqa: E402
 from preprocess import make_film  # noqa: E402
 
@@ -59,7 +60,7 @@ def direct(p: Predictor, data: bytes, n: int, heatmap: bool = False, threads: in
     """Requests/s of ``n`` in-process ``predict_file`` calls over ``threads`` worker threads (after a warm-up)."""
     def loop(count: int) -> None:
         for _ in range(count):
-            p.predict_file(data, filename="patch.png", heatmap=heatmap)
+            p.predict_file(data, filename="patch.png", heatmap=heatmapper(p) if heatmap else None)
 
     warm = threading.Thread(target=loop, args=(1,))
     warm.start()

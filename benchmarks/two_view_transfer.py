@@ -49,10 +49,14 @@ from mammolab.data.organize import organize  # noqa: E402
 from mammolab.data.synth import lesion_looks, synthesize  # noqa: E402
 from mammolab.evaluate.metrics import bootstrap_auc_ci, delong_test  # noqa: E402
 from mammolab.imagesize import as_hw, parse_image_size  # noqa: E402
+from mammolab.infer import (  # noqa: E402
+    load_run,
+    predict_breasts,  # noqa: E402
+    predict_split,
+)
 from mammolab.train.config import resolve_train_config  # noqa: E402
 from mammolab.train.fit import train  # noqa: E402
-from mammolab.train.inference import load_run, predict_split  # noqa: E402
-from mammolab.train.views import pair_views, predict_breasts  # noqa: E402
+from mammolab.train.views import pair_views  # noqa: E402
 
 BOOTSTRAP = 2000
 

@@ -30,7 +30,7 @@ _API = {
     "explain": "mammolab.explain",
     "predict": "mammolab.evaluate.predict:predict_files",
     "compare": "mammolab.api:compare",
-    "load_run": "mammolab.train.inference:load_run",
+    "load_run": "mammolab.infer.predictor:load_run",
 }
 
 __all__ = ["MammoLabError", "__version__", *_API]

@@ -48,7 +48,7 @@ API: dict[str, str] = {
     "explain": "mammolab.api:explain",
     "predict": "mammolab.evaluate.predict:predict_files",
     "compare": "mammolab.api:compare",
-    "load_run": "mammolab.train.inference:load_run",
+    "load_run": "mammolab.infer.predictor:load_run",
 }
 
 

@@ -9,9 +9,11 @@ image against 0.997 on its preprocessed copy, for the same lesion).
 
 ``RUN/recipe.json`` records that path as data (:class:`Recipe`, versioned), taken at training time
 from the dataset chain (each dataset's ``mammolab.json`` names its stage, its resolved config and
-its source dataset). :func:`apply_recipe` is the one function that walks it, used by ``predict``,
+its source dataset). This module is the recipe's *record* (types, build, load, validate, write),
+low in the layers so training imports it downward; its *application*,
+:func:`mammolab.infer.apply.apply_recipe`, is the one function that walks it, used by ``predict``,
 ``serve``, ``evaluate`` (on the run's own dataset or another) and the exported models, so a source
-DICOM, its organized PNG and the image evaluation read all end up as the same tensor.
+DICOM, its organized PNG and the image evaluation read all end up as the same model input.
 
 Stages an image can enter at (``start``):
 
@@ -26,7 +28,6 @@ Stages an image can enter at (``start``):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,22 +42,22 @@ from mammolab.io.atomic import read_json, write_json
 __all__ = [
     "RECIPE_NAME",
     "RECIPE_VERSION",
-    "Prepared",
     "PreprocessStage",
     "Recipe",
     "SizeRange",
     "SourceSpec",
     "TransformSpec",
-    "apply_recipe",
+    "VIEWS",
     "build_recipe",
     "dataset_chain",
-    "input_warnings",
     "load_recipe",
     "parse_box",
     "write_recipe",
 ]
 
 RECIPE_NAME = "recipe.json"
+#: The two views of a breast, in the order a two-view (``cc+mlo``) model sees them.
+VIEWS = ("CC", "MLO")
 RECIPE_VERSION = 1
 #: Smallest and largest model input side a recipe may ask for: below 8 px no network of the registry
 #: has a feature map left; above 16384 px one image alone is a multi-GiB allocation (a recipe.json
@@ -224,15 +225,6 @@ class Recipe(StrictModel):
         return [step for stage in self.preprocess for step in stage.steps]
 
 
-@dataclass
-class Prepared:
-    """One image through the recipe: the model input, the preprocessed image (for heatmaps), warnings."""
-
-    tensor: Any  # torch.Tensor [1, H, W]; typed loosely so this module imports torch lazily
-    image: np.ndarray
-    warnings: list[str] = field(default_factory=list)
-
-
 # ------------------------------------------------------------------------------------ the chain
 
 def dataset_chain(dataset: str | Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -374,7 +366,7 @@ def load_recipe(folder: str | Path) -> Recipe:
         raise MammoLabError(format_validation_error(exc, str(path))) from None
 
 
-# ------------------------------------------------------------------------------------ applying it
+# ------------------------------------------------------------------------------------ --box
 
 def parse_box(text: str | Sequence[float] | None) -> tuple[int, int, int, int] | None:
     """``x0,y0,x1,y1`` (pixels of the whole film, right/bottom edges exclusive) -> a tuple, checked."""
@@ -388,121 +380,3 @@ def parse_box(text: str | Sequence[float] | None) -> tuple[int, int, int, int] |
     if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1] or min(vals) < 0:
         raise MammoLabError(f"--box: expected x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0, got {text!r}")
     return vals  # type: ignore[return-value]
-
-
-def _as_depth(img: np.ndarray, bit_depth: int | None) -> np.ndarray:
-    from mammolab.data.organize import _as_depth as organize_depth
-
-    return img if bit_depth is None else organize_depth(img, bit_depth)
-
-
-def _cut_roi(recipe: Recipe, img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The ROI patch organize cut around ``box`` (same function, so the same pixels)."""
-    from mammolab.data.organize import _roi_patch
-
-    h, w = img.shape
-    x0, y0, x1, y1 = box
-    if x1 > w or y1 > h:
-        raise MammoLabError(f"--box: {x0},{y0},{x1},{y1} lies outside the {w}x{h} image")
-    # organize's patch size; a recipe without it cuts a square patch of the model's longer side
-    size = recipe.source.roi_size or max(as_hw(recipe.transform.image_size))
-    margin = 0.5 if recipe.source.roi_margin is None else recipe.source.roi_margin
-    patch, _, _ = _roi_patch(img, np.zeros(img.shape, dtype=bool), tuple(float(v) for v in box), size, margin,
-                             recipe.source.roi_film_height)
-    return np.ascontiguousarray(patch)
-
-
-def input_warnings(recipe: Recipe, shape: tuple[int, int], *, box: bool = False) -> list[str]:
-    """Why an input looks outside the recipe (judged by size and aspect against training's images)."""
-    h, w = int(shape[0]), int(shape[1])
-    kind = recipe.source.kind
-    out: list[str] = []
-    sizes = recipe.source.sizes
-    patch_model = kind in ("crop", "roi")
-    if sizes is not None and not box:
-        long_side, aspect = max(h, w), w / h
-        too_big = long_side > 2 * max(sizes.width_max, sizes.height_max)
-        too_small = long_side < 0.5 * max(sizes.width_min, sizes.height_min)
-        odd_aspect = not (sizes.aspect_min / 1.5 <= aspect <= sizes.aspect_max * 1.5)
-        if too_big or too_small or odd_aspect:
-            what = {"crop": "CBIS lesion crops", "roi": "ROI patches", "full": "whole films"}.get(kind, "images")
-            guess = ""
-            if patch_model and too_big:
-                guess = ("; is this a whole film given to a patch model? "
-                         + ("pass --box x0,y0,x1,y1 to cut the patch" if kind == "roi" else "crop the lesion first"))
-            elif kind == "full" and too_small:
-                guess = "; is this a patch given to a whole-film model?"
-            out.append(f"input {w}x{h} is outside the recipe: the model was trained on {what} of "
-                       f"{sizes.width_min}-{sizes.width_max} x {sizes.height_min}-{sizes.height_max} px (width/height "
-                       f"{sizes.aspect_min:.2f}-{sizes.aspect_max:.2f}){guess}")
-    elif kind == "roi" and not box and (h != w):
-        out.append(f"input {w}x{h} is not square: the model was trained on square ROI patches; pass --box "
-                   "x0,y0,x1,y1 to cut one from a whole film")
-    if not recipe.complete:
-        out.append("the run's recipe is incomplete (" + "; ".join(recipe.notes) + ")")
-    return out
-
-
-_PIPELINES: dict[str, Any] = {}
-
-
-def preprocess_image(recipe: Recipe, img: np.ndarray) -> np.ndarray:
-    """The recipe's preprocessing steps, in order (the same ops ``mammolab preprocess`` ran)."""
-    steps = recipe.steps()
-    if not steps:
-        return img
-    from mammolab.preprocess.ops import OPS, Sample
-    from mammolab.preprocess.pipeline import Pipeline
-
-    key = config_hash(steps)
-    if key not in _PIPELINES:
-        _PIPELINES[key] = Pipeline([OPS[n].model_validate(p) for s in steps for n, p in s.items()])
-    import cv2
-
-    if img.size == 0 or not cv2.hasNonZero(img):
-        raise MammoLabError("image is all black (nothing to predict)")
-    return _PIPELINES[key](Sample(img)).image
-
-
-def to_model_input(recipe: Recipe, img: np.ndarray) -> Any:
-    """The training transform: resize to the model's size, scale by the dtype's range, normalise.
-
-    The same functions as the training cache (``resize_image``, ``to_unit``) and
-    :func:`mammolab.train.datamodule.normalise`, so the tensor is the one evaluation fed the model.
-    """
-    import torch
-
-    from mammolab.train.datamodule import normalise
-    from mammolab.train.imagecache import resize_image, to_unit
-
-    if img.dtype not in (np.uint8, np.uint16):
-        raise MammoLabError(f"expected a uint8 or uint16 image, got {img.dtype}")
-    t = recipe.transform
-    x = torch.from_numpy(to_unit(resize_image(img, t.image_size, t.resize)))[None]
-    return normalise(x, t.mean, t.std)
-
-
-def apply_recipe(recipe: Recipe, image: np.ndarray, *, start: Literal["source", "preprocessed"] = "source",
-                 box: tuple[int, int, int, int] | None = None) -> Prepared:
-    """One image (as :func:`mammolab.io.read_image` returns it) -> the model's input, with warnings.
-
-    ``start="source"``: organize's conversion (bit depth; the ROI cut with ``box``), the preprocessing
-    steps, the transform. ``start="preprocessed"``: the transform only (images of the run's dataset).
-    """
-    if image.ndim != 2:
-        raise MammoLabError(f"expected a 2-D grayscale image, got shape {image.shape}")
-    warnings: list[str] = []
-    if start == "source":
-        if box is not None and recipe.source.kind not in ("roi",):
-            raise MammoLabError(f"--box: the model was trained on {recipe.source.kind} images, not ROI patches; "
-                                "--box applies to ROI-patch models only")
-        warnings = input_warnings(recipe, image.shape, box=box is not None)
-        # organize cuts the patch from the film as read, then sets the bit depth: the same order here
-        img = _cut_roi(recipe, image, box) if box is not None else image
-        img = _as_depth(img, recipe.source.bit_depth)
-        img = preprocess_image(recipe, img)
-    elif start == "preprocessed":
-        img = image
-    else:
-        raise MammoLabError(f"start: expected 'source' or 'preprocessed', got {start!r}")
-    return Prepared(to_model_input(recipe, img), img, warnings)

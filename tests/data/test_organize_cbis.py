@@ -90,7 +90,8 @@ def test_roi_kind_square_patches_with_box(synth_legacy, tmp_path: Path) -> None:
 def test_roi_film_height_cuts_every_patch_at_one_scale(synth_legacy, tmp_path: Path) -> None:
     """--roi-film-height 128 on 256-px films: 32-px patches of 64 source px, lesions at half their film size."""
     from mammolab.data.patches import roi_patch as _roi_patch
-    from mammolab.recipe import _cut_roi, build_recipe
+    from mammolab.infer.apply import cut_roi
+    from mammolab.recipe import build_recipe
 
     out = tmp_path / "fixed"
     df = _run(synth_legacy, out, kind="roi", roi_size=32, roi_film_height=128).manifest
@@ -118,7 +119,7 @@ def test_roi_film_height_cuts_every_patch_at_one_scale(synth_legacy, tmp_path: P
         film_row = boxes[boxes["image_id"] == row["image_id"].rsplit("_", 1)[0]].iloc[0]
         film = read_image(tmp_path / "full" / film_row["path"])
         patch = read_image(out / row["path"])
-        cuts = [_cut_roi(recipe, film, tuple(int(v) for v in b)) for b in json.loads(film_row["boxes"])]
+        cuts = [cut_roi(recipe, film, tuple(int(v) for v in b)) for b in json.loads(film_row["boxes"])]
         assert any(c.shape == patch.shape and np.array_equal(c, patch) for c in cuts)
     # a dataset made without the option keeps its config hash (and recipes theirs)
     plain = OrganizeConfig(kind="roi", roi_size=32)

@@ -18,7 +18,7 @@ PUBLIC = {
     "mammolab": None,
     "mammolab.api": ["Evaluation", "Explanation", "Comparison", "compare", "evaluate", "explain", "train"],
     "mammolab.evaluate.predict": ["Predictor", "predict_files"],
-    "mammolab.train.inference": ["TrainedRun", "load_run"],
+    "mammolab.infer.predictor": ["Predictor", "load_run"],
     "mammolab.preprocess.ops": None,
     "mammolab.evaluate.metrics": None,
 }

@@ -12,14 +12,13 @@ from evaluate_fixtures import make_box_dataset
 
 from mammolab.data.manifest import read_info, write_info
 from mammolab.errors import MammoLabError
+from mammolab.infer.apply import apply_recipe, input_warnings
 from mammolab.preprocess.pipeline import preprocess
 from mammolab.recipe import (
     RECIPE_VERSION,
     SizeRange,
-    apply_recipe,
     build_recipe,
     dataset_chain,
-    input_warnings,
     load_recipe,
     parse_box,
     write_recipe,
@@ -61,7 +60,7 @@ def test_build_from_chain_roundtrip_and_apply(chain, tmp_path: Path) -> None:
     a = apply_recipe(r, read_image(ds / rel))
     b = apply_recipe(r, read_image(pp / rel), start="preprocessed")
     assert a.tensor.shape == (1, 16, 16) and a.image.dtype == np.uint8 and a.image.shape == (24, 24)
-    assert np.array_equal(a.tensor.numpy(), b.tensor.numpy())
+    assert np.array_equal(a.tensor, b.tensor)
     with pytest.raises(MammoLabError, match="start"):
         apply_recipe(r, read_image(ds / rel), start="raw")
     with pytest.raises(MammoLabError, match="--box: the model was trained on crop"):
@@ -130,21 +129,22 @@ def test_input_warnings_by_size_and_aspect(chain) -> None:
 def test_predictor_four_classes_and_tta(chain) -> None:
     import torch
 
-    from mammolab.evaluate.predict import Predictor, _TorchBackend
+    from mammolab.infer import Predictor
+    from mammolab.infer.backends import TorchBackend
     from mammolab.models.registry import create_model
 
     torch.manual_seed(0)
     classes = ["benign_calc", "benign_mass", "malignant_calc", "malignant_mass"]
     model = create_model("mammoresnet", regime="cft", weights="none", in_chans=1, num_outputs=4).eval()
     r = _recipe(chain[1], classes=classes, num_outputs=4, image_size=32)
-    p = Predictor(r, _TorchBackend(model, torch.device("cpu")), path=chain[1], torch_model=model)
+    p = Predictor(r, TorchBackend(model, torch.device("cpu")), path=chain[1], torch_model=model)
     image = (np.random.default_rng(0).random((40, 40)) * 60000).astype(np.uint16)
     res = p.predict_array(image)
     probs = np.array([res["probs"][c] for c in classes])
     assert probs.sum() == pytest.approx(1.0, abs=1e-5) and res["class"] == classes[int(probs.argmax())]
     assert res["prob"] == pytest.approx(probs[2] + probs[3], abs=1e-6)
     tta = p.predict_array(image, tta=True)
-    x = p.prepare(image).tensor[None]
+    x = torch.from_numpy(p.prepare(image).tensor[None])
     with torch.no_grad():
         views = [torch.softmax(model(v), 1)[0].numpy() for v in (x, x.flip(-1), x.flip(-2))]
     np.testing.assert_allclose([tta["probs"][c] for c in classes], np.mean(views, 0), atol=1e-6)
@@ -153,7 +153,8 @@ def test_predictor_four_classes_and_tta(chain) -> None:
 def test_predictor_load_and_read_errors(chain, tmp_path: Path) -> None:
     import torch
 
-    from mammolab.evaluate.predict import Predictor, _TorchBackend
+    from mammolab.infer import Predictor
+    from mammolab.infer.backends import TorchBackend
     from mammolab.models.registry import create_model
 
     with pytest.raises(MammoLabError, match="not a folder"):
@@ -169,7 +170,7 @@ def test_predictor_load_and_read_errors(chain, tmp_path: Path) -> None:
     with pytest.raises(MammoLabError, match="model.pt: unreadable TorchScript model"):
         Predictor.load(tmp_path)
     model = create_model("mammoresnet", regime="cft", weights="none", in_chans=1, num_outputs=1).eval()
-    p = Predictor(r, _TorchBackend(model, torch.device("cpu")), path=tmp_path, torch_model=model)
+    p = Predictor(r, TorchBackend(model, torch.device("cpu")), path=tmp_path, torch_model=model)
     with pytest.raises(MammoLabError, match="scan.png") as err:
         p.predict_file(b"not an image at all", filename="scan.png")
     assert "\n" not in str(err.value)

@@ -223,9 +223,9 @@ def _lesions(root: Path) -> Path:
 def test_mammo_clip_convention_is_recorded_and_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run trained from a Mammo-CLIP-shaped file with --weights-convention mammo-clip records the
     mean/std it used (recipe.json, run.json report) and its rebuilt model for predict applies them."""
+    from mammolab.infer import load_run
     from mammolab.train.config import resolve_train_config
     from mammolab.train.fit import train
-    from mammolab.train.inference import load_run
 
     monkeypatch.setenv("MAMMOLAB_CACHE", str(tmp_path / "cache"))
     src = _ep_model()

@@ -16,11 +16,11 @@ from mammolab.cli import app
 from mammolab.config import load_yaml
 from mammolab.data.manifest import FOURCLASS_CLASSES, load_manifest, manifest_hash, write_info, write_manifest
 from mammolab.errors import MammoLabError
+from mammolab.infer import load_run, predict_split
 from mammolab.io import read_image
 from mammolab.models import create_model
 from mammolab.train.config import TrainConfig, resolve_train_config
 from mammolab.train.fit import METRICS_COLUMNS, prepare_config, train
-from mammolab.train.inference import load_run, predict_split
 
 
 def _cfg(**kw: object) -> TrainConfig:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from train_fixtures import make_lesion_dataset
 
+from mammolab.infer import load_run, predict_split
 from mammolab.train.config import resolve_train_config
 from mammolab.train.fit import train
-from mammolab.train.inference import load_run, predict_split
 
 
 def _config():

@@ -246,8 +246,8 @@ def test_run_records_the_rectangle(rect_run: dict[str, Path]) -> None:
 def test_predict_from_source_dicoms_matches_evaluate(rect_run: dict[str, Path], synth_legacy) -> None:
     from mammolab.evaluate.evaluation import load_evaluation
     from mammolab.evaluate.predict import Predictor
+    from mammolab.infer import load_run, predict_split
     from mammolab.io import read_image
-    from mammolab.train.inference import load_run, predict_split
 
     run = rect_run["run"]
     _, preds = load_evaluation(run, "val")
@@ -296,7 +296,7 @@ def test_export_onnx_at_hxw(rect_run: dict[str, Path], synth_legacy, tmp_path: P
     sess = ort.InferenceSession(str(res.model_file), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape[2:] == [H, W]
     x = np.random.default_rng(3).normal(0, 1, (2, 1, H, W)).astype(np.float32)
-    model = Predictor.load(rect_run["run"]).run.model.cpu().eval()
+    model = Predictor.load(rect_run["run"]).model.cpu().eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref, atol=1e-4, rtol=0)
@@ -310,8 +310,8 @@ def test_explain_heatmaps_at_hxw(rect_run: dict[str, Path], synth_legacy, tmp_pa
     from mammolab.evaluate.predict import Predictor
     from mammolab.explain.cam import compute_heatmaps
     from mammolab.explain.runner import explain_run, heatmaps_for_arrays
+    from mammolab.infer import load_run
     from mammolab.io import read_image
-    from mammolab.train.inference import load_run
 
     run = load_run(rect_run["run"])
     images = [read_image(p) for p in sorted((rect_run["pp"] / "val").rglob("*.png"))[:3]]
@@ -325,14 +325,18 @@ def test_explain_heatmaps_at_hxw(rect_run: dict[str, Path], synth_legacy, tmp_pa
     summary = explain_run(rect_run["run"], split="val", method="gradcam", out_dir=tmp_path / "cam", limit=2)
     assert summary["n_images"] == 2 and len(list((tmp_path / "cam" / "overlays").glob("*.png"))) == 2
     film = next((Path(synth_legacy.download_dir)).rglob("*full mammogram images*/*.dcm"))
-    res = Predictor.load(rect_run["run"]).predict_file(film, heatmap=True)
+    from mammolab.explain.predicted import heatmapper
+
+    predictor = Predictor.load(rect_run["run"])
+    res = predictor.predict_file(film, heatmap=heatmapper(predictor))
     assert res["heatmap"].ndim == 3 and res["heatmap"].shape[2] == 3
 
 
 def test_two_view_run_at_hxw(rect_run: dict[str, Path], tmp_path: Path) -> None:
     from mammolab.evaluate.evaluation import evaluate_run, load_evaluation
+    from mammolab.infer import load_run
     from mammolab.train.fit import train
-    from mammolab.train.inference import load_run, run_datamodule
+    from mammolab.train.inference import run_datamodule
     from mammolab.train.views import TwoViewDataModule
 
     cfg = resolve_train_config(overrides={

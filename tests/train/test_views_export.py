@@ -82,7 +82,7 @@ def test_exported_folder_states_the_two_view_inputs(two_view_run: tuple[Path, Pa
     assert isinstance(inputs["x"][0], str)  # a named, dynamic batch axis
 
     # Dynamic batch: 5 breasts (the export traced 2), mixed present patterns, equal to the run's model.
-    model = Predictor.load(run).run.model.eval()
+    model = Predictor.load(run).model.eval()
     x = torch.randn(5, 2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     x[3, 0] = x[3, 1]
     present = torch.tensor([[1, 1], [1, 1], [1, 1], [0, 1], [1, 1]], dtype=torch.float32)

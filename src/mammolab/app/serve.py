@@ -2,7 +2,7 @@
 
 Built on FastAPI (routing, upload parsing by python-multipart, the OpenAPI schema and its docs at
 ``/docs``, served without a CDN by fastapi-offline) and uvicorn. Every prediction goes through
-:class:`mammolab.evaluate.predict.Predictor`, the one inference path: the run's recipe turns the
+:class:`mammolab.infer.predictor.Predictor`, the one inference path: the run's recipe turns the
 upload into the model's input exactly as ``mammolab predict`` and ``evaluate`` do.
 
 Routes: ``GET /`` the page (its script, ``/page.js``, calls the API like any client);
@@ -253,7 +253,7 @@ def _install_error_handlers(app: Any) -> None:
 
 
 def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
-    """The ASGI application for one loaded :class:`~mammolab.evaluate.predict.Predictor`, inside its guards
+    """The ASGI application for one loaded :class:`~mammolab.infer.predictor.Predictor`, inside its guards
     (:mod:`mammolab.app.serve_limits`)."""
     from fastapi_offline import FastAPIOffline
     from starlette.concurrency import run_in_threadpool
@@ -281,9 +281,18 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
 
     def predict(data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
         if not heatmap:
-            return predictor.predict_file(data, filename=name, heatmap=False, tta=settings.tta)
-        with cam_lock:
-            return predictor.predict_file(data, filename=name, heatmap=True, method=method, tta=settings.tta)
+            return predictor.predict_file(data, filename=name, tta=settings.tta)
+        # torch and the CAM library load with the first heatmap only: an ONNX export serves without torch
+        try:
+            from mammolab.explain.predicted import heatmapper
+        except ModuleNotFoundError as exc:  # the light runtime (no torch): the prediction, without its heatmap
+            res = predictor.predict_file(data, filename=name, tta=settings.tta)
+            res["warnings"] = [*res.get("warnings", []), f"no heatmap: heatmaps need {exc.name}, which this "
+                               "install (the light runtime) does not have; install mammolab for heatmaps"]
+            return res
+
+        with cam_lock:  # the heatmap explains the class the answer prints
+            return predictor.predict_file(data, filename=name, heatmap=heatmapper(predictor, method), tta=settings.tta)
 
     if is_two_view(predictor):  # a breast model: fields cc and mlo, the same limits (mammolab.app.serve_breast)
         from mammolab.app.serve_breast import add_breast_route
@@ -453,7 +462,7 @@ def make_server(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
                              allow_hosts=tuple(allow_hosts), cors_origins=tuple(cors_origins),
                              api_key=api_key or None).check()
     if predictor is None:
-        from mammolab.evaluate.predict import Predictor
+        from mammolab.infer.predictor import Predictor
 
         # a two-view run or export serves breasts (mammolab.app.serve_breast); checkpoint: best unless asked
         predictor = Predictor.load(run_dir, checkpoint=checkpoint)

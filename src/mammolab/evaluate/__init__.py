@@ -7,7 +7,7 @@ the names below load on first use, so importing the package is cheap.
 from mammolab._callable import lazy_getattr, make_callable
 
 _EXPORTS = {
-    "Predictor": "mammolab.evaluate.predict:Predictor",
+    "Predictor": "mammolab.infer.predictor:Predictor",
     "RunSummary": "mammolab.evaluate.report:RunSummary",
     "auc_score": "mammolab.evaluate.metrics:auc_score",
     "binary_metrics": "mammolab.evaluate.metrics:binary_metrics",

@@ -2,7 +2,7 @@
 
 ``evaluate_run`` predicts the split (and the validation split, whose predictions choose the
 Youden operating point) through the run's recipe, the one inference path ``predict`` and ``serve``
-take (:class:`mammolab.evaluate.predict.Predictor`), then ``write_evaluation`` does everything
+take (:class:`mammolab.infer.predictor.Predictor`), then ``write_evaluation`` does everything
 that needs no model: metrics, figures, files. Tests and notebooks call ``write_evaluation``
 directly on any predictions table. With ``dataset=OTHER`` (external validation) the recipe is
 applied to another organized dataset's images; the result goes to ``RUN/eval/<OTHER>-<split>/``
@@ -28,10 +28,15 @@ import pandas as pd
 from mammolab.errors import MammoLabError
 from mammolab.evaluate import plots
 from mammolab.evaluate.metrics import evaluate_predictions
+from mammolab.infer.core import positive_probability
+from mammolab.infer.predictor import Predictor
+from mammolab.infer.tables import predict_breasts, predict_frame
+from mammolab.infer.threshold import record_threshold
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import read_csv as read_safe_csv
 from mammolab.io.csvsafe import to_csv_text
 from mammolab.io.lock import locks_output
+from mammolab.train.inference import SUBGROUP_COLUMNS, run_datamodule
 
 __all__ = [
     "EVAL_DIRNAME",
@@ -173,8 +178,6 @@ def _is_current(folder: Path, key: dict[str, Any]) -> bool:
 def _table(frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], split: str | None) -> pd.DataFrame:
     """The predictions table of manifest rows: ids, label, target, P(malignant), per-class probabilities
     (multi-class) and the manifest's subgroup columns."""
-    from mammolab.train.inference import SUBGROUP_COLUMNS, positive_probability
-
     index = {c: i for i, c in enumerate(classes)}
     out = pd.DataFrame({
         "path": frame["path"].astype(str).to_numpy(),
@@ -192,23 +195,6 @@ def _table(frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], split
         if col in frame:
             out[col] = frame[col].to_numpy()
     return out
-
-
-def _record_threshold(run_dir: Path, metrics: dict[str, Any], n_val: int, unit: str = "images") -> None:
-    """Put the Youden threshold chosen on validation into the run's recipe (predict's default operating point)."""
-    from mammolab.recipe import RECIPE_NAME, load_recipe, write_recipe
-
-    op = (metrics.get("operating_points") or {}).get("youden") or {}
-    if metrics.get("task") != "binary" or op.get("source") != "val" or not (run_dir / RECIPE_NAME).is_file():
-        return
-    recipe = load_recipe(run_dir)
-    value = float(op["threshold"])
-    if not np.isfinite(value):
-        return
-    value = min(1.0, max(0.0, value))
-    source = f"Youden on the validation split ({n_val} {unit}), chosen by 'mammolab evaluate'"
-    if recipe.threshold != value or recipe.threshold_source != source:
-        write_recipe(run_dir, recipe.model_copy(update={"threshold": value, "threshold_source": source}))
 
 
 def external_dir(run_dir: str | Path, dataset: str | Path, split: str = "test", tta: bool = False) -> Path:
@@ -252,7 +238,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
                  dataset: str | Path | None = None) -> Path:
     """Predict ``split`` with a run's checkpoint and write the evaluation into the run; return its folder.
 
-    Every image goes through the run's recipe (:class:`mammolab.evaluate.predict.Predictor`), the
+    Every image goes through the run's recipe (:class:`mammolab.infer.predictor.Predictor`), the
     path ``predict`` and ``serve`` take. Internally the validation split is predicted too (unless
     ``split`` is ``val`` itself) so the second operating point is chosen on data the test metrics
     never saw; that threshold is recorded in the run's recipe. With ``dataset`` (another organized
@@ -269,19 +255,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
                                   batch_size=batch_size, checkpoint=checkpoint, force=force)
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    from mammolab.evaluate.predict import Predictor, predict_frame
-    from mammolab.train.inference import run_datamodule
-
     folder = eval_dir(run_dir, split, tta)
     key = {"checkpoint": checkpoint_stamp(run_dir, checkpoint), "split": split, "tta": bool(tta),
            "n_boot": int(n_boot), "seed": int(seed)}
     if not force and _is_current(folder, key):
         return folder
     predictor = Predictor.load(run_dir, checkpoint=checkpoint)
-    run = predictor.run
-    if run.config.views != "single":  # two-view runs: one prediction per breast (mammolab.train.views)
-        from mammolab.train.views import predict_breasts
-
+    run = predictor
+    if run.config.views != "single":  # two-view runs: one prediction per breast, through the same Predictor
         breasts = predict_breasts(run, split, tta, batch_size or 16)
         val_b = breasts if split == "val" else predict_breasts(run, "val", tta, batch_size or 16)
         metrics = write_evaluation(breasts, folder, classes=list(run.classes), split=split,
@@ -289,7 +270,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
                                    extra={"key": key, "tta": bool(tta), "run": run_dir.name, "external": False,
                                           "unit": "breast"})
         if not tta and checkpoint == "best" and len(val_b):
-            _record_threshold(run_dir, metrics, len(val_b), unit="breasts")
+            record_threshold(run_dir, metrics, len(val_b), unit="breasts")
         return folder
     dm = run_datamodule(run, hint="evaluate it on a dataset that is there with --dataset")
     kwargs: dict[str, Any] = {"tta": tta, "start": "preprocessed"}
@@ -310,14 +291,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", tta: bool = False, *,
                                seed=seed, extra={"key": key, "tta": bool(tta), "run": run_dir.name,
                                                  "external": False, "recipe_hash": predictor.recipe.hash()})
     if not tta and checkpoint == "best" and val_df is not None:
-        _record_threshold(run_dir, metrics, len(val_df))
+        record_threshold(run_dir, metrics, len(val_df))
     return folder
 
 
 def _evaluate_external(run_dir: Path, dataset: Path, split: str, tta: bool, *, n_boot: int, seed: int,
                        batch_size: int | None, checkpoint: str, force: bool) -> Path:
     from mammolab.data.manifest import load_manifest, manifest_hash, read_info
-    from mammolab.evaluate.predict import Predictor, predict_frame
 
     if split not in ("train", "val", "test", "all"):
         raise MammoLabError(f"--split: expected test, val, train or all, got {split!r}")

@@ -7,7 +7,7 @@ The folder holds everything a prediction needs and nothing of the training setup
     DIR/model_card.md / .json    data source and split sizes, metrics with CIs, threshold, recipe,
                                  intended use and the research-only notice
 
-``mammolab predict DIR FILES`` (and :meth:`mammolab.evaluate.predict.Predictor.load`) runs it with
+``mammolab predict DIR FILES`` (and :meth:`mammolab.infer.predictor.Predictor.load`) runs it with
 the same recipe code as the run, so the probabilities match the run's (checked at export time on
 a test input, and in the tests to 1e-4).
 
@@ -392,7 +392,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", *, check
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "config.yaml").is_file():
         raise MammoLabError(f"{run_dir}: not a training run (no config.yaml)")
-    from mammolab.evaluate.breast import is_two_view
+    from mammolab.infer.views import is_two_view
 
     two_view = is_two_view(run_dir)
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
@@ -474,7 +474,7 @@ def _export_into(run_dir: Path, out: Path, fmt: str, *, checkpoint: str, opset: 
     """The export itself, into the (temporary) folder ``out``; its marker is written last, once verified."""
     import torch
 
-    from mammolab.evaluate.predict import EXPORT_FILES, EXPORT_MARKER, Predictor
+    from mammolab.infer.predictor import EXPORT_FILES, EXPORT_MARKER, Predictor
     from mammolab.io.atomic import ensure_writable_dir
     from mammolab.recipe import write_recipe
 
@@ -483,7 +483,7 @@ def _export_into(run_dir: Path, out: Path, fmt: str, *, checkpoint: str, opset: 
     recipe = predictor.recipe.model_copy(update={"checkpoint": predictor.checkpoint})
     if two_view:  # the exported folder must say it holds a breast model (is_two_view reads this)
         recipe = recipe.model_copy(update={"views": "cc+mlo"})
-    model = predictor.run.model.cpu().eval()
+    model = predictor.model.cpu().eval()
     height, width = as_hw(recipe.transform.image_size)
     example: Any = torch.zeros(2, 1, height, width)
     if two_view:  # traced once; dynamic batch, any present pattern (the graph has no branch on it)

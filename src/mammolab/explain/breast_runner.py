@@ -57,21 +57,19 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
 
     from mammolab.evaluate.evaluation import eval_dir
     from mammolab.evaluate.report import LOCALISATION_PREFIX
-    from mammolab.explain.breast import breast_heatmaps, breast_probabilities
+    from mammolab.explain.breast import breast_heatmaps
     from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
     from mammolab.explain.overlay import breast_panel, write_rgb_png
     from mammolab.explain.runner import (
         _key,
         _safe_name,
-        operating_threshold,
         resolve_targets,
         to_image_space,
-        tta_probabilities,
     )
+    from mammolab.infer.core import as_class_matrix, decide, positive_probability
     from mammolab.io.atomic import atomic_write_text, read_json, write_json
     from mammolab.io.images import read_image
     from mammolab.progress import track
-    from mammolab.train.inference import positive_probability
     from mammolab.train.views import VIEWS
 
     entries = _breast_entries(run, split, limit)
@@ -84,7 +82,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
         return old
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
-    threshold = operating_threshold(run.run_dir)
+    threshold = run.threshold
     binary = len(run.classes) == 2
     mode = getattr(run.config, "resize", "stretch")
     records: list[dict[str, Any]] = []
@@ -103,13 +101,15 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
             continue
         tensors = []
         for arrs in arrays:
-            views = [run.preprocess(arrs[v]) if v in arrs else None for v in VIEWS]
+            views = [run.model_input(arrs[v]) if v in arrs else None for v in VIEWS]
             fill = next(t for t in views if t is not None)
-            tensors.append(torch.stack([t if t is not None else fill for t in views]))
-        x = torch.stack(tensors).to(run.device)
-        present = torch.tensor([[v in arrs for v in VIEWS] for arrs in arrays], device=run.device)
-        probs = tta_probabilities(lambda v, p=present: breast_probabilities(run.model, v, p), x, tta)
+            tensors.append(np.stack([t if t is not None else fill for t in views]))
+        x_np = np.stack(tensors)
+        present_np = np.array([[v in arrs for v in VIEWS] for arrs in arrays])
+        probs = as_class_matrix(run.breast_probabilities(x_np, present_np, tta=tta))
         targets = resolve_targets(target, run.classes, probs, [e["label"] for e in good], threshold)
+        x = torch.from_numpy(x_np).to(run.device)
+        present = torch.from_numpy(present_np).to(run.device)
         maps = breast_heatmaps(run.model, x, present, method, targets, grid=grid, batch_size=batch_size, layer=layer)
         p_pos = positive_probability(probs[:, 1] if binary else probs, run.classes)
         size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -118,7 +118,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
             while name in used:
                 name += "_"
             used.add(name)
-            predicted = run.classes[int(pp >= threshold)] if binary else run.classes[int(np.argmax(pr))]
+            predicted = run.classes[int(decide(pr[None], threshold)[0])]
             heats = {v: to_image_space(m, arrs[v].shape, size, mode) for v, m in zip(VIEWS, vmaps, strict=True)
                      if m is not None}
             missing = [v for v in VIEWS if v not in arrs]

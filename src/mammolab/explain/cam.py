@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,8 +34,10 @@ from torch import nn
 
 from mammolab.errors import MammoLabError
 from mammolab.explain.methods import METHODS
+from mammolab.infer.core import class_probabilities, decide
 
-__all__ = ["METHODS", "MIN_CAM_CELLS", "compute_heatmaps", "find_target_layer", "predicted_targets",
+__all__ = ["METHODS", "MIN_CAM_CELLS", "BackendModule", "compute_heatmaps", "find_target_layer", "predicted_targets",
+           "torch_model",
            "target_probabilities"]
 
 #: Fewest cells per side of an automatically chosen CAM layer (see the module docstring).
@@ -105,12 +108,10 @@ def find_target_layer(model: nn.Module, example: torch.Tensor, layer: str | None
 
 
 def _logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    if logits.dim() == 1:
-        logits = logits[:, None]
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
+    """Class probabilities of a model's logits by :func:`mammolab.infer.core.class_probabilities` (the one
+    logits-to-probabilities function), on the logits' device."""
+    probs = class_probabilities(logits.detach().float().reshape(len(logits), -1).cpu().numpy())
+    return torch.from_numpy(probs).to(logits.device)
 
 
 def target_probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -120,10 +121,33 @@ def target_probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def predicted_targets(probs: np.ndarray, threshold: float = 0.5) -> list[int]:
-    """The predicted class index per row of ``probs`` (``(B, C)``); binary uses ``threshold`` on column 1."""
-    if probs.shape[1] == 2:
-        return [int(p >= threshold) for p in probs[:, 1]]
-    return probs.argmax(axis=1).astype(int).tolist()
+    """The predicted class index per row of ``probs`` (``(B, C)``): :func:`mammolab.infer.core.decide`."""
+    return decide(probs, threshold).tolist()
+
+
+class BackendModule:
+    """An exported model's backend as a callable returning torch logits (enough for occlusion heatmaps)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def __call__(self, x: Any, present: Any = None) -> torch.Tensor:
+        return torch.from_numpy(self.backend.logits(x, present))
+
+    def eval(self) -> BackendModule:
+        return self
+
+
+def torch_model(predictor: Any, method: str) -> Any:
+    """The predictor's PyTorch model, or for occlusion of an exported model its backend as a callable."""
+    if method not in METHODS:
+        raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if predictor.model is not None:
+        return predictor.model
+    if method != "occlusion":
+        raise MammoLabError(f"--method {method}: an exported {predictor.format} model has no layers to hook; "
+                            "use --method occlusion, or the run folder")
+    return BackendModule(predictor.backend)
 
 
 def _output_target(model_out_dim: int, target: int) -> object:

@@ -27,6 +27,8 @@ from mammolab.errors import MammoLabError
 from mammolab.explain.cam import METHODS
 from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
+from mammolab.infer.core import as_class_matrix, decide, positive_probability
+from mammolab.infer.predictor import Predictor
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import to_csv_text
 from mammolab.io.lock import locks_output
@@ -60,14 +62,12 @@ def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
                     labels: Sequence[str] | None = None, threshold: float = 0.5) -> list[int]:
     """Class index to explain per image: ``predicted``, ``true`` (the manifest label) or a class name.
 
-    ``predicted`` is the class decided at ``threshold`` (binary runs: the run's operating point, so a
+    ``predicted`` is the class decided at ``threshold`` (binary runs: the recipe's threshold, so a
     heatmap explains the class that is printed beside it). ``true`` falls back to the predicted class
     for an image without a label (a file from outside the dataset), so a mixed list of files still gets
     one heatmap each.
     """
-    from mammolab.explain.cam import predicted_targets
-
-    predicted = predicted_targets(probs, threshold)
+    predicted = decide(probs, threshold).tolist()
     if spec == "predicted":
         return predicted
     if spec == "true":
@@ -83,28 +83,39 @@ def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
                         f"got {spec!r}")
 
 
-def heatmaps_for_arrays(run: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
+def heatmaps_for_arrays(predictor: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
                         batch_size: int = 16, target: str = "predicted", labels: Sequence[str] | None = None,
-                        layer: str | None = None, threshold: float = 0.5,
+                        layer: str | None = None, threshold: float | None = None,
+                        inputs: Sequence[np.ndarray] | None = None,
                         tta: bool = False) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """Class probabilities ``(N, C)``, one heatmap per image in that image's own pixels, and the class explained.
 
-    ``target`` is ``predicted`` (decided at ``threshold``), ``true`` (with ``labels``) or a class name;
-    see :func:`resolve_targets`.
+    ``predictor`` is a :class:`~mammolab.infer.predictor.Predictor`: its probabilities are the ones
+    ``predict`` prints. ``arrays`` are preprocessed images (the run's dataset images, or a file through
+    the recipe); ``inputs`` their model inputs when already made. ``target`` is ``predicted`` (decided at
+    ``threshold``, by default the recipe's), ``true`` (with ``labels``) or a class name; see
+    :func:`resolve_targets`. ``tta`` decides the class from the image and its flips (the class
+    ``predict --tta`` prints); the heatmap itself is of the unflipped image.
     """
     import torch
 
-    from mammolab.explain.cam import compute_heatmaps, target_probabilities
+    from mammolab.explain.cam import compute_heatmaps, torch_model
 
+    model = torch_model(predictor, method)
+    threshold = predictor.threshold if threshold is None else threshold
+    device = predictor.device or "cpu"
+    mode = predictor.recipe.transform.resize
     probs_all, heats, explained = [], [], []
     for i in range(0, len(arrays), batch_size):
         chunk = arrays[i:i + batch_size]
-        x = torch.stack([run.preprocess(a) for a in chunk]).to(run.device)
-        probs = tta_probabilities(lambda v: target_probabilities(run.model, v), x, tta)
-        targets = resolve_targets(target, run.classes, probs, None if labels is None else labels[i:i + batch_size],
-                                  threshold)
-        maps = compute_heatmaps(run.model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
-        size, mode = (int(x.shape[-2]), int(x.shape[-1])), getattr(run.config, "resize", "stretch")
+        x_np = np.stack(list(inputs[i:i + batch_size]) if inputs is not None
+                        else [predictor.model_input(a) for a in chunk])
+        probs = as_class_matrix(predictor.probabilities(list(x_np), tta=tta, batch_size=batch_size))
+        targets = resolve_targets(target, predictor.classes, probs,
+                                  None if labels is None else labels[i:i + batch_size], threshold)
+        x = torch.from_numpy(x_np).to(device)
+        maps = compute_heatmaps(model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
         probs_all.append(probs)
         explained += targets
@@ -164,31 +175,6 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
     return out
 
 
-def operating_threshold(run_dir: str | Path) -> float:
-    """The run's operating point: the Youden threshold its test evaluation chose on validation, else its
-    recipe's threshold, else 0.5.
-
-    Overlay captions call an image malignant at the same threshold as the evaluation and the report,
-    so a gallery tile never says "pred: benign" for a case the report counts as a true positive.
-    """
-    from mammolab.evaluate.predict import resolve_threshold
-
-    for how in ("youden", "recipe"):
-        try:
-            return float(resolve_threshold(run_dir, how))
-        except (MammoLabError, OSError, ValueError):
-            continue
-    return 0.5
-
-
-def tta_probabilities(probabilities: Any, x: Any, tta: bool) -> np.ndarray:
-    """``probabilities(x)``, averaged with the horizontal and vertical flips' under ``tta`` (explain --tta),
-    the flips of :meth:`mammolab.evaluate.predict.Predictor.probabilities`: the class explained is the
-    class predict --tta prints. The heatmap itself is of the unflipped image."""
-    views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
-    return np.mean([probabilities(v) for v in views], axis=0)
-
-
 def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
          layer: str | None, tta: bool = False) -> dict[str, Any]:
     from mammolab.evaluate.evaluation import checkpoint_stamp
@@ -197,7 +183,7 @@ def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid:
     return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
             "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
             "layer": None if method == "occlusion" else layer,
-            "threshold": round(operating_threshold(run.run_dir), 6) if len(run.classes) == 2 else None,
+            "threshold": round(run.threshold, 6) if len(run.classes) == 2 else None,
             **({"tta": True} if tta else {})}  # without --tta the key is as before: older outputs stay current
 
 
@@ -220,13 +206,14 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     """
     from mammolab.io.images import read_image
     from mammolab.progress import track
-    from mammolab.train.inference import load_run, positive_probability
 
     if method not in METHODS:
         raise MammoLabError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if split not in ("train", "val", "test"):
         raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    run = load_run(run_dir, checkpoint=checkpoint)  # an exported folder has no PyTorch model: refused here
+    if not (Path(run_dir) / "config.yaml").is_file():  # an exported folder has no dataset or layers to explain
+        raise MammoLabError(f"{run_dir}: not a training run (no config.yaml)")
+    run = Predictor.load(run_dir, checkpoint=checkpoint)
     if limit is not None and limit < 1:
         raise MammoLabError(f"--limit: expected a positive number of images, got {limit}")
     if str(getattr(run.config, "views", "single")) != "single":  # a two-view breast model: one figure per breast
@@ -253,22 +240,15 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     records: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     used: set[str] = set()
-    threshold = operating_threshold(run.run_dir)
-    recipe = None
-    if any(e.get("source") for e in entries):  # outside files take the run's recipe, as predict does
-        from mammolab.evaluate.predict import run_recipe
-
-        recipe = run_recipe(run.run_dir, run)
+    threshold = run.threshold
     batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
     for batch in track(batches, f"explain ({method})"):
         good, arrays = [], []
         for e in batch:
             try:
                 arr = read_image(e["file"])
-                if recipe is not None and e.get("source"):
-                    from mammolab.recipe import apply_recipe
-
-                    arr = apply_recipe(recipe, arr).image  # the preprocessed image; the transform follows
+                if e.get("source"):  # outside files take the run's recipe, as predict does
+                    arr = run.prepare(arr).image  # the preprocessed image; the transform follows
                 arrays.append(arr)
                 good.append(e)
             except MammoLabError as exc:
@@ -286,7 +266,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
                 name += "_"
             used.add(name)
             binary = len(run.classes) == 2
-            predicted = run.classes[int(pp >= threshold)] if binary else run.classes[int(np.argmax(pr))]
+            predicted = run.classes[int(decide(pr[None], threshold)[0])]
             at = f" (t={threshold:.2f})" if binary else ""
             caption = (f"{e['image_id']}  true: {e['label'] or '?'}  P(malignant)={pp:.2f}  "
                        f"pred: {predicted}{at}  [{method} of {run.classes[t]}{'' if images else f', {split} split'}]")

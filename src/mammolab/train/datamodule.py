@@ -25,7 +25,7 @@ from mammolab.data.manifest import dataset_classes, load_manifest
 from mammolab.errors import MammoLabError
 from mammolab.imagesize import ImageSize, as_hw
 from mammolab.train.config import AugmentConfig, TrainConfig
-from mammolab.train.imagecache import ImageStore, build_image_store, resize_image, to_unit
+from mammolab.train.imagecache import ImageStore, build_image_store, model_input, normalise, to_unit
 
 __all__ = [
     "CachedImageDataset",
@@ -65,10 +65,6 @@ def targets_for(df: pd.DataFrame, classes: tuple[str, ...], source: str = "manif
     if unknown:
         raise MammoLabError(f"{source}: label(s) {unknown} are not among the dataset classes {list(classes)}")
     return labels.map(index).to_numpy(dtype=np.int64)
-
-
-def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x - mean) / std
 
 
 def build_augment(cfg: AugmentConfig, size: ImageSize) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -286,8 +282,5 @@ class MammoDataModule(L.LightningDataModule):
 
 
 def preprocess_array(image: np.ndarray, config: TrainConfig, mean: float, std: float) -> torch.Tensor:
-    """One raw image -> the ``[1, H, W]`` float tensor a model saw for val/test (resize, scale, normalise)."""
-    if image.dtype not in (np.uint8, np.uint16):
-        raise MammoLabError(f"expected a uint8 or uint16 image, got {image.dtype}")
-    x = torch.from_numpy(to_unit(resize_image(image, config.image_size, config.resize)))[None]
-    return normalise(x, mean, std)
+    """One raw image -> the ``[1, H, W]`` float tensor a model saw for val/test (:func:`model_input`, as a tensor)."""
+    return torch.from_numpy(model_input(image, config.image_size, config.resize, mean, std))

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -146,6 +147,23 @@ def pad_placement(shape: tuple[int, int], size: ImageSize | Sequence[int]) -> tu
 def to_unit(arr: np.ndarray) -> np.ndarray:
     """Scale a ``uint8``/``uint16`` array to float32 in ``[0, 1]`` (by the dtype's full range)."""
     return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+
+
+def normalise(x: Any, mean: float, std: float) -> Any:
+    """``(x - mean) / std``: a numpy array or a torch tensor alike (the training batches and the model input)."""
+    return (x - mean) / std
+
+
+def model_input(img: np.ndarray, size: ImageSize | Sequence[int], mode: str, mean: float, std: float) -> np.ndarray:
+    """The training transform of one image, as validation and test saw it: resize to the model's size,
+    scale by the dtype's range, normalise -> ``[1, H, W]`` float32.
+
+    The one implementation: the training data module and :mod:`mammolab.infer` (predict, serve, export,
+    evaluate) both call it, and it needs only numpy and OpenCV (an exported model runs without torch).
+    """
+    if img.dtype not in (np.uint8, np.uint16):
+        raise MammoLabError(f"expected a uint8 or uint16 image, got {img.dtype}")
+    return np.ascontiguousarray(normalise(to_unit(resize_image(img, size, mode)), mean, std)[None], dtype=np.float32)
 
 
 def _as_dtype(img: np.ndarray, dtype: np.dtype) -> np.ndarray:

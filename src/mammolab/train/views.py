@@ -14,8 +14,9 @@ oblique (MLO); a radiologist reads both, and whole-image models that fuse the tw
 * :class:`TwoViewDataset` yields ``([2, 1, H, W], target, present[2])`` from the image cache, each
   view augmented under its own seed.
 * :class:`TwoViewDataModule` is :class:`~mammolab.train.datamodule.MammoDataModule` with breasts.
-* :func:`predict_breasts` predicts a split of a two-view run: one row per breast with
-  ``patient_id`` and ``side``, so metrics and the patient bootstrap work unchanged.
+* :func:`mammolab.infer.tables.predict_breasts` predicts a split of a two-view run through the one
+  Predictor: one row per breast with ``patient_id`` and ``side``, so metrics and the patient
+  bootstrap work unchanged.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ import torch
 from torch.utils.data import Dataset
 
 from mammolab.errors import MammoLabError
+from mammolab.recipe import VIEWS
 from mammolab.train.config import TrainConfig
 from mammolab.train.datamodule import CachedImageDataset, MammoDataModule, normalise, seed_mix
 from mammolab.train.imagecache import ImageStore, to_unit
 
-__all__ = ["VIEWS", "TwoViewDataModule", "TwoViewDataset", "breast_target", "pair_views", "predict_breasts"]
+__all__ = ["VIEWS", "TwoViewDataModule", "TwoViewDataset", "breast_target", "pair_views"]
 
-#: The two views of a breast, in the order the model sees them.
-VIEWS = ("CC", "MLO")
 #: Manifest columns carried into the breast table (first used image's value).
 _CARRY = ("density", "subtlety", "assessment")
 
@@ -184,49 +184,3 @@ class TwoViewDataModule(MammoDataModule):
         aug = build_augment(self.cfg.augment, self.cfg.image_size) if augment else None
         return TwoViewDataset(self.store, rows("cc_path"), rows("mlo_path"), b["target"].to_numpy(),
                               mean=self.mean, std=self.std, augment=aug, seed=self.cfg.seed)
-
-
-def predict_breasts(run: Any, split: str = "test", tta: bool = False, batch_size: int = 16) -> pd.DataFrame:
-    """Predict every breast of a split with a two-view :class:`~mammolab.train.inference.TrainedRun`.
-
-    Columns: image_id (the breast id), patient_id, side, split, label, target, prob (P(malignant))
-    and ``prob_<class>`` for multi-class, views (``cc+mlo``, ``cc`` or ``mlo``), cc_path, mlo_path,
-    n_images, abnormality, density.
-    """
-    from mammolab.train.inference import positive_probability, run_datamodule
-
-    if split not in ("train", "val", "test"):
-        raise MammoLabError(f"--split: expected train, val or test, got {split!r}")
-    dm = run_datamodule(run, TwoViewDataModule)
-    breasts = dm.breasts[split]
-    probs = np.zeros((0,) if run.binary else (0, len(run.classes)), dtype=np.float32)
-    if len(breasts):
-        ds = dm.dataset(split)
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, len(ds), batch_size):
-                items = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
-                x = torch.stack([it[0] for it in items]).to(run.device)
-                present = torch.stack([it[2] for it in items]).to(run.device)
-                outs = []
-                for v in ([x, x.flip(-1), x.flip(-2)] if tta else [x]):
-                    logits = run.model(v, present).float()
-                    outs.append(torch.sigmoid(logits[:, 0]) if run.binary else torch.softmax(logits, dim=1))
-                chunks.append(torch.stack(outs).mean(0).cpu().numpy())
-        probs = np.concatenate(chunks)
-    out = pd.DataFrame({
-        "image_id": breasts["breast_id"].astype(str).to_numpy(),
-        "patient_id": breasts["patient_id"].astype(str).to_numpy(),
-        "side": breasts["side"].astype(str).to_numpy(),
-        "split": split,
-        "label": breasts["label"].astype(str).to_numpy(),
-        "target": breasts["target"].to_numpy(dtype=np.int64),
-        "prob": positive_probability(probs, run.classes).astype(np.float64),
-    })
-    if not run.binary:
-        for i, c in enumerate(run.classes):
-            out[f"prob_{c}"] = probs[:, i].astype(np.float64)
-    for col in ("views", "cc_path", "mlo_path", "n_images", "abnormality", "density"):
-        if col in breasts:
-            out[col] = breasts[col].to_numpy()
-    return out
