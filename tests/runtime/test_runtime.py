@@ -191,8 +191,12 @@ def test_serve_without_torch_matches_the_full_install(exported: Path, inputs: di
         for path in (inputs["png"], inputs["dcm"]):
             got = _post(url + "/api/predict", path.name, path.read_bytes())
             want = full.predict_file(path)
-            assert abs(got["prob"] - want["prob"]) <= 1e-6
-            assert got["class"] == want["class"]
+            assert abs(got["probability"] - want["prob"]) <= 1e-6
+            assert got["class"] == want["class"] and got["checkpoint"] == "model.onnx"
+        # a heatmap needs torch: the light runtime answers the prediction and says why there is none
+        got = _post(url + "/api/predict?heatmap=1", "film16.png", inputs["png"].read_bytes())
+        assert got["heatmap_png"] is None and any("no heatmap" in w for w in got["warnings"])
+        assert abs(got["probability"] - full.predict_file(inputs["png"])["prob"]) <= 1e-6
     finally:
         proc.terminate()
         try:
@@ -401,3 +405,28 @@ def test_runtime_wheel_in_a_fresh_venv_predicts_like_the_full_install(exported: 
     full = _predictor_class().load(exported).predict_files([inputs["png"], inputs["dcm"]])
     for got, want in zip(json.loads(proc.stdout), full, strict=True):
         assert abs(got["prob"] - want["prob"]) <= 1e-6
+
+
+def test_runtime_requirements_leave_the_training_stack_out(load_benchmark: Any) -> None:
+    """The runtime's dependency closure (resolved through the installed metadata) holds no torch & co., and
+    the runtime distribution's generated project declares exactly the runtime extra."""
+    import importlib.util
+
+    bench = load_benchmark("runtime_size")
+    runtime, full = bench.requirement_lists()
+    dists, _ = bench.closure(runtime)
+    heavy = {"torch", "torchvision", "timm", "lightning", "scikit-learn", "scipy", "matplotlib", "optuna"}
+    assert not heavy & set(dists), sorted(heavy & set(dists))
+    assert {"onnxruntime", "opencv-python-headless", "pydicom", "fastapi"} <= set(dists)
+    full_dists, _ = bench.closure(full)
+    assert "torch" in full_dists and set(dists) - {"onnxruntime"} <= set(full_dists)
+    assert bench.measure(runtime)[0] < bench.measure(full)[0] / 2
+    spec = importlib.util.spec_from_file_location("build_runtime", REPO / "packaging" / "build_runtime.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    meta = build.runtime_project()
+    assert meta["name"] == "mammolab-runtime" and meta["dependencies"] == runtime
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    generated = tomllib.loads(build.pyproject_text(meta))["project"]
+    assert generated["dependencies"] == runtime and generated["scripts"] == {"mammolab": "mammolab.cli:main"}
