@@ -46,10 +46,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: modules of one subpackage (rule b). A cycle inside an entry is tolerated; an entry that no longer
 #: matches what is found fails too, so it is shrunk or deleted as soon as the code allows.
 KNOWN_TANGLES: tuple[frozenset[str], ...] = (
-    # removed by the inference core (#24): evaluate and explain import each other
-    frozenset({"evaluate", "explain"}),
-    # removed by the inference core (#24): single-view, two-view and evaluation prediction call each other
-    frozenset({"mammolab.evaluate.breast", "mammolab.evaluate.evaluation", "mammolab.evaluate.predict"}),
     # removed by the inference core (#24): the single- and two-view explain runners call each other
     frozenset({"mammolab.explain.breast", "mammolab.explain.breast_runner", "mammolab.explain.runner"}),
     # the comparison report and its sections import each other (report_sections uses report's _img)
@@ -58,9 +54,6 @@ KNOWN_TANGLES: tuple[frozenset[str], ...] = (
 
 #: Private names imported from another unit today, as ``(module, name)``; same ratchet as above.
 KNOWN_PRIVATE: frozenset[tuple[str, str]] = frozenset({
-    # removed by the inference core (#24): the recipe's application switches to mammolab.data.patches
-    ("mammolab.data.organize", "_as_depth"),
-    ("mammolab.data.organize", "_roi_patch"),
     # removed by the inference core (#24): export's lock check switches to io.atomic's public name
     ("mammolab.io.atomic", "_pid_alive"),
 })

@@ -16,7 +16,6 @@ the settings; a re-run with the same checkpoint and settings is skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from mammolab.evaluate import plots
 from mammolab.evaluate.metrics import evaluate_predictions
 from mammolab.infer.core import positive_probability
 from mammolab.infer.predictor import Predictor
+from mammolab.infer.runfiles import EVAL_DIRNAME, checkpoint_stamp, eval_dir
 from mammolab.infer.tables import predict_breasts, predict_frame
 from mammolab.infer.threshold import record_threshold
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
@@ -47,32 +47,11 @@ __all__ = [
     "write_evaluation",
 ]
 
-EVAL_DIRNAME = "eval"
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
 VAL_PREDICTIONS_NAME = "val_predictions.csv"
 FIGURES_BINARY = ("roc.png", "pr.png", "confusion.png", "calibration.png")
 FIGURES_MULTICLASS = ("roc.png", "confusion.png")
-
-
-def eval_dir(run_dir: str | Path, split: str = "test", tta: bool = False) -> Path:
-    """Where a run's evaluation on ``split`` lives."""
-    return Path(run_dir) / EVAL_DIRNAME / (f"{split}-tta" if tta else split)
-
-
-def checkpoint_stamp(run_dir: str | Path, checkpoint: str = "best") -> str:
-    """A short fingerprint (name, size, mtime) of the checkpoint that scores are computed from.
-
-    Cheap to compute even for large checkpoints, and it changes whenever training writes a new
-    one, which is what decides whether an evaluation is stale.
-    """
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    path = ckpt_dir / f"{checkpoint}.ckpt"  # the checkpoint asked for, never another one silently
-    if path.is_file():
-        st = path.stat()
-        return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    hint = "; pass --checkpoint last to use last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else ""
-    raise MammoLabError(f"{path}: not found (is this a finished 'mammolab train' run?){hint}")
 
 
 def _confusion_figure(metrics: dict[str, Any], classes: Sequence[str], path: Path) -> None:

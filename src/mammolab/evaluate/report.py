@@ -32,13 +32,13 @@ from mammolab.evaluate import plots
 from mammolab.evaluate import report_sections as sections
 from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
+from mammolab.infer.runfiles import LOCALISATION_PREFIX
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
 from mammolab.io.csvsafe import to_csv_text
 from mammolab.io.lock import locks_output
 
 __all__ = ["RunSummary", "compare_runs", "load_run_summary"]
 
-LOCALISATION_PREFIX = "localisation_"
 
 
 @dataclass

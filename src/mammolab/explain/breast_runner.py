@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mammolab.errors import MammoLabError
+from mammolab.infer.runfiles import LOCALISATION_PREFIX, eval_dir
 from mammolab.io.csvsafe import to_csv_text
 
 __all__ = ["explain_breasts"]
@@ -55,8 +56,6 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
     """What :func:`mammolab.explain.runner.explain_run` does for a loaded two-view ``run`` (module docstring)."""
     import torch
 
-    from mammolab.evaluate.evaluation import eval_dir
-    from mammolab.evaluate.report import LOCALISATION_PREFIX
     from mammolab.explain.breast import breast_heatmaps
     from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
     from mammolab.explain.overlay import breast_panel, write_rgb_png

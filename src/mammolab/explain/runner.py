@@ -29,6 +29,7 @@ from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hi
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
 from mammolab.infer.core import as_class_matrix, decide, positive_probability
 from mammolab.infer.predictor import Predictor
+from mammolab.infer.runfiles import LOCALISATION_PREFIX, checkpoint_stamp, eval_dir
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import to_csv_text
 from mammolab.io.lock import locks_output
@@ -177,8 +178,6 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
 
 def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
          layer: str | None, tta: bool = False) -> dict[str, Any]:
-    from mammolab.evaluate.evaluation import checkpoint_stamp
-
     files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
     return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
             "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
@@ -291,8 +290,5 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
                     "overlays": str(overlay_dir)})
     write_json(summary_path, summary)
     if not images:
-        from mammolab.evaluate.evaluation import eval_dir
-        from mammolab.evaluate.report import LOCALISATION_PREFIX
-
         write_json(eval_dir(run.run_dir, split) / f"{LOCALISATION_PREFIX}{method}.json", summary)
     return summary

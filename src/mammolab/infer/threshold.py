@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mammolab.errors import MammoLabError
+from mammolab.infer.runfiles import eval_dir
 from mammolab.recipe import RECIPE_NAME, load_recipe, write_recipe
 
 __all__ = ["DEFAULT_THRESHOLD", "record_threshold", "resolve_threshold"]
@@ -37,8 +38,7 @@ def resolve_threshold(path: str | Path, threshold: float | str | None = None) ->
     if isinstance(threshold, (int, float)):
         value = float(threshold)
     elif str(threshold).strip().lower() == "youden":
-        # mammolab.evaluate.evaluation.eval_dir(path, "test"): where the test evaluation lives
-        metrics_path = Path(path) / "eval" / "test" / "metrics.json"
+        metrics_path = eval_dir(path, "test") / "metrics.json"
         if not metrics_path.is_file():
             raise MammoLabError(f"--threshold youden: {metrics_path} not found (run 'mammolab evaluate {path}' first)")
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
