@@ -22,15 +22,9 @@ from mammolab.config import load_config
 from mammolab.data.cbis_import import OrganizeConfig, organize_cbis, plan_cbis, process_unit
 from mammolab.data.manifest_import import ImportConfig, organize_manifest
 from mammolab.data.output import WORK_DIR, OrganizeResult, content_duplicates, quality_markdown, summary_lines
-from mammolab.data.patches import as_depth, roi_patch
 from mammolab.errors import MammoLabError
 from mammolab.io.lock import current_command, output_lock
 from mammolab.progress import resolve_workers
-
-#: Old private names, kept importable until ``mammolab.recipe`` imports the public ones from
-#: :mod:`mammolab.data.patches` (the inference core, #24); then delete them.
-_as_depth = as_depth
-_roi_patch = roi_patch
 
 __all__ = ["WORK_DIR", "ImportConfig", "OrganizeConfig", "OrganizeResult", "content_duplicates", "organize",
            "organize_cbis", "organize_manifest", "plan_cbis", "process_unit", "quality_markdown", "summary_lines"]
