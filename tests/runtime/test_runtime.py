@@ -54,18 +54,14 @@ finally:
 
 
 def _predictor_class() -> Any:
-    try:
-        from mammolab.infer.predictor import Predictor
-    except ImportError:  # before the inference core moved
-        from mammolab.evaluate.predict import Predictor
+    from mammolab.infer.predictor import Predictor
+
     return Predictor
 
 
 def _apply_recipe() -> Any:
-    try:
-        from mammolab.infer.apply import apply_recipe
-    except ImportError:
-        from mammolab.recipe import apply_recipe  # type: ignore[attr-defined,no-redef]
+    from mammolab.infer.apply import apply_recipe
+
     return apply_recipe
 
 
