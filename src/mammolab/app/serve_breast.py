@@ -28,7 +28,7 @@ from pydantic import Field
 
 from mammolab.app.serve_api import Prediction, check_fields, checkpoint_name, png_bytes
 from mammolab.errors import MammoLabError
-from mammolab.train.views import VIEWS
+from mammolab.recipe import VIEWS  # not train.views: that imports torch (the light runtime has none)
 
 __all__ = ["BREAST_PAGE", "BREAST_PAGE_JS", "HEATMAP_NOTE", "BreastPrediction", "add_breast_route"]
 
