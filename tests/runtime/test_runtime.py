@@ -155,34 +155,55 @@ def _free_port() -> int:
 
 
 def _post(url: str, name: str, data: bytes) -> dict[str, Any]:
+    return _post_fields(url, {"file": (name, data)})
+
+
+def _post_fields(url: str, fields: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
     boundary = "mammolab-runtime-test"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+                    for field, (name, data) in fields.items()) + f"--{boundary}--\r\n".encode()
     req = urllib.request.Request(url, data=body, method="POST",
                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
 
-def test_serve_without_torch_matches_the_full_install(exported: Path, inputs: dict[str, Path]) -> None:
+def _start_blocked_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """``mammolab serve FOLDER`` in the import-blocked subprocess, once /health answers."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_CLI, "serve", str(exported), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_CLI, "serve", str(folder), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"serve did not start without torch: {err[-3000:]}")
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Stop the server; its stderr (the blocker's exit check writes there)."""
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out, err = proc.communicate(timeout=30)
-                pytest.fail(f"serve did not start without torch: {err[-3000:]}")
-            time.sleep(0.3)
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+def test_serve_without_torch_matches_the_full_install(exported: Path, inputs: dict[str, Path]) -> None:
+    proc, url = _start_blocked_server(exported)
+    try:
         full = _predictor_class().load(exported)
         for path in (inputs["png"], inputs["dcm"]):
             got = _post(url + "/api/predict", path.name, path.read_bytes())
@@ -194,13 +215,60 @@ def test_serve_without_torch_matches_the_full_install(exported: Path, inputs: di
         assert got["heatmap_png"] is None and any("no heatmap" in w for w in got["warnings"])
         assert abs(got["probability"] - full.predict_file(inputs["png"])["prob"]) <= 1e-6
     finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = _stop(proc)
     # the server's own check at exit: no heavy module was loaded while it served
+    assert "AssertionError" not in err, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def two_view_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny two-view (CC + MLO, attention fusion) run exported to ONNX, and its dataset."""
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_fixtures", REPO / "tests" / "train" / "train_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    from mammolab.evaluate.export import export_run
+    from mammolab.train.config import resolve_train_config
+    from mammolab.train.fit import train
+
+    root = tmp_path_factory.mktemp("runtime-two-view")
+    ds = fixtures.make_lesion_dataset(root / "ds", patients=12, size=32, seed=4)
+    cfg = resolve_train_config(overrides={"model": "mammoresnet", "views": "cc+mlo", "fusion": "attention",
+                                          "image_size": 32, "batch_size": 8, "epochs": 1, "patience": 0,
+                                          "accelerator": "cpu", "weights": "none"})
+    run = train(ds, cfg, root / "run").run_dir
+    return export_run(run, root / "exp", "onnx").out, ds
+
+
+def test_two_view_export_predicts_and_serves_without_torch(two_view_export: tuple[Path, Path]) -> None:
+    from mammolab.evaluate.breast import predict_breast_files
+
+    exp, ds = two_view_export
+    breasts = [(ds / "test" / d / f"{p}_CC.png", ds / "test" / d / f"{p}_MLO.png")
+               for d in ("benign", "malignant") for p in sorted({f.stem[:5] for f in (ds / "test" / d).glob("*.png")})]
+    files = [f for pair in breasts[:3] for f in pair]
+    want = predict_breast_files(exp, files, "cc+mlo")
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "predict", str(exp), *map(str, files),
+                           "--file-views", "cc+mlo", "--json"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert len(got) == len(want) == len(files) // 2 >= 2
+    for g, w in zip(got, want, strict=True):
+        assert abs(g["prob"] - w["prob"]) <= 1e-6 and g["class"] == w["class"] and g["views"] == "cc+mlo"
+    server, url = _start_blocked_server(exp)
+    try:
+        cc, mlo = breasts[0]
+        both = _post_fields(url + "/api/predict",
+                            {"cc": (cc.name, cc.read_bytes()), "mlo": (mlo.name, mlo.read_bytes())})
+        assert abs(both["probability"] - want[0]["prob"]) <= 1e-6
+        alone = _post_fields(url + "/api/predict", {"cc": (cc.name, cc.read_bytes())})
+        ref = predict_breast_files(exp, [cc], "cc")[0]
+        assert abs(alone["probability"] - ref["prob"]) <= 1e-6 and ref["missing_view"] == "MLO"
+    finally:
+        err = _stop(server)
     assert "AssertionError" not in err, err[-3000:]
 
 
