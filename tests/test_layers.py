@@ -46,8 +46,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: modules of one subpackage (rule b). A cycle inside an entry is tolerated; an entry that no longer
 #: matches what is found fails too, so it is shrunk or deleted as soon as the code allows.
 KNOWN_TANGLES: tuple[frozenset[str], ...] = (
-    # removed by the inference core (#24): the single- and two-view explain runners call each other
-    frozenset({"mammolab.explain.breast", "mammolab.explain.breast_runner", "mammolab.explain.runner"}),
     # the comparison report and its sections import each other (report_sections uses report's _img)
     frozenset({"mammolab.evaluate.report", "mammolab.evaluate.report_sections"}),
 )

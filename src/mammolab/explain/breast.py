@@ -148,7 +148,7 @@ def breast_heatmaps(model: Any, x: torch.Tensor, present: torch.Tensor, method: 
 def _image_maps(maps: Sequence[np.ndarray | None], images: Sequence[np.ndarray | None], size: tuple[int, int],
                 mode: str) -> list[np.ndarray | None]:
     """Each view's map (at the model input ``size``) back onto that view's own image pixels."""
-    from mammolab.explain.runner import to_image_space
+    from mammolab.explain.common import to_image_space
 
     return [None if m is None or im is None else to_image_space(m, im.shape, size, mode)
             for m, im in zip(maps, images, strict=True)]

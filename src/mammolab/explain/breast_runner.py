@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mammolab.errors import MammoLabError
+from mammolab.explain.common import output_key, resolve_targets, row_boxes, safe_name, to_image_space
 from mammolab.infer.runfiles import LOCALISATION_PREFIX, eval_dir
 from mammolab.io.csvsafe import to_csv_text
 
@@ -26,7 +27,6 @@ __all__ = ["explain_breasts"]
 
 def _breast_entries(run: Any, split: str, limit: int | None) -> list[dict[str, Any]]:
     """The split's breasts (as training pairs them); with ``limit``, that many with the classes interleaved."""
-    from mammolab.explain.runner import _row_boxes
     from mammolab.train.datamodule import MammoDataModule
     from mammolab.train.views import VIEWS, pair_views
 
@@ -44,7 +44,7 @@ def _breast_entries(run: Any, split: str, limit: int | None) -> list[dict[str, A
         paths = {v: str(b[f"{v.lower()}_path"] or "") for v in VIEWS}
         out.append({"breast_id": str(b["breast_id"]), "patient_id": str(b["patient_id"]), "side": str(b["side"]),
                     "label": str(b["label"]), "paths": paths,
-                    "boxes": {v: _row_boxes(rows[p]) if p in rows else [] for v, p in paths.items()},
+                    "boxes": {v: row_boxes(rows[p]) if p in rows else [] for v, p in paths.items()},
                     # what the explain key hashes: the breast's files
                     "file": " + ".join(f"{v}:{p}" for v, p in paths.items())})
     return out
@@ -59,12 +59,6 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
     from mammolab.explain.breast import breast_heatmaps
     from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
     from mammolab.explain.overlay import breast_panel, write_rgb_png
-    from mammolab.explain.runner import (
-        _key,
-        _safe_name,
-        resolve_targets,
-        to_image_space,
-    )
     from mammolab.infer.core import as_class_matrix, decide, positive_probability
     from mammolab.io.atomic import atomic_write_text, read_json, write_json
     from mammolab.io.images import read_image
@@ -74,7 +68,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
     entries = _breast_entries(run, split, limit)
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no breast (CC or MLO image) to explain")
-    key = {**_key(run, entries, method, split, grid, target, layer, tta), "views": "cc+mlo"}
+    key = {**output_key(run, entries, method, split, grid, target, layer, tta), "views": "cc+mlo"}
     summary_path = out_dir / "localisation.json"
     old = None if force else read_json(summary_path)
     if isinstance(old, dict) and old.get("key") == key:
@@ -113,7 +107,7 @@ def explain_breasts(run: Any, *, split: str, method: str, out_dir: Path, grid: i
         p_pos = positive_probability(probs[:, 1] if binary else probs, run.classes)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         for e, arrs, vmaps, pr, pp, t in zip(good, arrays, maps, probs, p_pos, targets, strict=True):
-            name = _safe_name(f"{e['patient_id']}_{e['side']}")
+            name = safe_name(f"{e['patient_id']}_{e['side']}")
             while name in used:
                 name += "_"
             used.add(name)

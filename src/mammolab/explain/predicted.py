@@ -17,8 +17,8 @@ import torch
 
 from mammolab.explain.breast import breast_figure
 from mammolab.explain.cam import torch_model
+from mammolab.explain.common import heatmaps_for_arrays
 from mammolab.explain.overlay import overlay_panel
-from mammolab.explain.runner import heatmaps_for_arrays
 from mammolab.recipe import VIEWS
 
 __all__ = ["breast_heatmapper", "caption", "heatmapper"]

@@ -12,128 +12,33 @@ Output folder: ``overlays/*.png``, ``localisation.csv`` (one row per image) and
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pandas as pd
 
-from mammolab.data.manifest import BBOX_COLUMNS, parse_boxes
 from mammolab.errors import MammoLabError
+from mammolab.explain.breast_runner import explain_breasts
 from mammolab.explain.cam import METHODS
+from mammolab.explain.common import (
+    heatmaps_for_arrays,
+    output_key,
+    resolve_targets,
+    row_boxes,
+    safe_name,
+    to_image_space,
+)
 from mammolab.explain.localisation import box_mask, energy_in_boxes, pointing_hit, summarise_localisation
 from mammolab.explain.overlay import overlay_panel, write_rgb_png
-from mammolab.infer.core import as_class_matrix, decide, positive_probability
+from mammolab.infer.core import decide, positive_probability
 from mammolab.infer.predictor import Predictor
-from mammolab.infer.runfiles import LOCALISATION_PREFIX, checkpoint_stamp, eval_dir
+from mammolab.infer.runfiles import LOCALISATION_PREFIX, eval_dir
 from mammolab.io.atomic import atomic_write_text, read_json, write_json
 from mammolab.io.csvsafe import to_csv_text
 from mammolab.io.lock import locks_output
 
 __all__ = ["explain_run", "heatmaps_for_arrays", "resolve_targets", "to_image_space"]
-
-
-def to_image_space(heat: np.ndarray, shape: tuple[int, int], size: int | tuple[int, int] | None = None,
-                   mode: str = "stretch") -> np.ndarray:
-    """Map a heatmap at the model's input (``size``: an int square or ``(height, width)``; by default the
-    heatmap's own shape) back onto the original image's pixels.
-
-    Inverts the training resize (``mammolab.train.imagecache.resize_image``): ``stretch`` is a
-    plain resize; ``pad`` first cuts away the black bars the image was centred between.
-    """
-    from mammolab.train.imagecache import pad_placement
-
-    h, w = shape
-    if size is None:
-        size = (int(heat.shape[0]), int(heat.shape[1]))
-    if mode == "pad":
-        y0, x0, th, tw = pad_placement((h, w), size)
-        heat = heat[y0:y0 + th, x0:x0 + tw]
-    elif mode != "stretch":
-        raise MammoLabError(f"resize: expected 'stretch' or 'pad', got {mode!r}")
-    out = cv2.resize(np.ascontiguousarray(heat, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.clip(out, 0.0, 1.0)
-
-
-def resolve_targets(spec: str, classes: Sequence[str], probs: np.ndarray,
-                    labels: Sequence[str] | None = None, threshold: float = 0.5) -> list[int]:
-    """Class index to explain per image: ``predicted``, ``true`` (the manifest label) or a class name.
-
-    ``predicted`` is the class decided at ``threshold`` (binary runs: the recipe's threshold, so a
-    heatmap explains the class that is printed beside it). ``true`` falls back to the predicted class
-    for an image without a label (a file from outside the dataset), so a mixed list of files still gets
-    one heatmap each.
-    """
-    predicted = decide(probs, threshold).tolist()
-    if spec == "predicted":
-        return predicted
-    if spec == "true":
-        labels = list(labels) if labels is not None else [""] * len(predicted)
-        bad = sorted({lab for lab in labels if lab and lab not in classes})
-        if bad:
-            raise MammoLabError(f"--target true: label(s) {', '.join(bad)} are not classes of the run "
-                                f"({', '.join(classes)}); use --target predicted or a class name")
-        return [classes.index(lab) if lab else p for lab, p in zip(labels, predicted, strict=True)]
-    if spec in classes:
-        return [list(classes).index(spec)] * len(predicted)
-    raise MammoLabError(f"--target: expected predicted, true or a class of the run ({', '.join(classes)}), "
-                        f"got {spec!r}")
-
-
-def heatmaps_for_arrays(predictor: Any, arrays: Sequence[np.ndarray], method: str = "gradcam", *, grid: int = 8,
-                        batch_size: int = 16, target: str = "predicted", labels: Sequence[str] | None = None,
-                        layer: str | None = None, threshold: float | None = None,
-                        inputs: Sequence[np.ndarray] | None = None,
-                        tta: bool = False) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
-    """Class probabilities ``(N, C)``, one heatmap per image in that image's own pixels, and the class explained.
-
-    ``predictor`` is a :class:`~mammolab.infer.predictor.Predictor`: its probabilities are the ones
-    ``predict`` prints. ``arrays`` are preprocessed images (the run's dataset images, or a file through
-    the recipe); ``inputs`` their model inputs when already made. ``target`` is ``predicted`` (decided at
-    ``threshold``, by default the recipe's), ``true`` (with ``labels``) or a class name; see
-    :func:`resolve_targets`. ``tta`` decides the class from the image and its flips (the class
-    ``predict --tta`` prints); the heatmap itself is of the unflipped image.
-    """
-    import torch
-
-    from mammolab.explain.cam import compute_heatmaps, torch_model
-
-    model = torch_model(predictor, method)
-    threshold = predictor.threshold if threshold is None else threshold
-    device = predictor.device or "cpu"
-    mode = predictor.recipe.transform.resize
-    probs_all, heats, explained = [], [], []
-    for i in range(0, len(arrays), batch_size):
-        chunk = arrays[i:i + batch_size]
-        x_np = np.stack(list(inputs[i:i + batch_size]) if inputs is not None
-                        else [predictor.model_input(a) for a in chunk])
-        probs = as_class_matrix(predictor.probabilities(list(x_np), tta=tta, batch_size=batch_size))
-        targets = resolve_targets(target, predictor.classes, probs,
-                                  None if labels is None else labels[i:i + batch_size], threshold)
-        x = torch.from_numpy(x_np).to(device)
-        maps = compute_heatmaps(model, x, method, targets, grid=grid, batch_size=batch_size, layer=layer)
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        heats += [to_image_space(m, a.shape, size, mode) for m, a in zip(maps, chunk, strict=True)]
-        probs_all.append(probs)
-        explained += targets
-    return (np.concatenate(probs_all) if probs_all else np.zeros((0, 2))), heats, explained
-
-
-def _row_boxes(row: pd.Series) -> list[list[float]]:
-    boxes = parse_boxes(row.get("boxes")) if "boxes" in row else []
-    if not boxes and all(c in row for c in BBOX_COLUMNS):
-        vals = [row[c] for c in BBOX_COLUMNS]
-        if all(v is not None and not pd.isna(v) for v in vals):
-            boxes = [[float(v) for v in vals]]
-    return boxes
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
 def _entries_for_split(run: Any, split: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -151,7 +56,7 @@ def _entries_for_split(run: Any, split: str, limit: int | None = None) -> list[d
     for _, row in frame.iterrows():
         image_id = str(row.get("image_id") or "") or Path(str(row["path"])).stem
         out.append({"file": run.dataset_dir / str(row["path"]), "path": str(row["path"]), "image_id": image_id,
-                    "label": str(row["label"]), "boxes": _row_boxes(row)})
+                    "label": str(row["label"]), "boxes": row_boxes(row)})
     return out
 
 
@@ -170,20 +75,10 @@ def _entries_for_files(run: Any, files: Sequence[str | Path]) -> list[dict[str, 
         image_id = (str(row.get("image_id") or "") if row is not None else "") or f.stem
         out.append({"file": f, "path": str(f), "image_id": image_id,
                     "label": str(row["label"]) if row is not None else "",
-                    "boxes": _row_boxes(row) if row is not None else [],
+                    "boxes": row_boxes(row) if row is not None else [],
                     # a file from outside the run's dataset has not been through its preprocessing yet
                     "source": row is None})
     return out
-
-
-def _key(run: Any, entries: list[dict[str, Any]], method: str, split: str, grid: int, target: str,
-         layer: str | None, tta: bool = False) -> dict[str, Any]:
-    files = hashlib.sha256("\n".join(str(e["file"]) for e in entries).encode()).hexdigest()[:16]
-    return {"checkpoint": checkpoint_stamp(run.run_dir, Path(run.checkpoint).stem), "method": method,
-            "split": split, "grid": grid if method == "occlusion" else None, "images": files, "target": target,
-            "layer": None if method == "occlusion" else layer,
-            "threshold": round(run.threshold, 6) if len(run.classes) == 2 else None,
-            **({"tta": True} if tta else {})}  # without --tta the key is as before: older outputs stay current
 
 
 @locks_output("out_dir", name="explain")  # one writer per --out, a killed explain's temps removed
@@ -220,8 +115,6 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
             raise MammoLabError(f"explain: {run_dir} is a two-view (CC + MLO) breast model; explain works on its "
                                 "--split (breasts paired as in training); for chosen files use "
                                 "'mammolab predict RUN CC_FILE MLO_FILE --file-views cc+mlo --heatmap DIR'")
-        from mammolab.explain.breast_runner import explain_breasts
-
         return explain_breasts(run, split=split, method=method, out_dir=Path(out_dir), grid=grid,
                                batch_size=batch_size, tolerance=tolerance, force=force, target=target, layer=layer,
                                limit=limit, tta=tta)
@@ -229,7 +122,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
     if not entries:
         raise MammoLabError(f"{run.dataset_dir}: the {split} split has no images to explain")
     out_dir = Path(out_dir)
-    key = _key(run, entries, method, "files" if images else split, grid, target, layer, tta)
+    key = output_key(run, entries, method, "files" if images else split, grid, target, layer, tta)
     summary_path = out_dir / "localisation.json"
     old = None if force else read_json(summary_path)
     if isinstance(old, dict) and old.get("key") == key:
@@ -260,7 +153,7 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         p_pos = positive_probability(probs[:, 1] if probs.shape[1] == 2 else probs, run.classes)
         for e, arr, heat, pr, pp, t in zip(good, arrays, heats, probs, p_pos, explained, strict=True):
             boxes = e["boxes"]
-            name = _safe_name(e["image_id"])
+            name = safe_name(e["image_id"])
             while name in used:
                 name += "_"
             used.add(name)
