@@ -52,8 +52,6 @@ KNOWN_TANGLES: tuple[frozenset[str], ...] = (
 
 #: Private names imported from another unit today, as ``(module, name)``; same ratchet as above.
 KNOWN_PRIVATE: frozenset[tuple[str, str]] = frozenset({
-    # removed by the inference core (#24): export's lock check switches to io.atomic's public name
-    ("mammolab.io.atomic", "_pid_alive"),
 })
 
 

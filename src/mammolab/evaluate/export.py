@@ -244,15 +244,19 @@ def preprocessing_spec(recipe: Any) -> dict[str, Any]:
     steps.append({"op": "scale", "rule": "float32(v) / float32(255) for uint8, float32(v) / float32(65535) for uint16 "
                                          "(the dtype the image has after the steps above)"})
     steps.append({"op": "normalise", "mean": t.mean, "std": t.std, "rule": "(x - mean) / std in float32"})
+    tensor: dict[str, Any] = {"shape": ["N", 1, height, width], "dtype": "float32", "layout": "NCHW, C-contiguous",
+                              "channels": "1 (grey; not replicated: a model with an RGB stem takes the grey image "
+                                          "as exported)"}
+    if recipe.views:
+        tensor["two_view"] = ("each view's image is made by these steps, then stacked as x [N, 2, 1, H, W] (CC, MLO) "
+                              "with present [N, 2] float32; a missing view's slot holds the present view's image")
     return {
         "reference_implementation": REFERENCE,
         "read": dict(_READ),
         "steps": steps,
         "already_preprocessed": ("an image of the run's own training dataset went through the steps up to "
                                  "model_resize already: only model_resize, scale and normalise apply to it"),
-        "input_tensor": {"shape": ["N", 1, height, width], "dtype": "float32", "layout": "NCHW, C-contiguous",
-                         "channels": "1 (grey; not replicated: a model with an RGB stem takes the grey image "
-                                     "as exported)"},
+        "input_tensor": tensor,
     }
 
 
@@ -269,8 +273,8 @@ def _preprocessing_lines(spec: dict[str, Any]) -> list[str]:
         lines.append(f"{i}. `{st['op']}`{what}{when}: {st['rule']}")
     tensor = spec["input_tensor"]
     lines += ["", f"Model input: {tensor['shape']} {tensor['dtype']}, {tensor['layout']}; channels: "
-              f"{tensor['channels']}. {spec['already_preprocessed'][0].upper()}{spec['already_preprocessed'][1:]}.",
-              ""]
+              f"{tensor['channels']}" + (f"; two-view: {tensor['two_view']}" if tensor.get("two_view") else "")
+              + f". {spec['already_preprocessed'][0].upper()}{spec['already_preprocessed'][1:]}.", ""]
     return lines
 
 
@@ -440,14 +444,14 @@ def _remove_stale_exports(out: Path) -> None:
     """Temp folders ``.<name>.<pid>.<n>.mammolab-tmp`` beside ``out`` whose export process is gone."""
     import re
 
-    from mammolab.io.atomic import _pid_alive
+    from mammolab.io.atomic import pid_alive
 
     pattern = re.compile(r"^\." + re.escape(out.name) + r"\.(\d+)\.\d+" + re.escape(TEMP_SUFFIX) + "$")
     if not out.parent.is_dir():
         return
     for p in out.parent.iterdir():
         m = pattern.match(p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and p.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
 
 

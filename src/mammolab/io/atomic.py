@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "ensure_writable_dir",
+    "pid_alive",
     "read_json",
     "remove_stale_temps",
     "temp_files",
@@ -171,7 +172,8 @@ def ensure_writable_dir(folder: str | Path, option: str = "--out") -> Path:
     return folder
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running: a temp file or folder named after a live process is not stale."""
     if pid == os.getpid():
         return True
     try:
@@ -207,7 +209,7 @@ def remove_stale_temps(root: str | Path) -> int:
     for path in temp_files(root):
         m = _TEMP_RE.match(path.name)
         try:
-            stale = m is None or not _pid_alive(int(m.group("pid"))) or now - path.stat().st_mtime > _STALE_SECONDS
+            stale = m is None or not pid_alive(int(m.group("pid"))) or now - path.stat().st_mtime > _STALE_SECONDS
             if stale:
                 path.unlink()
                 removed += 1
