@@ -253,16 +253,31 @@ def sample_thumbnail(sample: Sample) -> tuple[np.ndarray, int]:
 
 
 def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: float = 0.95,
-                edge_fraction: float = 0.25, flat_std: float = 0.01, max_edge_slope: float = 0.2,
-                thumb: tuple[np.ndarray, int] | None = None) -> tuple[int, int, int, int]:
+                edge_fraction: float = 0.5, flat_std: float = 0.01, max_edge_slope: float = 0.2,
+                max_edge_residual: float = 1.5, thumb: tuple[np.ndarray, int] | None = None,
+                ) -> tuple[int, int, int, int]:
     """Find the film edge and scanner border; return the crop window ``(x0, y0, x1, y1)`` in image pixels.
 
     From each side inwards (at most ``max_fraction`` of the image), a line (row or column of the
     thumbnail) is border when it is *flat* (standard deviation below ``flat_std`` of full scale: a
-    scanner border or an empty margin) or part of a *film edge*: a run that starts with a line whose
-    share of near-saturated pixels (at least ``bright_level`` of the image maximum) is at least
-    ``edge_fraction`` and goes on while any line still has 2% of such pixels (edges are often slanted).
-    One more line is taken after a film edge, for the partly bright pixels at its boundary.
+    scanner border or an empty margin) or part of a *film edge*. A film edge is judged by its own
+    brightness, not by the image's maximum (dense tissue or a pectoral muscle can be as bright, and
+    a label brighter): it is a uniform bright band along the side with a straight inner boundary.
+
+    * A line starts one when it is as bright as unexposed film (its 90th percentile at least
+      ``bright_level`` of the film's 99th percentile: a label is too small to set that, a grey first
+      scan line is below it) and uniform at that level: at least ``edge_fraction`` of its on-film
+      length is within ``bright_level`` of it (tissue varies by far more along a line than film).
+    * The band goes on over the lines that still hold 2% of pixels at its level (edges are often
+      slanted or cover only part of the side), and its inner boundary is followed up to half the
+      image. When that boundary is straight (a line fit within ``atan(max_edge_slope)`` of the side,
+      median residual at most ``max_edge_residual`` thumbnail pixels) and the band is narrow (under
+      5% of the positions reach half the image), the band goes with one more line for the pixels
+      partly bright at its boundary.
+    * Otherwise the bright region runs away from the side (a saturated pectoral muscle in the
+      chest-wall corner, a dense breast against the film edge): it is tissue and stays; only the
+      lines at the band's level along 90% of the length (no tissue is that uniform) are cut.
+
     ``thumb`` is ``thumbnail(img)`` when the caller already has it.
     """
     small, k = thumbnail(img) if thumb is None else thumb
@@ -271,51 +286,75 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     hi = float(t.max())
     if hi <= 0:
         return 0, 0, img.shape[1], img.shape[0]
-    bright = t >= bright_level * hi
+    # One 256-bin histogram of the thumbnail, stretched by its maximum as _to_u8 does (OpenCV's
+    # calcHist: a tenth of the cost of stretching the thumbnail and thresholding it).
+    top_value = int(small.max())
+    hist = cv2.calcHist([small], [0], None, [256], [0, top_value + 1]).ravel()
+    otsu = _otsu_of_hist(hist)
+    # Unexposed film is the brightest part of a film: an edge is at least ``bright_level`` of the
+    # film's 99th percentile (a label is too small to set it; a grey first scan line is below it).
+    above = hist[otsu + 1:]
+    p99 = otsu + 1 + int(np.searchsorted(np.cumsum(above), 0.99 * above.sum())) if above.sum() else 255
+    bright_film = bright_level * (p99 + 0.5) / 256.0 * hi
 
-    # The lines along each side that lie on the film (not the flat dark matrix around it).
-    on_film_rows = (t.std(axis=1) >= flat_std) | (t.mean(axis=1) > 0.16)
-    on_film_cols = (t.std(axis=0) >= flat_std) | (t.mean(axis=0) > 0.16)
+    # The positions along each side that lie on the film (not the flat dark matrix around it).
+    col_std, row_std = t.std(axis=0), t.std(axis=1)
+    on_film_rows = (row_std >= flat_std) | (t.mean(axis=1) > 0.16)
+    on_film_cols = (col_std >= flat_std) | (t.mean(axis=0) > 0.16)
 
-    def depth(frac: np.ndarray, std: np.ndarray, lines: np.ndarray, along: np.ndarray) -> int:
+    def depth(lines: np.ndarray, std: np.ndarray, along: np.ndarray) -> int:
         """``lines[i]``: the i-th line from this side (its pixels along the side); ``along``: which of
         those positions are on the film."""
-        limit = int(len(frac) * max_fraction)
-        d, in_edge, flat = 0, False, 0
+        limit = int(len(lines) * max_fraction)
+        pos = along if int(along.sum()) >= 4 else np.ones(lines.shape[1], bool)
+        d = start = 0
+        level: float | None = None
+        full = True  # still on lines at the band's level along (nearly) the whole length
+        full_end = 0
+        head = lines[:limit][:, pos]
+        tops = np.percentile(head, 90, axis=1) if limit else np.zeros(0)  # one call, not one per line
         for i in range(limit):
-            if std[i] < flat_std:
-                d = i + 1
-                in_edge = in_edge or frac[i] >= edge_fraction  # a uniform white border is a film edge too
-                if not in_edge:
-                    flat = d
-                continue
-            if frac[i] >= edge_fraction or (in_edge and frac[i] >= 0.02):
-                in_edge, d = True, i + 1
-                continue
-            break
-        if not in_edge:
+            line = head[i]
+            if level is None:
+                top = float(tops[i])
+                share = float((line >= bright_level * top).mean())
+                if top >= bright_film and share >= edge_fraction:
+                    level, start, d = top, i, i + 1  # the first line of a film edge
+                    full = share >= 0.9
+                    full_end = d if full else i
+                    continue
+                if std[i] < flat_std:
+                    d = i + 1  # scanner border, empty margin
+                    continue
+                break
+            share = float((line >= bright_level * level).mean())
+            if share < 0.02:
+                break
+            d = i + 1
+            full = full and share >= 0.9
+            full_end = d if full else full_end
+        if level is None:
             return d
-        # A film edge is straight: the inner boundary of its bright band runs along the side (tilted at
-        # most by the film's placement). A bright region whose boundary runs away from the side (a
-        # saturated pectoral muscle in the chest-wall corner, a dense breast against the film edge) is
-        # tissue: keep it and cut only the flat border before it. Pieces of a film edge left beside
-        # the breast are chest_wall_slivers' job, which tells them from tissue row by row.
-        band = lines[flat:d]
-        run = np.where(band.all(axis=0), band.shape[0], np.argmin(band, axis=0))
-        # Where the band ends inside the cut (not where it runs past it): its inner boundary.
-        pos = np.nonzero((run > 0) & (run < band.shape[0]) & along)[0]
-        if len(pos) >= 4 and run[pos].max() > 2:
-            slope = np.polyfit(pos.astype(np.float64), run[pos].astype(np.float64), 1)[0]
-            if abs(slope) > max_edge_slope:
-                return flat
-        return min(limit, d + 1)
+        if d == full_end:  # a uniform band along the whole side, nothing partly at its level after it
+            return min(limit, d + 1)
+        # The inner boundary of what lies at the band's level beyond its full-length lines, followed
+        # past the cut limit (up to half the image) so that a pectoral muscle shows its whole
+        # slanted outline, not just where it ends within the limit.
+        band = lines[start:max(d, len(lines) // 2)][:, pos] >= bright_level * level
+        run = np.where(band.all(axis=0), band.shape[0], np.argmin(band, axis=0)).astype(np.float64)
+        inner = np.nonzero((run > full_end - start) & (run < band.shape[0]))[0]
+        if len(inner) >= 4 and (run >= band.shape[0]).mean() < 0.05:  # an edge is narrow, tissue is not
+            x = inner.astype(np.float64)
+            fit = np.polyfit(x, run[inner], 1)
+            residual = float(np.median(np.abs(run[inner] - np.polyval(fit, x))))
+            if abs(fit[0]) <= max_edge_slope and residual <= max_edge_residual:
+                return min(limit, d + 1)
+        return full_end
 
-    col_frac, col_std = bright.mean(axis=0), t.std(axis=0)
-    row_frac, row_std = bright.mean(axis=1), t.std(axis=1)
-    left = depth(col_frac, col_std, bright.T, on_film_rows)
-    right = depth(col_frac[::-1], col_std[::-1], bright.T[::-1], on_film_rows)
-    top = depth(row_frac, row_std, bright, on_film_cols)
-    bottom = depth(row_frac[::-1], row_std[::-1], bright[::-1], on_film_cols)
+    left = depth(t.T, col_std, on_film_rows)
+    right = depth(t.T[::-1], col_std[::-1], on_film_rows)
+    top = depth(t, row_std, on_film_cols)
+    bottom = depth(t[::-1], row_std[::-1], on_film_cols)
     h, w = img.shape
     x0, y0 = left * k, top * k
     # The thumbnail drops the last (size mod k) pixels; a border found there covers them too.
@@ -324,6 +363,22 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     if x1 - x0 < w // 2 or y1 - y0 < h // 2:  # never crop most of the image away on a bad guess
         return 0, 0, w, h
     return x0, y0, x1, y1
+
+
+def _otsu_of_hist(hist: np.ndarray) -> int:
+    """Otsu's threshold (the bin index) of a 256-bin histogram: the split with the largest
+    between-class variance, as ``cv2.THRESH_OTSU`` computes it on an image."""
+    total = float(hist.sum())
+    if total <= 0:
+        return 0
+    bins = np.arange(len(hist), dtype=np.float64)
+    w0 = np.cumsum(hist) / total
+    m0 = np.cumsum(hist * bins) / total
+    mean = m0[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean * w0 - m0) ** 2 / (w0 * (1.0 - w0))
+    between[~np.isfinite(between)] = 0.0
+    return int(np.argmax(between))
 
 
 def breast_mask(img: np.ndarray, *, kernel: float = 0.02, grow: float = 0.3, fill_holes: bool = True,
@@ -872,8 +927,10 @@ class CropBorder(Op):
     mode: Literal["auto", "fixed"] = "auto"
     margin: float = Field(0.05, ge=0.0, lt=0.5, description="fixed mode: share cut from each side")
     max_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="auto mode: most cut from one side")
-    bright_level: float = Field(0.95, gt=0.0, le=1.0, description="auto: 'saturated', as a share of the max")
-    edge_fraction: float = Field(0.25, gt=0.0, le=1.0, description="auto: share of saturated pixels of a film edge")
+    bright_level: float = Field(0.95, gt=0.0, le=1.0,
+                                description="auto: a film-edge pixel, as a share of the edge's own level")
+    edge_fraction: float = Field(0.5, gt=0.0, le=1.0,
+                                 description="auto: share of the film's length a film edge runs along")
 
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample.image.shape
