@@ -265,9 +265,10 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     a label brighter): it is a uniform bright band along the side with a straight inner boundary.
 
     * A line starts one when it is as bright as unexposed film (its 90th percentile at least
-      ``bright_level`` of the film's 99th percentile: a label is too small to set that, a grey first
-      scan line is below it) and uniform at that level: at least ``edge_fraction`` of its on-film
-      length is within ``bright_level`` of it (tissue varies by far more along a line than film).
+      ``bright_level`` of the 95th percentile of the film above Otsu's level: labels are too small to
+      set that, a grey first scan line is below it) and uniform at that level: at least
+      ``edge_fraction`` of its on-film length is within ``bright_level`` of it (tissue varies by far
+      more along a line than film).
     * The band goes on over the lines that still hold 2% of pixels at its level (edges are often
       slanted or cover only part of the side), and its inner boundary is followed up to half the
       image. When that boundary is straight (a line fit within ``atan(max_edge_slope)`` of the side,
@@ -292,10 +293,11 @@ def find_border(img: np.ndarray, *, max_fraction: float = 0.1, bright_level: flo
     hist = cv2.calcHist([small], [0], None, [256], [0, top_value + 1]).ravel()
     otsu = _otsu_of_hist(hist)
     # Unexposed film is the brightest part of a film: an edge is at least ``bright_level`` of the
-    # film's 99th percentile (a label is too small to set it; a grey first scan line is below it).
+    # 95th percentile of the film above Otsu (labels are too small to set it; a grey first scan line
+    # is below it).
     above = hist[otsu + 1:]
-    p99 = otsu + 1 + int(np.searchsorted(np.cumsum(above), 0.99 * above.sum())) if above.sum() else 255
-    bright_film = bright_level * (p99 + 0.5) / 256.0 * hi
+    p95 = otsu + 1 + int(np.searchsorted(np.cumsum(above), 0.95 * above.sum())) if above.sum() else 255
+    bright_film = bright_level * (p95 + 0.5) / 256.0 * hi
 
     # The positions along each side that lie on the film (not the flat dark matrix around it).
     col_std, row_std = t.std(axis=0), t.std(axis=1)
