@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # The light runtime for exported models (no torch): dist/mammolab_runtime-*.whl (docs/guide/export.md).
 runtime-wheel: $(STAMP)
-	$(BIN)/python packaging/build_runtime.py --out dist
+	$(BIN)/python scripts/build_runtime.py --out dist
 
 # The documentation site (mkdocs.yml): strict, so a warning or a broken link fails; into site/.
 DOCS_STAMP := $(VENV)/.docs.stamp

@@ -94,7 +94,7 @@ def measure(requirements: list[str]) -> tuple[int, dict[str, int], list[str]]:
 
 def venv_size() -> int:
     """Build the runtime wheel, install it with its dependencies into a fresh venv (PyPI), sum site-packages."""
-    sys.path.insert(0, str(REPO / "packaging"))
+    sys.path.insert(0, str(REPO / "scripts"))
     from build_runtime import build
 
     with tempfile.TemporaryDirectory(prefix="mammolab-runtime-size-") as tmp:

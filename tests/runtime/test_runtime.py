@@ -452,7 +452,7 @@ def test_runtime_wheel_in_a_fresh_venv_predicts_like_the_full_install(exported: 
     """``mammolab-runtime`` built from this tree, installed with its dependencies into a new virtual
     environment: no torch there at all, and ``mammolab predict`` gives the full install's probabilities."""
     wheel_dir = tmp_path / "dist"
-    subprocess.run([sys.executable, str(REPO / "packaging" / "build_runtime.py"), "--out", str(wheel_dir)],
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_runtime.py"), "--out", str(wheel_dir)],
                    check=True, timeout=600)
     wheel = next(wheel_dir.glob("mammolab_runtime-*.whl"))
     venv = tmp_path / "venv"
@@ -485,7 +485,7 @@ def test_runtime_requirements_leave_the_training_stack_out(load_benchmark: Any) 
     full_dists, _ = bench.closure(full)
     assert "torch" in full_dists and set(dists) - {"onnxruntime"} <= set(full_dists)
     assert bench.measure(runtime)[0] < bench.measure(full)[0] / 2
-    spec = importlib.util.spec_from_file_location("build_runtime", REPO / "packaging" / "build_runtime.py")
+    spec = importlib.util.spec_from_file_location("build_runtime", REPO / "scripts" / "build_runtime.py")
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)

@@ -2,7 +2,7 @@
 with the dependencies of ``pyproject.toml``'s ``runtime`` extra only (no torch or the rest of the training
 stack), so an exported model folder predicts and serves from a small install::
 
-    python packaging/build_runtime.py                 # -> dist/mammolab_runtime-<version>-py3-none-any.whl
+    python scripts/build_runtime.py                 # -> dist/mammolab_runtime-<version>-py3-none-any.whl
     pip install dist/mammolab_runtime-*.whl           # in the environment that runs exported models
     mammolab predict EXPORT_DIR FILE; mammolab serve EXPORT_DIR
 
@@ -70,7 +70,7 @@ README = """# mammolab-runtime
 
 MammoLab's light runtime: `mammolab predict EXPORT_DIR FILE` and `mammolab serve EXPORT_DIR` for folders
 made by `mammolab export --format onnx`, without torch. Built from the MammoLab source tree by
-`packaging/build_runtime.py`; see docs/guide/export.md ("Light runtime"). Research software, not a medical
+`scripts/build_runtime.py`; see docs/guide/export.md ("Light runtime"). Research software, not a medical
 device.
 """
 
