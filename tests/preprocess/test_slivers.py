@@ -21,6 +21,7 @@ from mammolab.preprocess.ops import (
     crop_border,
     find_border,
     remove_annotations,
+    segmentation_check,
     segmentation_residue,
     thumbnail,
 )
@@ -89,9 +90,14 @@ def test_the_old_segmentation_kept_such_slivers() -> None:
     finally:
         ops.chest_wall_slivers = keep
     assert (out[sliver] > 0).mean() > 0.5
-    # ... and the report flags what is left.
+    # ... and the report flags what is left: the estimate on the output, and the per-image check that
+    # preprocessing lists in quality_report.md and shows in suspects.png.
     res = segmentation_residue(out)
     assert res["sliver"] > 0 and res["suspect"] is True
+    check = segmentation_check(thumbnail(src)[0], np.where(out > 0, 255, 0).astype(np.uint8))
+    assert check["sliver"] > 0 and check["suspect"] is True
+    clean = remove_annotations(Sample(src)).image
+    assert segmentation_check(thumbnail(src)[0], np.where(clean > 0, 255, 0).astype(np.uint8))["sliver"] == 0
 
 
 def test_a_band_of_tissue_below_the_breast_is_kept() -> None:

@@ -836,7 +836,11 @@ def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: floa
     ``tissue_removed``: the share of the largest plain-Otsu region (the breast as a first guess, with
     whatever touches it) that the mask leaves out. A label cut off the breast costs about 1%; more than
     ``max_removed`` means tissue may have gone too, so the image is a ``suspect`` either way.
+    The chest-wall sliver look runs on the full thumbnail (a sliver is a few thumbnail pixels wide:
+    halved, the short ones vanish); the rest on a half-size copy.
     """
+    sliver = chest_wall_slivers(mask, _to_u8(thumb), min_sharp=0.3) if min(thumb.shape) >= 8 else None
+    sliver_share = round(cv2.countNonZero(sliver) / float(sliver.size), 5) if sliver is not None else None
     if max(thumb.shape) > THUMB_SIDE // 2 and min(thumb.shape) >= 2:  # half is plenty for a report, 4x cheaper
         size = (thumb.shape[1] // 2, thumb.shape[0] // 2)
         thumb = cv2.resize(thumb[: size[1] * 2, : size[0] * 2], size, interpolation=cv2.INTER_AREA)
@@ -852,7 +856,10 @@ def segmentation_check(thumb: np.ndarray, mask: np.ndarray, *, max_removed: floa
         tissue = labels == i
         removed = float((tissue & (mask == 0)).sum()) / float(stats[i, cv2.CC_STAT_AREA])
     out["tissue_removed"] = round(removed, 4)
-    out["suspect"] = bool(out["suspect"] or removed > max_removed)
+    if sliver_share is not None:
+        out["sliver"] = sliver_share
+    out["suspect"] = bool(out["islands"] > 0 or out["label_like"] > 0 or out["edge"] or out["sliver"] > 0
+                          or removed > max_removed)
     return out
 
 
