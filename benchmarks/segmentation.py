@@ -2,22 +2,25 @@
 
 Runs today's ops and a baseline revision's ops (``git show REV:src/mammolab/preprocess/ops.py``) on
 the mini-MIAS dev films in ``../shared/data/mias-dev`` (162 films, 1024x1024, with ``Info.txt``), and
-prints for each:
+prints for each, over all films and per hold-out half (patient = (n+1) div 2; half A: patients
+1, 5, 9 ...; half B: 3, 7, 11 ...; the rules were designed looking at half A and checked on half B):
 
-* residue: the share of films where something besides the breast is left, as estimated by
-  :func:`mammolab.preprocess.ops.segmentation_residue` (label-like patches: bright, flat, with a
-  sharp edge; pieces not connected to the breast) on the result;
-* lesions kept: the share of lesions with coordinates whose central half (centre +- radius/2; the
-  y origin of ``Info.txt`` is at the bottom) is at least 95% non-black after the two steps.
+* nothing but the breast: the share of films where nothing besides the breast is left, as estimated
+  by :func:`mammolab.preprocess.ops.segmentation_residue` on the result (label-like patches; pieces
+  not connected to the breast; a straight edge along a side; a film-edge sliver at the chest wall,
+  judged on the input's pixels, the report's looser check); ``chest-wall sliver left`` counts the
+  last kind alone;
+* lesions kept whole: of the lesions whose centre lies on the breast (the input there is tissue:
+  at least half the film's Otsu level; the y origin of ``Info.txt`` is at the bottom), those whose
+  whole box (centre +- radius) keeps every tissue pixel after the two steps;
+* tissue cut by the border crop: films where the crop window leaves out more than 0.1% of the breast
+  as segmented without the crop (the chest wall, the pectoral region, the top edge);
+* speed: films per second on one core (one process, OpenCV on one thread) for the two steps alone,
+  and the ratio to the baseline measured in the same run (the goal: at least 8 films/s/core).
 
-Each figure is also printed per half of the films (patient = (n+1) div 2; half A: patients
-1, 5, 9 ...; half B: 3, 7, 11 ...): the chest-wall sliver rule was designed looking at half A and
-checked on half B. ``slivers`` counts films whose result still carries a film-edge sliver at the chest
-wall (:func:`mammolab.preprocess.ops.chest_wall_slivers`, the report's looser check).
-
-``--sheets DIR`` writes before | after contact sheets (lesion circles red, kept outline green) to look
-at: the automatic residue figure is an estimate, the visual count is the measure. Exits 0 with a
-note when ``../shared`` is absent (a user's clone). Run: ``python benchmarks/segmentation.py``.
+``--sheets DIR`` writes before | after contact sheets (lesion circles red, kept outline green, flagged
+films' names red) to look at: the automatic figure is an estimate, the visual count is the measure.
+Exits 0 with a note when ``../shared`` is absent (a user's clone). Run: ``python benchmarks/segmentation.py``.
 """
 
 from __future__ import annotations
