@@ -139,8 +139,8 @@ def explain_run(run_dir: str | Path, images: Sequence[str | Path] | None = None,
         for e in batch:
             try:
                 arr = read_image(e["file"])
-                if e.get("source"):  # outside files take the run's recipe, as predict does
-                    arr = run.prepare(arr).image  # the preprocessed image; the transform follows
+                if e.get("source"):  # a file from outside the manifest enters where predict enters it
+                    arr = run.prepare(arr, start=run.start_for(e["file"])).image  # the transform follows
                 arrays.append(arr)
                 good.append(e)
             except MammoLabError as exc:
