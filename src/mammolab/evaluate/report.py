@@ -13,7 +13,6 @@ and, when a tuning study wrote them, ``tune/*.png``.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -32,6 +31,7 @@ from mammolab.evaluate import plots
 from mammolab.evaluate import report_sections as sections
 from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
+from mammolab.evaluate.report_sections import figure_html as _img
 from mammolab.infer.runfiles import LOCALISATION_PREFIX
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
 from mammolab.io.csvsafe import to_csv_text
@@ -327,13 +327,6 @@ def _markdown(table: pd.DataFrame, split: str, with_roc: bool, resamples: str) -
 # --------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------
-def _img(png: bytes, alt: str, caption: str = "", width: int | None = None) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    style = f' style="width:{width}px"' if width else ""
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
-
-
 def _cell(text: str, value: Any = None, cls: str = "") -> str:
     dv = "" if _num(value) is None else f' data-v="{_num(value)}"'
     c = f' class="{cls}"' if cls else ""

@@ -10,6 +10,7 @@ fragment come from plain functions (``settings_table``, ``data_summary``, ``oper
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -81,12 +82,18 @@ def _with_ci(v: Any, lo: Any, hi: Any) -> str:
     return f'{_f3(v)}<br><span class="ci">[{_f3(lo)}, {_f3(hi)}]</span>'
 
 
-def _img(png: bytes, alt: str, caption: str = "", width: int | None = None, caption_html: bool = False) -> str:
-    from mammolab.evaluate.report import _img as img
+def figure_html(png: bytes, alt: str, caption: str = "", width: int | None = None) -> str:
+    """A PNG as an inline ``<figure>`` (base64), its caption escaped: the report is one self-contained file."""
+    data = base64.b64encode(png).decode("ascii")
+    style = f' style="width:{width}px"' if width else ""
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"{style}>{cap}</figure>'
 
+
+def _img(png: bytes, alt: str, caption: str = "", width: int | None = None, caption_html: bool = False) -> str:
     if not caption_html:
-        return img(png, alt, caption, width)
-    fig = img(png, alt, "", width)
+        return figure_html(png, alt, caption, width)
+    fig = figure_html(png, alt, "", width)
     return fig.replace("</figure>", f"<figcaption>{caption}</figcaption></figure>")
 
 
