@@ -284,6 +284,8 @@ def test_residue_and_removed_tissue_are_rare_on_the_dev_films(mias_results: list
     residue = [name for name, _, out, _ in mias_results
                if (lambda r: r["islands"] > 0 or r["label_like"] > 0 or r["edge"])(segmentation_residue(out))]
     cut = [name for name, _, _, seg in mias_results if seg["tissue_removed"] > 0.05]
-    # Measured: 3 of 162 flagged by the estimate (by eye: 2 with a mark left); 2 tape cuts over the pectoral.
-    assert len(residue) <= 0.03 * n, residue
+    # Measured: 0 of 162 flagged by the estimate (3 before tissue against the matrix stopped counting as
+    # a label's dark ring; by eye the dark "5 0" plate on mdb274's skin line is left and not seen by
+    # it); 2 tape cuts over the pectoral.
+    assert len(residue) <= 0.02 * n, residue
     assert len(cut) <= 0.03 * n, cut
