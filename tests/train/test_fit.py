@@ -86,7 +86,7 @@ def test_inference_matches_validation_preprocessing(finished: Path, small_lesion
     tta = predict_split(run, "val", tta=True)
     assert len(tta) == len(predict_split(run, "val")) and tta["prob"].between(0, 1).all()
     last = load_run(finished, checkpoint="last")
-    assert last.checkpoint.name == "last.ckpt"
+    assert last.checkpoint == "last.ckpt"
 
 
 class Crash(Callback):
