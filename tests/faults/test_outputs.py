@@ -196,7 +196,7 @@ def test_resume_with_a_damaged_last_checkpoint(trained, tmp_path: Path, damage: 
                 return (os.system, (f"touch {marker}",))
 
         last.write_bytes(pickle.dumps({"state_dict": Payload()}))
-    # best.ckpt truncated too: with a readable one, --resume falls back to it (tests/faults/test_storage.py)
+    # best.ckpt truncated too: with a readable one, --resume falls back to it (tests/faults/test_cluster_storage.py)
     best = run / "checkpoints" / "best.ckpt"
     best.write_bytes(best.read_bytes()[:1000])
     # Mark the copy unfinished (as if killed), so --resume has to read last.ckpt.
