@@ -274,7 +274,7 @@ def test_serve_scores_a_film_as_predict_does(rect_run: dict[str, Path], synth_le
 
     _, preds = load_evaluation(rect_run["run"], "val")
     film = _source_dicom(synth_legacy, str(preds["image_id"].iloc[0]))
-    with TestClient(create_app(Predictor.load(rect_run["run"]))) as client:
+    with TestClient(create_app(Predictor.load(rect_run["run"])), base_url="http://127.0.0.1") as client:
         res = client.post("/api/predict?heatmap=1", files={"file": ("film.dcm", film.read_bytes())})
     assert res.status_code == 200, res.text
     body = res.json()
