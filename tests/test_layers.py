@@ -45,10 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: Import cycles that exist today and are being removed; each entry is a set of units (rule a) or of
 #: modules of one subpackage (rule b). A cycle inside an entry is tolerated; an entry that no longer
 #: matches what is found fails too, so it is shrunk or deleted as soon as the code allows.
-KNOWN_TANGLES: tuple[frozenset[str], ...] = (
-    # the comparison report and its sections import each other (report_sections uses report's _img)
-    frozenset({"mammolab.evaluate.report", "mammolab.evaluate.report_sections"}),
-)
+KNOWN_TANGLES: tuple[frozenset[str], ...] = ()
 
 #: Private names imported from another unit today, as ``(module, name)``; same ratchet as above.
 KNOWN_PRIVATE: frozenset[tuple[str, str]] = frozenset({

@@ -8,7 +8,7 @@ from mammolab._callable import lazy_getattr, make_callable
 
 _EXPORTS = {
     "Predictor": "mammolab.infer.predictor:Predictor",
-    "RunSummary": "mammolab.evaluate.report:RunSummary",
+    "RunSummary": "mammolab.evaluate.report_sections:RunSummary",
     "auc_score": "mammolab.evaluate.metrics:auc_score",
     "binary_metrics": "mammolab.evaluate.metrics:binary_metrics",
     "bootstrap_auc_ci": "mammolab.evaluate.metrics:bootstrap_auc_ci",

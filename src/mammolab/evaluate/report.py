@@ -17,7 +17,6 @@ import html
 import json
 import math
 import string
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -31,6 +30,7 @@ from mammolab.evaluate import plots
 from mammolab.evaluate import report_sections as sections
 from mammolab.evaluate.evaluation import eval_dir, load_evaluation
 from mammolab.evaluate.metrics import THRESHOLD_METRICS, delong_test, json_safe, summary_row
+from mammolab.evaluate.report_sections import RunSummary
 from mammolab.evaluate.report_sections import figure_html as _img
 from mammolab.infer.runfiles import LOCALISATION_PREFIX
 from mammolab.io.atomic import atomic_write_bytes, atomic_write_text
@@ -39,20 +39,6 @@ from mammolab.io.lock import locks_output
 
 __all__ = ["RunSummary", "compare_runs", "load_run_summary"]
 
-
-
-@dataclass
-class RunSummary:
-    """Everything the report shows about one run."""
-
-    run_dir: Path
-    label: str
-    info: dict[str, Any]
-    metrics: dict[str, Any]
-    predictions: pd.DataFrame
-    history: pd.DataFrame | None = None
-    localisation: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tune_figures: list[Path] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------

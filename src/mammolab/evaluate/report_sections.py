@@ -1,7 +1,8 @@
 """The comparison report's sections beyond the runs table: settings, data, operating points,
 calibration, heatmap galleries, warnings and external validation.
 
-Each ``*_html`` function takes the runs' :class:`~mammolab.evaluate.report.RunSummary` objects and
+Each ``*_html`` function takes the runs' :class:`RunSummary` objects (defined here, loaded by
+:mod:`mammolab.evaluate.report`) and
 returns an HTML fragment (empty when there is nothing to show) headed by an ``<h2>`` with a fixed
 ``id``, so a reader (or a test) can link to ``report.html#operating-points``. The numbers behind a
 fragment come from plain functions (``settings_table``, ``data_summary``, ``operating_points``,
@@ -15,8 +16,9 @@ import html
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +28,20 @@ from mammolab.evaluate.evaluation import EVAL_DIRNAME, METRICS_NAME, VAL_PREDICT
 from mammolab.evaluate.metrics import fixed_rate_operating_points
 from mammolab.io.csvsafe import read_csv as read_safe_csv
 
-if TYPE_CHECKING:
-    from mammolab.evaluate.report import RunSummary
+
+@dataclass
+class RunSummary:
+    """Everything the report shows about one run."""
+
+    run_dir: Path
+    label: str
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    history: pd.DataFrame | None = None
+    localisation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_figures: list[Path] = field(default_factory=list)
+
 
 __all__ = [
     "GALLERY_KINDS",
