@@ -26,9 +26,10 @@ MODEL="${2:?usage: sbatch slurm_train.sh DATASET MODEL RUN}"
 RUN="${3:?usage: sbatch slurm_train.sh DATASET MODEL RUN}"
 GPUS="${SLURM_NTASKS_PER_NODE:-4}"
 
-# The image cache (decoded, resized images) is built once by rank 0; keep it on fast local or
-# shared storage that every task can read.
-export MAMMOLAB_CACHE="${MAMMOLAB_CACHE:-$HOME/.cache/mammolab}"
+# The image cache (decoded, resized images) is built once by rank 0 in DATASET/.mammolab-cache
+# (else the run folder), which every task can read. Set MAMMOLAB_CACHE to put it on faster shared
+# storage; a node-local folder works only for single-node jobs. Home folders are avoided on purpose
+# (small quotas on most clusters).
 # Pretrained weights: compute nodes are often offline. Download once on a login node
 # (huggingface-cli download timm/resnet18.a1_in1k model.safetensors) and pass --weights PATH,
 # or pre-fill the Hugging Face cache and keep HF_HUB_OFFLINE=1.
