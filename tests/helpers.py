@@ -63,3 +63,19 @@ def png_bomb(width: int = 25000, height: int = 25000, pad_to: int = 1_000_000) -
     pad = max(0, pad_to - len(stream) - 100)
     return (b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"tEXt", b"Comment\0" + b"x" * pad) + chunk(b"IDAT", stream)
             + chunk(b"IEND", b""))
+
+
+def post_file(url: str, filename: str, data: bytes, timeout: float = 60) -> dict:
+    """POST ``data`` as the multipart ``file`` part named ``filename`` over real HTTP; the JSON answer
+    (an HTTP error raises ``urllib.error.HTTPError``)."""
+    import json
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())

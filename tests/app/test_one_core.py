@@ -5,8 +5,6 @@ recipe's), and ``predict --heatmap`` explains the class it prints."""
 from __future__ import annotations
 
 import json
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,7 @@ from typer.testing import CliRunner
 import mammolab as ml
 from mammolab.recipe import load_recipe
 
-
-def _post(url: str, filename: str, data: bytes) -> dict[str, Any]:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+from helpers import post_file
 
 
 def test_every_entry_point_gives_the_same_probability_and_class(trained_run: Path, tmp_path: Path,
@@ -51,7 +41,7 @@ def test_every_entry_point_gives_the_same_probability_and_class(trained_run: Pat
     cli_res = json.loads(cli.stdout[cli.stdout.index("["):])
     srv = make_server(trained_run, port=0).start()
     try:
-        served = {str(f): _post(srv.url + "/api/predict", f.name, f.read_bytes()) for f in files}
+        served = {str(f): post_file(srv.url + "/api/predict", f.name, f.read_bytes()) for f in files}
     finally:
         srv.stop()
     summary = ml.explain(trained_run, files, method="occlusion", out=tmp_path / "ex", target="predicted",

@@ -8,14 +8,14 @@ the checks look at what reaches the model: serve's predictor call, explain's for
 from __future__ import annotations
 
 import json
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from helpers import post_file
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,6 @@ def predictor(trained_run: Path) -> Any:
 
 def _png(trained_run: Path) -> Path:
     return sorted((trained_run.parents[1] / "dataset-pp" / "test").rglob("*.png"))[0]
-
-
-def _post(url: str, filename: str, data: bytes) -> dict[str, Any]:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
 
 
 class _Recording:
@@ -62,7 +52,7 @@ def test_serve_tta_reaches_the_predictor(trained_run: Path, predictor: Any, tta:
     recording = _Recording(predictor)
     srv = make_server(trained_run, port=0, predictor=recording, tta=tta).start()
     try:
-        res = _post(srv.url + "/api/predict", png.name, png.read_bytes())
+        res = post_file(srv.url + "/api/predict", png.name, png.read_bytes())
     finally:
         srv.stop()
     assert [c.get("tta") for c in recording.calls] == [tta]

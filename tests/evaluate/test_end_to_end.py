@@ -180,19 +180,19 @@ def test_cli_commands(runs, tmp_path: Path) -> None:
 
 def test_predict_heatmap_explains_the_printed_class(runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``predict --heatmap`` explains the class it prints, decided at the run's threshold, not at 0.5."""
-    import mammolab.explain.cam as cam
+    import mammolab.explain.common as common
 
     ds, run, _ = runs
     png = ds / pd.read_csv(ds / "manifest.csv")["path"].iloc[0]
     prob = predict_files(run, [png])[0]["prob"]
     explained: list[int] = []
-    real = cam.compute_heatmaps
+    real = common.compute_heatmaps  # where single-view heatmaps are computed (explain/common.py)
 
     def spy(model, x, method, targets, **kw):  # noqa: ANN001, ANN003, ANN202
         explained.extend(targets)
         return real(model, x, method, targets, **kw)
 
-    monkeypatch.setattr(cam, "compute_heatmaps", spy)
+    monkeypatch.setattr(common, "compute_heatmaps", spy)
     # A threshold on the other side of the probability from 0.5, so the two decisions differ.
     threshold = min(1.0, prob + 0.01) if prob >= 0.5 else max(0.0, prob - 0.01)
     (res,) = predict_files(run, [png], heatmap_dir=tmp_path / "heat", threshold=threshold)

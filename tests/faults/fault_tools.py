@@ -203,3 +203,22 @@ def huge_png(width: int = 40000, height: int = 40000) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def cli_in_process(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
+    """``mammolab ARGS`` through the console entry point in this process: exit code, stdout and the
+    non-empty stderr lines. A traceback on stderr fails the test (a user error is one line)."""
+    from mammolab.cli import main
+
+    old = sys.argv
+    sys.argv = ["mammolab", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, [ln for ln in err.splitlines() if ln.strip()]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fault_tools import TRAIN_ARGS, base_env, count_renames, run_cli
+from fault_tools import TRAIN_ARGS, base_env, cli_in_process, count_renames, run_cli
 
 from mammolab.errors import OutputError
 from mammolab.io.atomic import TEMP_SUFFIX, atomic_write_bytes, temp_files
@@ -136,21 +136,9 @@ def _resize(folder: Path, size: int) -> None:
 
 
 def _cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """``mammolab ARGS`` in this process through the console entry point (exit code and the stderr lines)."""
-    from mammolab.cli import main
-
-    old = sys.argv
-    sys.argv = ["mammolab", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, [ln for ln in err.splitlines() if ln.strip()]
+    """``mammolab ARGS`` in this process: exit code and the stderr lines."""
+    code, _, lines = cli_in_process(args, capsys)
+    return code, lines
 
 
 def _errors(lines: list[str]) -> list[str]:

@@ -14,31 +14,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-
-def _cli(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
-    """``mammolab ARGS`` through the console entry point in this process: exit code, stdout, stderr lines."""
-    from mammolab.cli import main
-
-    old = sys.argv
-    sys.argv = ["mammolab", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, [ln for ln in err.splitlines() if ln.strip()]
+from fault_tools import cli_in_process
 
 
 def _damaged(src: Path, dest: Path, *, recipe: Callable[[dict], Any] | None = None, recipe_text: str | None = None,
@@ -125,7 +107,7 @@ def test_damaged_run_is_refused_by_predict_and_serve(case: str, trained, image: 
     damage, file, words = CASES[case]
     run = _damaged(trained.run, tmp_path / "run", **damage)
     for args in (["predict", run, image, "--json"], ["serve", run, "--port", "0"]):
-        code, out, lines = _cli(args, capsys)
+        code, out, lines = cli_in_process(args, capsys)
         assert code == 2, (args[0], lines)
         assert len(lines) == 1 and lines[0].startswith(f"error: {run / file}"), (args[0], lines)
         assert all(w in lines[0] for w in words), (args[0], lines[0])  # one line: serve never said "serving"
@@ -135,11 +117,11 @@ def test_last_checkpoint_only_when_asked_and_named(trained, image: Path, tmp_pat
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Without best.ckpt, ``--checkpoint last`` is the way on; every answer says which weights scored."""
     run = _damaged(trained.run, tmp_path / "run", drop=("best.ckpt",))
-    code, out, lines = _cli(["predict", run, image, "--json", "--checkpoint", "last"], capsys)
+    code, out, lines = cli_in_process(["predict", run, image, "--json", "--checkpoint", "last"], capsys)
     assert code == 0, lines
     (result,) = json.loads(out[out.index("["):])
     assert result["checkpoint"] == "last.ckpt" and 0.0 <= result["prob"] <= 1.0
-    code, _, lines = _cli(["serve", run, "--port", "0", "--checkpoint", "last"], capsys)
+    code, _, lines = cli_in_process(["serve", run, "--port", "0", "--checkpoint", "last"], capsys)
     assert code == 0 and lines[0].startswith("serving ") and lines[-1] == "stopped", lines
 
 
@@ -148,7 +130,7 @@ def test_tune_set_values_are_typed(lesions, tmp_path: Path, capsys: pytest.Captu
     out = tmp_path / "tune"
     for value, expected in (("epochs=true", "--set epochs=true: expected int for epochs, got a bool"),
                             ("lr=fast", "--set lr=fast: expected float for lr")):
-        code, _, lines = _cli(["tune", lesions, "--model", "mammocnn", "--trials", "1", "--out", out,
+        code, _, lines = cli_in_process(["tune", lesions, "--model", "mammocnn", "--trials", "1", "--out", out,
                                "--set", value], capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
     assert not out.exists()

@@ -29,6 +29,15 @@ def _empty(predictor: Any) -> np.ndarray:
     return np.zeros((0,) if predictor.binary else (0, len(predictor.classes)), dtype=np.float32)
 
 
+
+def _add_probabilities(out: pd.DataFrame, probs: np.ndarray, predictor: Any) -> None:
+    """The probability columns every prediction table has: ``prob`` (P(malignant)) and, for a multi-class
+    run, one ``prob_<class>`` per class."""
+    out["prob"] = positive_probability(probs, predictor.classes).astype(np.float64)
+    if not predictor.binary:
+        for i, c in enumerate(predictor.classes):
+            out[f"prob_{c}"] = probs[:, i].astype(np.float64)
+
 def predict_frame(predictor: Any, dataset: str | Path, frame: pd.DataFrame, *, start: str = "source",
                   tta: bool = False, batch_size: int = 64, workers: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Probabilities for the manifest rows ``frame`` of ``dataset`` through the recipe, and the warnings.
@@ -88,11 +97,8 @@ def predict_split(predictor: Any, split: str = "test", tta: bool = False, batch_
         "split": split,
         "label": frame["label"].astype(str).to_numpy(),
         "target": frame["target"].to_numpy(dtype=np.int64),
-        "prob": positive_probability(probs, predictor.classes).astype(np.float64),
     })
-    if not predictor.binary:
-        for i, c in enumerate(predictor.classes):
-            out[f"prob_{c}"] = probs[:, i].astype(np.float64)
+    _add_probabilities(out, probs, predictor)
     for col in SUBGROUP_COLUMNS:
         if col in frame:
             out[col] = frame[col].to_numpy()
@@ -126,11 +132,8 @@ def predict_breasts(predictor: Any, split: str = "test", tta: bool = False, batc
         "split": split,
         "label": breasts["label"].astype(str).to_numpy(),
         "target": breasts["target"].to_numpy(dtype=np.int64),
-        "prob": positive_probability(probs, predictor.classes).astype(np.float64),
     })
-    if not predictor.binary:
-        for i, c in enumerate(predictor.classes):
-            out[f"prob_{c}"] = probs[:, i].astype(np.float64)
+    _add_probabilities(out, probs, predictor)
     for col in ("views", "cc_path", "mlo_path", "n_images", "abnormality", "density"):
         if col in breasts:
             out[col] = breasts[col].to_numpy()
