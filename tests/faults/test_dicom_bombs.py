@@ -161,20 +161,28 @@ DRIVER = (
 )
 
 
-def _predict(run: Path, file: Path, tmp: Path) -> tuple[subprocess.CompletedProcess, int]:
-    peak = tmp / f"{file.stem}.hwm"
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(peak), "predict", str(run), str(file)],
-                          env=base_env(tmp), capture_output=True, text=True, timeout=300, cwd=str(tmp))
-    return proc, int(peak.read_text())
+def _predict(run: Path, files: list[Path], tmp: Path) -> list[tuple[subprocess.CompletedProcess, int]]:
+    """``mammolab predict RUN FILE`` for each file, in separate processes started together (each one's
+    peak RSS is its own): the exit status and output, and the peak RSS in bytes."""
+    started = []
+    for file in files:
+        peak = tmp / f"{file.stem}.hwm"
+        args = [sys.executable, "-c", DRIVER, str(peak), "predict", str(run), str(file)]
+        started.append((args, peak, subprocess.Popen(args, env=base_env(tmp), stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True, cwd=str(tmp))))
+    results = []
+    for args, peak, proc in started:
+        out, err = proc.communicate(timeout=300)
+        results.append((subprocess.CompletedProcess(args, proc.returncode, out, err), int(peak.read_text())))
+    return results
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 def test_predict_cli_refuses_the_bomb_with_the_memory_of_a_small_file(trained, tmp_path: Path) -> None:
     small, _ = _small(tmp_path)
-    ok, base = _predict(trained.run, small, tmp_path)
-    assert ok.returncode == 0, ok.stderr
     bomb = j2k_bomb(tmp_path)
-    refused, peak = _predict(trained.run, bomb, tmp_path)
+    (ok, base), (refused, peak) = _predict(trained.run, [small, bomb], tmp_path)
+    assert ok.returncode == 0, ok.stderr
     out = refused.stdout + refused.stderr
     assert "j2k_bomb.dcm" in out and f"declares {BIG}x{BIG}" in out, out
     # The same process reading a 64x64 film is the baseline; decoding the bomb would add 338 MB or more.

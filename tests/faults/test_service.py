@@ -125,10 +125,13 @@ def test_a_bug_is_a_json_500_and_its_traceback_is_logged(trained: Any, predictor
             status, res, _ = _call(srv.url + "/api/predict", [("file", "a.png", good_png)])
         assert status == 500 and "internal error" in res["detail"] and "\n" not in res["detail"]
         assert "division" not in res["detail"]  # no internals to the client
+        # logged before the answer went out, so it is in the log by the time the client has its 500
         assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records), caplog.text
         assert _call(srv.url + "/health")[0] == 200
     finally:
         srv.stop()
+    # once, although both the 500 handler and the outer guard see the exception
+    assert sum(1 for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError) == 1
 
 
 def test_malformed_requests_and_validation_errors_are_json_one_line(server: MammoServer, good_png: bytes) -> None:

@@ -52,6 +52,7 @@ from mammolab.app.serve_limits import (
     BodyLimitMiddleware,
     ErrorGuard,
     UploadSlots,
+    log_bug,
     one_line,
     protocol_class,
 )
@@ -248,7 +249,8 @@ def _install_error_handlers(app: Any) -> None:
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def bug(request: Any, exc: Exception) -> JSONResponse:  # logged once, by ErrorGuard
+    async def bug(request: Any, exc: Exception) -> JSONResponse:
+        log_bug(request.scope, exc)  # before the answer: the log has it when the client sees the 500
         return JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
 
 

@@ -28,6 +28,7 @@ the slots and the queue, and ``/health`` or a client that sends at a normal spee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -84,8 +85,9 @@ class ClientTooSlow(Exception):
 class ErrorGuard:
     """Outermost layer: a JSON 500 for any exception that escapes, and a deadline on writing the answer.
 
-    FastAPI's own 500 handler (installed by ``create_app``) answers first and re-raises; here the
-    traceback is logged once and nothing reaches uvicorn, whose fallback is a text/plain 500.
+    FastAPI's own 500 handler (installed by ``create_app``) logs the traceback with :func:`log_bug`
+    *before* it answers, then Starlette re-raises; here an exception nobody logged yet is logged, and
+    nothing reaches uvicorn, whose fallback is a text/plain 500.
     """
 
     def __init__(self, app: Any, send_timeout: float) -> None:
@@ -112,10 +114,20 @@ class ErrorGuard:
             log.warning("serve: %s %s: the client did not read the answer within %g s; connection dropped",
                         scope["method"], scope["path"], self.send_timeout)
             # returning with the answer half-sent: uvicorn closes the connection
-        except Exception:
-            log.exception("serve: %s %s failed", scope["method"], scope["path"])
+        except Exception as exc:
+            log_bug(scope, exc)
             if not started:
                 await send_problem(send, 500, INTERNAL_ERROR)
+
+
+def log_bug(scope: dict[str, Any], exc: BaseException) -> None:
+    """Log a bug's traceback once per exception (the 500 handler and :class:`ErrorGuard` both see it)."""
+    if getattr(exc, "_mammolab_logged", False):
+        return
+    log.error("serve: %s %s failed", scope.get("method"), scope.get("path"),
+              exc_info=(type(exc), exc, exc.__traceback__))
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__: logged twice at worst
+        exc._mammolab_logged = True  # type: ignore[attr-defined]
 
 
 #: The one line a client gets for a bug of ours (the details are in the server's log, not in the answer).
