@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fault_tools import TRAIN_ARGS, Result, huge_png, run_cli, world_tmp
+from fault_tools import TRAIN_ARGS, Result, huge_png, run_in_process, world_tmp
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "train") not in sys.path:
@@ -84,9 +84,9 @@ class TrainedRun:
 def trained(bad_lesions: BadDataset, world: Path) -> TrainedRun:
     work = world_tmp(world)
     run = work / "run"
-    # Under the kill driver with no kill point: it counts the atomic renames, so this run is also the
-    # uninterrupted reference of the train kill-and-resume test.
-    r = run_cli(["train", bad_lesions.root, "--out", run, "--epochs", "2", *TRAIN_ARGS], tmp=work, umask=0o002,
-                kill_at=0)
+    # In this process (an interpreter start less), counting the atomic renames as the kill driver does,
+    # so this run is also the uninterrupted reference of the train kill-and-resume test.
+    r = run_in_process(["train", bad_lesions.root, "--out", run, "--epochs", "2", *TRAIN_ARGS], tmp=work,
+                       umask=0o002, count=True)
     assert r.returncode == 0, r.stderr
     return TrainedRun(run, r, bad_lesions)

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fault_tools import huge_png, run_cli
+from fault_tools import huge_png, run_in_process
 
 import mammolab.io.png as png_mod
 from mammolab.data.manifest import load_manifest
@@ -44,7 +44,7 @@ def test_predict_reports_the_bad_file_and_predicts_the_rest(trained, tmp_path: P
     zero.write_bytes(b"")
     huge.write_bytes(huge_png())
     cv2.imwrite(str(good), (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
-    r = run_cli(["predict", trained.run, zero, huge, good, "--json"], tmp=tmp_path)
+    r = run_in_process(["predict", trained.run, zero, huge, good, "--json"], tmp=tmp_path)
     assert r.returncode == 1, r.stderr  # some files failed; the others were predicted
     assert "Traceback" not in r.stderr
     results = {Path(x["path"]).name: x for x in json.loads(r.stdout)}

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fault_tools import TRAIN_ARGS, base_env, cli_in_process, count_renames, run_cli
+from fault_tools import TRAIN_ARGS, base_env, cli_in_process, count_renames, run_cli, run_in_process
 
 from mammolab.errors import OutputError
 from mammolab.io.atomic import TEMP_SUFFIX, atomic_write_bytes, temp_files
@@ -170,25 +170,6 @@ def _resume_matches_reference(trained, run: Path, capsys: pytest.CaptureFixture[
 # ------------------------------------------------------------- a kill mid-checkpoint on another file system
 
 
-def _cli_captured(args: list) -> tuple[int, list[str]]:
-    """``_cli`` for a fixture (no capsys there): stderr caught by swapping ``sys.stderr``."""
-    import io
-
-    from mammolab.cli import main
-
-    err = io.StringIO()
-    old_err, old_argv = sys.stderr, sys.argv
-    sys.stderr, sys.argv = err, ["mammolab", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.stderr, sys.argv = old_err, old_argv
-    return code, [ln for ln in err.getvalue().splitlines() if ln.strip()]
-
-
 @dataclass
 class KilledRun:
     """A real ``mammolab train`` with --out on a tmpfs: stopped holding its lock while a second writer
@@ -219,7 +200,8 @@ def killed_run(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ki
         _, status = os.waitpid(proc.pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), "the first writer ended before it took the lock"
         holder = json.loads((run / LOCK_NAME).read_text())
-        second = _cli_captured(args)  # the second writer: this process, while the first holds the lock
+        r = run_in_process(args, tmp=tmp)  # the second writer: this process, while the first holds the lock
+        second = (r.returncode, r.error_lines)
         assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # the refused writer wrote nothing
         os.kill(proc.pid, signal.SIGCONT)
         _, stderr = proc.communicate(timeout=300)

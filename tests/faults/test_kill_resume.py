@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from fault_tools import TRAIN_ARGS, count_renames, digest, run_cli
+from fault_tools import TRAIN_ARGS, count_renames, digest, run_cli_side_by_side
 
 from mammolab.data.organize import organize
 from mammolab.io.atomic import temp_files
@@ -39,9 +39,12 @@ def test_organize_killed_at_three_points(download, tmp_path: Path) -> None:
         organize(download.download_dir, csv_dir=download.csv_dir, out=tmp_path / "ref", workers=1)
     total = renames[0]
     expected = digest(tmp_path / "ref")
-    for k in _points(total, (0.1, 0.5, 0.95)):
+    points = _points(total, (0.1, 0.5, 0.95))
+    killed = run_cli_side_by_side([([*args, tmp_path / f"killed-{k}"], {"tmp": tmp_path, "kill_at": k})
+                                   for k in points])
+    for k, r in zip(points, killed, strict=True):
         out = tmp_path / f"killed-{k}"
-        _killed(run_cli([*args, out], tmp=tmp_path, kill_at=k))
+        _killed(r)
         assert temp_files(out), "the kill point is mid-write: a temp file must be there"
         organize(download.download_dir, csv_dir=download.csv_dir, out=out, workers=1)
         assert temp_files(out) == [], k
@@ -63,9 +66,12 @@ def test_preprocess_killed_at_three_points(lesions, tmp_path: Path) -> None:
     # after a kill by design; every other byte is the same.
     expected = digest(tmp_path / "ref", skip=("quality_report.",))
     ref_quality = _quality_without_counts(tmp_path / "ref")
-    for k in _points(total, (0.1, 0.5, 0.95)):
+    points = _points(total, (0.1, 0.5, 0.95))
+    killed = run_cli_side_by_side([([*args, tmp_path / f"killed-{k}"], {"tmp": tmp_path, "kill_at": k})
+                                   for k in points])
+    for k, r in zip(points, killed, strict=True):
         out = tmp_path / f"killed-{k}"
-        _killed(run_cli([*args, out], tmp=tmp_path, kill_at=k))
+        _killed(r)
         assert temp_files(out)
         res = preprocess(lesions, out, "patch", size=(32, 32), workers=1)
         assert temp_files(out) == [], k
@@ -92,9 +98,12 @@ def test_train_killed_at_two_points(trained, tmp_path: Path) -> None:
     torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): the same kernels, the same sums
     try:
         # One point before the first epoch's checkpoint (the run starts again), one after it (it resumes).
-        for k in _points(trained.result.renames, (0.2, 0.7)):
+        points = _points(trained.result.renames, (0.2, 0.7))
+        killed = run_cli_side_by_side([([*args, tmp_path / f"killed-{k}"], {"tmp": tmp_path, "kill_at": k})
+                                       for k in points])
+        for k, r in zip(points, killed, strict=True):
             run = tmp_path / f"killed-{k}"
-            _killed(run_cli([*args, run], tmp=tmp_path, kill_at=k))
+            _killed(r)
             resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").is_file() else []
             again = CliRunner().invoke(app, [*map(str, args), str(run), *resume])
             assert again.exit_code == 0, (again.output, again.exception)

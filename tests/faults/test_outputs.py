@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fault_tools import TRAIN_ARGS, digest, other_user, run_cli
+from fault_tools import TRAIN_ARGS, digest, other_user, run_cli, run_in_process
 
 from mammolab.data.organize import organize
 from mammolab.errors import OutputError
@@ -173,7 +173,7 @@ def test_train_on_missing_files_leaves_nothing(lesions, tmp_path: Path) -> None:
     gone = next((data / "val").rglob("*.png"))
     gone.unlink()
     run = tmp_path / "run"
-    r = run_cli(["train", data, "--out", run, "--epochs", "1", *TRAIN_ARGS], tmp=tmp_path)
+    r = run_in_process(["train", data, "--out", run, "--epochs", "1", *TRAIN_ARGS], tmp=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "not found" in r.stderr and gone.name in r.stderr
     assert not run.exists()
@@ -202,7 +202,8 @@ def test_resume_with_a_damaged_last_checkpoint(trained, tmp_path: Path, damage: 
     # Mark the copy unfinished (as if killed), so --resume has to read last.ckpt.
     info = (run / "run.json").read_text().replace('"status": "complete"', '"status": "running"')
     (run / "run.json").write_text(info)
-    r = run_cli(["train", trained.data.root, "--out", run, "--epochs", "3", "--resume", *TRAIN_ARGS], tmp=tmp_path)
+    r = run_in_process(["train", trained.data.root, "--out", run, "--epochs", "3", "--resume", *TRAIN_ARGS],
+                       tmp=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.error_lines) == 1, r.stderr
     line = r.error_lines[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fault_tools import TRAIN_ARGS, run_cli, world_tmp
+from fault_tools import TRAIN_ARGS, run_in_process, world_tmp
 
 # width x height, as the issue names them
 SHAPES = [(128, 1), (1, 128), (60000, 1), (2000, 20)]
@@ -28,7 +28,7 @@ def pp_run(lesions: Path, world: Path) -> Path:
     work = world_tmp(world)
     pp = preprocess(lesions, work / "pp", "patch", size=(32, 32), workers=1)
     assert pp.skipped == []
-    r = run_cli(["train", pp.out, "--out", work / "run", "--epochs", "1", *TRAIN_ARGS], tmp=work)
+    r = run_in_process(["train", pp.out, "--out", work / "run", "--epochs", "1", *TRAIN_ARGS], tmp=work)
     assert r.returncode == 0, r.stderr
     return work / "run"
 
@@ -39,7 +39,7 @@ def test_predict_gives_thin_images_a_probability_without_a_traceback(pp_run: Pat
         path = tmp_path / f"grey_{w}x{h}.png"
         cv2.imwrite(str(path), np.full((h, w), 128, np.uint8))
         files.append(path)
-    r = run_cli(["predict", pp_run, *files, "--json"], tmp=tmp_path)
+    r = run_in_process(["predict", pp_run, *files, "--json"], tmp=tmp_path)
     assert "Traceback" not in r.stderr and "ZeroDivisionError" not in r.stderr + r.stdout
     assert r.returncode == 0, r.stderr
     results = {Path(x["path"]).name: x for x in json.loads(r.stdout)}
