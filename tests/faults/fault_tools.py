@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,15 @@ def run_cli_side_by_side(calls: Sequence[tuple[Sequence[str | Path], dict]]) -> 
         return list(pool.map(lambda call: run_cli(call[0], **call[1]), calls))
 
 
+def _exit_code(main: Callable[[], object]) -> int:
+    """The exit status the console entry point ``main`` would give the shell."""
+    try:
+        main()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
+
+
 def run_in_process(args: Sequence[str | Path], *, tmp: Path, umask: int | None = None,
                    count: bool = False) -> Result:
     """``mammolab ARGS`` in this process, in the environment ``run_cli`` gives a fresh interpreter (its
@@ -170,11 +179,7 @@ def run_in_process(args: Sequence[str | Path], *, tmp: Path, umask: int | None =
     counter: list[int] = []
     try:
         with count_renames() if count else contextlib.nullcontext([]) as counter:
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            code = _exit_code(main)
     finally:
         sys.stdout, sys.stderr, sys.argv = saved[:3]
         torch.set_num_threads(saved[3])
@@ -270,10 +275,7 @@ def cli_in_process(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -
     old = sys.argv
     sys.argv = ["mammolab", *map(str, args)]
     try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        code = _exit_code(main)
     finally:
         sys.argv = old
     out, err = capsys.readouterr()
