@@ -193,10 +193,19 @@ def test_body_limit_holds_whatever_content_length_says(trained_run: Path, predic
     port = srv.server_address[1]
     big = b"x" * 300_000
     try:
-        # Declared above the limit: refused before one byte of the body is read.
+        # Declared far above the limit (beyond what is drained): refused before one byte of the body is read.
+        start = time.perf_counter()
+        status, raw = _raw(port, _hdr(port, "Content-Length: 10000000000\r\n"))
+        assert status == 413 and b"the limit is 0.0625 MB" in raw and time.perf_counter() - start < 2
+        # Declared above the limit and sent by a plain client that writes its whole body before it reads:
+        # the rest is read and thrown away, so it gets the 413, never a reset connection (5 of 5).
+        for _ in range(5):  # 4 MB: more than the sockets' buffers hold, so unread bytes would reset it
+            status, res, _ = _post(srv.url + "/api/predict", "big.png", b"x" * 4_000_000)
+            assert status == 413 and "4.0 MB declared" in res["detail"], res
+        # Declared above the limit, the body never sent: the 413 once the read timeout has passed.
         start = time.perf_counter()
         status, raw = _raw(port, _hdr(port, "Content-Length: 300000\r\n"))
-        assert status == 413 and b"the limit is 0.0625 MB" in raw and time.perf_counter() - start < 2
+        assert status == 413 and b"the limit is 0.0625 MB" in raw and 1.9 < time.perf_counter() - start < 6
         # Negative, or not a number: a malformed request, never a way around the limit.
         for value in ("-1", "abc", "1e9"):
             status, _ = _raw(port, _hdr(port, f"Content-Length: {value}\r\n"), iter([big]))
@@ -408,5 +417,16 @@ def test_upload_in_headless_chromium(server: MammoServer, trained_run: Path, tmp
         WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
         assert "not a DICOM, PNG" in driver.find_element(By.ID, "error").text
         assert not driver.find_elements(By.ID, "overlay")
+
+        # A file above --max-mb is refused by the page itself, before a useless upload (sparse: no disk used).
+        big = tmp_path / "big.dcm"
+        with big.open("wb") as f:
+            f.truncate(51 * 1024 * 1024)
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "file").send_keys(str(big))
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
+        text = driver.find_element(By.ID, "error").text
+        assert "big.dcm is 51.0 MB; this server takes at most 50.0 MB (serve --max-mb)" in text, text
     finally:
         driver.quit()

@@ -283,5 +283,17 @@ def test_breast_upload_in_headless_chromium(server: MammoServer, breast_run: tup
         WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "views")))
         assert driver.find_element(By.ID, "views").text == "views: MLO only (CC missing)"
         assert "no CC view" in driver.find_element(By.ID, "warnings").text
+
+        # Two views above --max-mb together: refused by the page itself, nothing uploaded (sparse files).
+        for view in ("cc", "mlo"):
+            with (tmp_path / f"{view}.dcm").open("wb") as f:
+                f.truncate(30 * 1024 * 1024)
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "cc").send_keys(str(tmp_path / "cc.dcm"))
+        driver.find_element(By.ID, "mlo").send_keys(str(tmp_path / "mlo.dcm"))
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
+        text = driver.find_element(By.ID, "error").text
+        assert "the images are 60.0 MB together; this server takes at most 50.0 MB (serve --max-mb)" in text, text
     finally:
         driver.quit()

@@ -14,7 +14,9 @@ Limits, enforced here rather than trusted to clients:
 
 * **Body size** (``max_bytes``): :class:`BodyLimitMiddleware` wraps ASGI ``receive`` and counts the
   bytes as they arrive, so the limit holds whatever ``Content-Length`` says (missing, chunked, false);
-  a declared length above the limit is refused before any byte is read. Both give 413.
+  an over-limit body is read to its end and thrown away (up to the limit again, at least 16 MiB) so
+  that a client still sending sees the 413 rather than a reset connection; a declared length above
+  that is refused before any byte is read. All give 413.
 * **Pixels** (``max_pixels``): the upload's header is read (:mod:`mammolab.io.header`) and an image
   declaring too many pixels is refused with 413 before anything is decoded.
 * **Concurrent predictions** (``max_concurrent``): a request waits up to ``queue_timeout`` seconds
@@ -361,7 +363,7 @@ def create_app(predictor: Any, settings: ServeSettings | None = None) -> Any:
                             checkpoint=html.escape(checkpoint or "none recorded"),
                             version=html.escape(predictor.version), serving=html.escape(serving_version),
                             classes=html.escape(", ".join(predictor.classes)), threshold=f"{predictor.threshold:.3f}",
-                            limit=f"{settings.max_bytes / 1024 / 1024:g} MB",
+                            limit=f"{settings.max_bytes / 1024 / 1024:g} MB", max_bytes=settings.max_bytes,
                             pixels=f"{max_pixels_limit(settings.max_pixels) / 1e6:g} megapixels",
                             key_hidden="" if settings.api_key else " hidden", **extra)
     page_headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
@@ -500,7 +502,7 @@ border-radius:6px;color:#6b5000}} [hidden]{{display:none}}
 <p class="sub">run {run} &middot; checkpoint <span id="checkpoint">{checkpoint}</span> &middot; classes: {classes}
 &middot; threshold {threshold} &middot; trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
 <p class="warn">Research software: not a medical device, not for diagnosis.</p>
-<form id="form" method="post" action="/api/predict" enctype="multipart/form-data">
+<form id="form" method="post" action="/api/predict" enctype="multipart/form-data" data-max-bytes="{max_bytes}">
 <label for="file">Image (DICOM, PNG, JPEG, PGM or TIFF; at most {limit} and {pixels}):</label><br>
 <input type="file" id="file" name="file" required>
 <span id="key-row"{key_hidden}><label for="key">API key:</label>
@@ -578,6 +580,12 @@ _PAGE_JS = r"""'use strict';
     area.replaceChildren();
     const file = document.getElementById('file').files[0];
     if (!file) { showError('no file was chosen'); return; }
+    const maxBytes = Number(form.dataset.maxBytes);
+    if (file.size > maxBytes) {  // said here, before a useless upload the server would refuse (413)
+      showError(file.name + ' is ' + (file.size / 1048576).toFixed(1) + ' MB; this server takes at most ' +
+                (maxBytes / 1048576).toFixed(1) + ' MB (serve --max-mb)');
+      return;
+    }
     const body = new FormData();
     body.append('file', file, file.name);
     status.textContent = 'predicting\u2026';

@@ -166,7 +166,7 @@ border-radius:6px;color:#6b5000}} [hidden]{{display:none}}
 two-view breast model (CC + MLO) &middot; classes: {classes} &middot; threshold {threshold} &middot;
 trained with MammoLab {version} &middot; served by MammoLab {serving}</p>
 <p class="warn">Research software: not a medical device, not for diagnosis.</p>
-<form id="form" method="post" action="/api/predict" enctype="multipart/form-data">
+<form id="form" method="post" action="/api/predict" enctype="multipart/form-data" data-max-bytes="{max_bytes}">
 <p>One breast: its craniocaudal and mediolateral oblique images (DICOM, PNG, JPEG, PGM or TIFF; at most
 {limit} for both together and {pixels} each). If one view is missing, give the other: the breast is
 then predicted from that view alone, as training and evaluation handle it.</p>
@@ -259,6 +259,13 @@ BREAST_PAGE_JS = r"""'use strict';
     }
     if (![...body.keys()].length) {
       showError('choose a CC and/or an MLO image (either may be missing, not both)');
+      return;
+    }
+    const total = [...body.values()].reduce((n, f) => n + f.size, 0);
+    const maxBytes = Number(form.dataset.maxBytes);
+    if (total > maxBytes) {  // said here, before a useless upload the server would refuse (413)
+      showError('the images are ' + (total / 1048576).toFixed(1) + ' MB together; this server takes at most ' +
+                (maxBytes / 1048576).toFixed(1) + ' MB (serve --max-mb)');
       return;
     }
     status.textContent = 'predicting\u2026';

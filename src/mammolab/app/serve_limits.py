@@ -49,6 +49,9 @@ log = logging.getLogger("mammolab.serve")
 
 #: Bytes per second below which an upload may lose its slot to a new one (only when every slot is taken).
 MIN_UPLOAD_RATE = 16 * 1024
+#: An over-limit body is read and thrown away up to the limit plus at least this many bytes, so that its
+#: 413 reaches a client still sending (see :class:`BodyLimitMiddleware`).
+DRAIN_MIN_BYTES = 16 * 1024 * 1024
 #: Seconds an upload has before its rate is judged (connection set-up, the client's first write).
 UPLOAD_GRACE = 1.0
 
@@ -327,11 +330,17 @@ class UploadSlots:
 class BodyLimitMiddleware:
     """Pure ASGI middleware: the request body in an upload slot, counted, and within its deadlines.
 
-    ``Content-Length`` is only a hint: above ``max_bytes`` the request is refused at once (the body
-    is never read); otherwise the bytes themselves are counted, so a missing, chunked or false
-    length cannot carry more (413). The slot is taken when the app first reads the body; from then
-    the whole body must arrive within ``request_timeout`` and each piece within ``read_timeout``
-    (408). Refusals close the connection.
+    ``Content-Length`` is only a hint: the bytes themselves are counted, so a missing, chunked or
+    false length cannot carry more than ``max_bytes`` (413). The slot is taken when the app first
+    reads the body; from then the whole body must arrive within ``request_timeout`` and each piece
+    within ``read_timeout`` (408). Refusals close the connection.
+
+    An over-limit body is read to its end and thrown away before the 413 goes out, when it is at most
+    :meth:`drain_limit` (the limit again, at least 16 MiB, more): closing a socket with unread bytes
+    makes the kernel send a reset, and a plain client (curl, requests, a browser) still sending its
+    upload then reports a broken connection instead of the 413. Draining holds an upload slot and
+    keeps every deadline, so it costs no more than an upload within the limit; a declared length
+    above the drain limit is refused at once, its body never read.
     """
 
     def __init__(self, app: Any, max_bytes: int, read_timeout: float, request_timeout: float = 120.0,
@@ -343,10 +352,17 @@ class BodyLimitMiddleware:
         self.slots = slots or UploadSlots(8)
         self.queue_timeout = float(queue_timeout)
 
+    def drain_limit(self) -> int:
+        """The most bytes read (and thrown away) of an over-limit body so that its 413 reaches the client."""
+        return self.max_bytes + max(self.max_bytes, DRAIN_MIN_BYTES)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        up = _Upload()
+        state = {"slot": False, "deadline": 0.0}
+        started = False
         declared = _header(scope, b"content-length")
         if declared:
             try:
@@ -357,40 +373,22 @@ class BodyLimitMiddleware:
                 await send_problem(send, 400, "invalid Content-Length header")
                 return
             if length > self.max_bytes:
+                if length <= self.drain_limit():
+                    await self._drain(receive, up, state)
+                if state["slot"]:
+                    self.slots.release(up)
                 await send_problem(send, 413, _too_large(self.max_bytes, f"{length / 1e6:.1f} MB declared"))
                 return
-        up = _Upload()
-        state = {"slot": False, "deadline": 0.0}
-        started = False
 
         async def limited_receive() -> dict[str, Any]:
             if up.body_done:  # after the body: disconnect notices, no timeout
                 return await receive()
-            if not state["slot"]:
-                why = await self.slots.acquire(up, self.queue_timeout)
-                if why is not None:
-                    raise HTTPException(503, f"busy: {why}; try again", headers={"Retry-After": "5",
-                                                                                   "Connection": "close"})
-                state["slot"] = True
-                state["deadline"] = time.monotonic() + self.request_timeout
-            left = state["deadline"] - time.monotonic()
-            if left <= 0:
-                raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
-                                    "(serve --request-timeout)")
-            wait = min(self.read_timeout, left)
-            message = await _receive_or_evicted(receive, up.evicted, wait)
-            if message is None:
-                if up.evicted.is_set():
-                    raise _body_timeout(f"the upload was too slow ({up.received} bytes in "
-                                        f"{time.monotonic() - up.granted_at:.1f} s, under "
-                                        f"{MIN_UPLOAD_RATE // 1024} KB/s) and its slot was needed")
-                if wait < self.read_timeout:
-                    raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
-                                        "(serve --request-timeout)")
-                raise _body_timeout(f"the request body stalled (nothing for {self.read_timeout:g} s)")
+            message = await self._next_piece(receive, up, state)
             if message["type"] == "http.request":
                 up.received += len(message.get("body", b""))
                 if up.received > self.max_bytes:
+                    up.body_done = not message.get("more_body", False)
+                    await self._drain(receive, up, state)
                     raise HTTPException(413, _too_large(self.max_bytes, "more than that sent"),
                                         headers={"Connection": "close"})
                 up.body_done = not message.get("more_body", False)
@@ -414,6 +412,45 @@ class BodyLimitMiddleware:
             up.body_done = True
             if state["slot"]:
                 self.slots.release(up)
+
+    async def _drain(self, receive: Any, up: _Upload, state: dict[str, Any]) -> None:
+        """Read and throw away the rest of an over-limit body, up to :meth:`drain_limit` bytes and within
+        the upload's deadlines; stop quietly at the first refusal (the answer is the 413 either way)."""
+        while not up.body_done and up.received <= self.drain_limit():
+            try:
+                message = await self._next_piece(receive, up, state)
+            except HTTPException:
+                return
+            if message["type"] != "http.request":
+                return
+            up.received += len(message.get("body", b""))
+            up.body_done = not message.get("more_body", False)
+
+    async def _next_piece(self, receive: Any, up: _Upload, state: dict[str, Any]) -> dict[str, Any]:
+        """The next message of the body, in an upload slot and within the deadlines (408, 503 otherwise)."""
+        if not state["slot"]:
+            why = await self.slots.acquire(up, self.queue_timeout)
+            if why is not None:
+                raise HTTPException(503, f"busy: {why}; try again", headers={"Retry-After": "5",
+                                                                               "Connection": "close"})
+            state["slot"] = True
+            state["deadline"] = time.monotonic() + self.request_timeout
+        left = state["deadline"] - time.monotonic()
+        if left <= 0:
+            raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
+                                "(serve --request-timeout)")
+        wait = min(self.read_timeout, left)
+        message = await _receive_or_evicted(receive, up.evicted, wait)
+        if message is None:
+            if up.evicted.is_set():
+                raise _body_timeout(f"the upload was too slow ({up.received} bytes in "
+                                    f"{time.monotonic() - up.granted_at:.1f} s, under "
+                                    f"{MIN_UPLOAD_RATE // 1024} KB/s) and its slot was needed")
+            if wait < self.read_timeout:
+                raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
+                                    "(serve --request-timeout)")
+            raise _body_timeout(f"the request body stalled (nothing for {self.read_timeout:g} s)")
+        return message
 
 
 def _body_timeout(detail: str) -> HTTPException:
