@@ -197,6 +197,42 @@ def test_films_encoded_by_pydicom_decode(tmp_path: Path, syntax: str, bits: int,
         assert np.abs(ours.astype(int) - arr).max() <= (2 if syntax == "JPEGLSNearLossless" else 64)
 
 
+@pytest.mark.parametrize(("option", "uid", "bits", "tolerance"), [("+ee", "1.2.840.10008.1.2.4.51", 12, 3),
+                                                                   ("+ee", "1.2.840.10008.1.2.4.51", 8, 2),
+                                                                   ("+el", "1.2.840.10008.1.2.4.57", 12, 0.5),
+                                                                   ("+e1", "1.2.840.10008.1.2.4.70", 8, 0.5)])
+def test_colour_jpeg_films_encoded_by_dcmtk_become_luma(tmp_path: Path, option: str, uid: str, bits: int,
+                                                        tolerance: float) -> None:
+    """Colour JPEG through the imagecodecs plug-in, 12-bit YBR_FULL_422 lossy included (GDCM and Pillow
+    refuse 12 bits; the plug-in once refused colour): the grey is the original's BT.601 luma."""
+    if shutil.which("dcmcjpeg") is None:
+        pytest.skip("dcmcjpeg (apt-get install dcmtk) is not installed")
+    yy, xx = np.mgrid[0:48, 0:64]
+    top = (1 << bits) - 1
+    rgb = np.stack([xx * top // 63, yy * top // 47, (xx + yy) * top // 110], -1).astype(np.uint16)
+    src = tmp_path / "rgb.dcm"
+    write_dicom(src, rgb[..., 0])
+    ds = pydicom.dcmread(src)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = (8 if bits == 8 else 16), bits, bits - 1
+    ds.PixelData = rgb.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+    ds.save_as(src)
+    out = tmp_path / "jpeg.dcm"
+    subprocess.run(["dcmcjpeg", option, str(src), str(out)], check=True, capture_output=True)
+    assert str(pydicom.dcmread(out, stop_before_pixels=True).file_meta.TransferSyntaxUID) == uid
+    grey = _stored(out).astype(float)
+    assert grey.shape == (48, 64)
+    assert np.abs(grey - rgb @ LUMA).max() <= tolerance
+    from pydicom.pixels import pixel_array
+
+    if option != "+ee":  # lossless: the plug-in alone gives exactly DCMTK's samples
+        plain = tmp_path / "plain.dcm"
+        subprocess.run(["dcmdjpeg", str(out), str(plain)], check=True, capture_output=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            np.testing.assert_array_equal(pixel_array(out, decoding_plugin="imagecodecs"), _reference(plain))
+
+
 @pytest.mark.parametrize(("option", "uid", "bits"), [("+e1", "1.2.840.10008.1.2.4.70", 16),
                                                       ("+el", "1.2.840.10008.1.2.4.57", 12),
                                                       ("+ee", "1.2.840.10008.1.2.4.51", 12)])

@@ -3,7 +3,7 @@
 Why: 12-bit JPEG extended (1.2.840.10008.1.2.4.51) is decoded by no permissively licensed pydicom
 plug-in: GDCM and Pillow refuse 12-bit samples, and the only one that reads them, pylibjpeg-libjpeg,
 is GPL-3. imagecodecs (BSD-3-Clause) bundles libjpeg-turbo 3, which decodes 8/12-bit lossy and
-lossless JPEG. pydicom's plug-in interface (``is_available``, ``DECODER_DEPENDENCIES`` and a frame
+lossless JPEG, grey or colour. pydicom's plug-in interface (``is_available``, ``DECODER_DEPENDENCIES`` and a frame
 decoding function) lets it sit behind pydicom's own decoders, after the plug-ins pydicom ships, so
 pydicom still does the bookkeeping (pixel representation, byte order, shapes). Registered by
 :func:`register` (idempotent); :mod:`mammolab.io.dicom` calls it before decoding.
@@ -32,15 +32,29 @@ def is_available(uid: str) -> bool:
 
 
 def _decode_frame(src: bytes, runner: Any) -> bytes:
-    """One JPEG frame to little-endian samples of the runner's pixel type (greyscale only)."""
+    """One JPEG frame to little-endian samples of the runner's pixel type, colour-by-pixel for 3 samples.
+
+    As pydicom's own plug-ins do, the samples come back as stored: no YCbCr -> RGB transform here
+    (libjpeg-turbo's input and output colour spaces are set equal), so pydicom's later conversion,
+    driven by Photometric Interpretation, is applied once and only once.
+    """
     import imagecodecs
     import numpy as np
 
-    if runner.samples_per_pixel != 1:
-        raise NotImplementedError("the imagecodecs plug-in decodes greyscale JPEG only")
-    arr = imagecodecs.jpeg8_decode(src)
-    if arr.ndim != 2 or arr.shape != (runner.rows, runner.columns):
-        raise ValueError(f"the JPEG frame decodes to {arr.shape}, expected {(runner.rows, runner.columns)}")
+    samples = runner.samples_per_pixel
+    if samples == 1:
+        arr = imagecodecs.jpeg8_decode(src)
+        expected: tuple[int, ...] = (runner.rows, runner.columns)
+    elif samples == 3:
+        space = imagecodecs.JPEG8.CS.YCbCr
+        arr = imagecodecs.jpeg8_decode(src, colorspace=space, outcolorspace=space)
+        expected = (runner.rows, runner.columns, 3)
+    else:
+        raise ValueError(f"Samples per Pixel is {samples}; a DICOM JPEG frame has 1 (grey) or 3 (colour)")
+    if arr.shape != expected:
+        raise ValueError(f"the JPEG frame decodes to {arr.shape}, expected {expected}")
+    if samples == 3:
+        runner.set_option("planar_configuration", 0)  # JPEG's samples are colour-by-pixel
     dtype = np.dtype(f"<u{runner.bits_allocated // 8}")
     return arr.astype(dtype, copy=False).tobytes()
 
