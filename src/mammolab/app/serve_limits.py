@@ -236,9 +236,11 @@ class AccessGuard:
 class _Upload:
     """One request body being received in an upload slot."""
 
-    __slots__ = ("body_done", "evicted", "granted_at", "heir", "received")
+    __slots__ = ("body_done", "deadline", "evicted", "granted_at", "has_slot", "heir", "received")
 
     def __init__(self) -> None:
+        self.has_slot = False
+        self.deadline = 0.0  # for the whole body, from the moment the slot is granted
         self.granted_at = 0.0
         self.received = 0
         self.body_done = False
@@ -361,8 +363,14 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         up = _Upload()
-        state = {"slot": False, "deadline": 0.0}
-        started = False
+        try:
+            await self._handle(scope, receive, send, up)
+        finally:
+            up.body_done = True
+            if up.has_slot:
+                self.slots.release(up)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, up: _Upload) -> None:
         declared = _header(scope, b"content-length")
         if declared:
             try:
@@ -374,26 +382,19 @@ class BodyLimitMiddleware:
                 return
             if length > self.max_bytes:
                 if length <= self.drain_limit():
-                    await self._drain(receive, up, state)
-                if state["slot"]:
-                    self.slots.release(up)
+                    await self._drain(receive, up)
                 await send_problem(send, 413, _too_large(self.max_bytes, f"{length / 1e6:.1f} MB declared"))
                 return
+        started = False
 
         async def limited_receive() -> dict[str, Any]:
             if up.body_done:  # after the body: disconnect notices, no timeout
                 return await receive()
-            message = await self._next_piece(receive, up, state)
-            if message["type"] == "http.request":
-                up.received += len(message.get("body", b""))
-                if up.received > self.max_bytes:
-                    up.body_done = not message.get("more_body", False)
-                    await self._drain(receive, up, state)
-                    raise HTTPException(413, _too_large(self.max_bytes, "more than that sent"),
-                                        headers={"Connection": "close"})
-                up.body_done = not message.get("more_body", False)
-            else:  # http.disconnect
-                up.body_done = True
+            message = await self._next_piece(receive, up)
+            if up.received > self.max_bytes:
+                await self._drain(receive, up)
+                raise HTTPException(413, _too_large(self.max_bytes, "more than that sent"),
+                                    headers={"Connection": "close"})
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -408,34 +409,24 @@ class BodyLimitMiddleware:
                 raise
             await send_problem(send, exc.status_code, str(exc.detail),
                                [(b"retry-after", b"5")] if exc.status_code == 503 else [])
-        finally:
-            up.body_done = True
-            if state["slot"]:
-                self.slots.release(up)
 
-    async def _drain(self, receive: Any, up: _Upload, state: dict[str, Any]) -> None:
+    async def _drain(self, receive: Any, up: _Upload) -> None:
         """Read and throw away the rest of an over-limit body, up to :meth:`drain_limit` bytes and within
         the upload's deadlines; stop quietly at the first refusal (the answer is the 413 either way)."""
-        while not up.body_done and up.received <= self.drain_limit():
-            try:
-                message = await self._next_piece(receive, up, state)
-            except HTTPException:
-                return
-            if message["type"] != "http.request":
-                return
-            up.received += len(message.get("body", b""))
-            up.body_done = not message.get("more_body", False)
+        with contextlib.suppress(HTTPException):
+            while not up.body_done and up.received <= self.drain_limit():
+                await self._next_piece(receive, up)
 
-    async def _next_piece(self, receive: Any, up: _Upload, state: dict[str, Any]) -> dict[str, Any]:
-        """The next message of the body, in an upload slot and within the deadlines (408, 503 otherwise)."""
-        if not state["slot"]:
+    async def _next_piece(self, receive: Any, up: _Upload) -> dict[str, Any]:
+        """The next message of the body, counted, in an upload slot and within the deadlines (408, 503)."""
+        if not up.has_slot:
             why = await self.slots.acquire(up, self.queue_timeout)
             if why is not None:
                 raise HTTPException(503, f"busy: {why}; try again", headers={"Retry-After": "5",
                                                                                "Connection": "close"})
-            state["slot"] = True
-            state["deadline"] = time.monotonic() + self.request_timeout
-        left = state["deadline"] - time.monotonic()
+            up.has_slot = True
+            up.deadline = time.monotonic() + self.request_timeout
+        left = up.deadline - time.monotonic()
         if left <= 0:
             raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
                                 "(serve --request-timeout)")
@@ -450,6 +441,11 @@ class BodyLimitMiddleware:
                 raise _body_timeout(f"the request body took longer than {self.request_timeout:g} s "
                                     "(serve --request-timeout)")
             raise _body_timeout(f"the request body stalled (nothing for {self.read_timeout:g} s)")
+        if message["type"] == "http.request":
+            up.received += len(message.get("body", b""))
+            up.body_done = not message.get("more_body", False)
+        else:  # http.disconnect
+            up.body_done = True
         return message
 
 
