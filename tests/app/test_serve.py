@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import select
 import shutil
 import socket
@@ -201,7 +202,7 @@ def test_body_limit_holds_whatever_content_length_says(trained_run: Path, predic
         # the rest is read and thrown away, so it gets the 413, never a reset connection (5 of 5).
         for _ in range(5):  # 4 MB: more than the sockets' buffers hold, so unread bytes would reset it
             status, res, _ = _post(srv.url + "/api/predict", "big.png", b"x" * 4_000_000)
-            assert status == 413 and "4.0 MB declared" in res["detail"], res
+            assert status == 413 and "3.8 MB declared" in res["detail"], res  # 4,000,000 bytes and the form
         # Declared above the limit, the body never sent: the 413 once the read timeout has passed.
         start = time.perf_counter()
         status, raw = _raw(port, _hdr(port, "Content-Length: 300000\r\n"))
@@ -353,6 +354,9 @@ def test_cli_serves_until_interrupted(trained_run: Path, tmp_path: Path) -> None
         assert status == 413 and "limit of 2000000 pixels" in res["detail"]
         status, res, _ = _post(f"http://127.0.0.1:{port}/api/predict", "big.png", b"\0" * 1_200_000)
         assert status == 413 and "the limit is 1 MB" in res["detail"]
+        # Just over the limit: the size is said in the limit's unit, with the decimals that show it is over.
+        status, res, _ = _post(f"http://127.0.0.1:{port}/api/predict", "edge.png", b"\0" * 1_048_500)
+        assert status == 413 and re.search(r"\(1\.000\d+ MB declared\); the limit is 1 MB", res["detail"]), res
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

@@ -79,12 +79,11 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+    counted: int | None = None  # renames counted in this process (``run_in_process(count=True)``)
 
     @property
     def error_lines(self) -> list[str]:
         return [ln for ln in self.stderr.splitlines() if ln.strip()]
-
-    counted: int | None = None  # renames counted in this process (``run_in_process(count=True)``)
 
     @property
     def renames(self) -> int:
@@ -176,10 +175,11 @@ def run_in_process(args: Sequence[str | Path], *, tmp: Path, umask: int | None =
     os.environ.update(overrides)
     sys.stdout, sys.stderr, sys.argv = out, err, ["mammolab", *map(str, args)]
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the subprocesses: the same kernels, the same sums
-    counter: list[int] = []
+    counted = None
     try:
-        with count_renames() if count else contextlib.nullcontext([]) as counter:
+        with count_renames() if count else contextlib.nullcontext() as counter:
             code = _exit_code(main)
+        counted = counter[0] if counter else None
     finally:
         sys.stdout, sys.stderr, sys.argv = saved[:3]
         torch.set_num_threads(saved[3])
@@ -190,7 +190,7 @@ def run_in_process(args: Sequence[str | Path], *, tmp: Path, umask: int | None =
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return Result(code, out.getvalue(), err.getvalue(), counted=counter[0] if count else None)
+    return Result(code, out.getvalue(), err.getvalue(), counted)
 
 
 @contextlib.contextmanager

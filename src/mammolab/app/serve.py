@@ -574,6 +574,13 @@ _PAGE_JS = r"""'use strict';
     }
     area.replaceChildren(sec);
   }
+  function mbAbove(size, limit) {  // MB as --max-mb counts them, with the decimals that show it is over
+    for (const d of [1, 3, 6]) {
+      const text = (size / 1048576).toFixed(d);
+      if (Number(text) > limit / 1048576) return text;
+    }
+    return size + ' bytes, about ' + (size / 1048576).toFixed(6);
+  }
   form.addEventListener('submit', async function (ev) {
     ev.preventDefault();
     errorBox.hidden = true;
@@ -582,7 +589,7 @@ _PAGE_JS = r"""'use strict';
     if (!file) { showError('no file was chosen'); return; }
     const maxBytes = Number(form.dataset.maxBytes);
     if (file.size > maxBytes) {  // said here, before a useless upload the server would refuse (413)
-      showError(file.name + ' is ' + (file.size / 1048576).toFixed(1) + ' MB; this server takes at most ' +
+      showError(file.name + ' is ' + mbAbove(file.size, maxBytes) + ' MB; this server takes at most ' +
                 (maxBytes / 1048576).toFixed(1) + ' MB (serve --max-mb)');
       return;
     }

@@ -248,6 +248,13 @@ BREAST_PAGE_JS = r"""'use strict';
     }
     area.replaceChildren(sec);
   }
+  function mbAbove(size, limit) {  // MB as --max-mb counts them, with the decimals that show it is over
+    for (const d of [1, 3, 6]) {
+      const text = (size / 1048576).toFixed(d);
+      if (Number(text) > limit / 1048576) return text;
+    }
+    return size + ' bytes, about ' + (size / 1048576).toFixed(6);
+  }
   form.addEventListener('submit', async function (ev) {
     ev.preventDefault();
     errorBox.hidden = true;
@@ -264,7 +271,7 @@ BREAST_PAGE_JS = r"""'use strict';
     const total = [...body.values()].reduce((n, f) => n + f.size, 0);
     const maxBytes = Number(form.dataset.maxBytes);
     if (total > maxBytes) {  // said here, before a useless upload the server would refuse (413)
-      showError('the images are ' + (total / 1048576).toFixed(1) + ' MB together; this server takes at most ' +
+      showError('the images are ' + mbAbove(total, maxBytes) + ' MB together; this server takes at most ' +
                 (maxBytes / 1048576).toFixed(1) + ' MB (serve --max-mb)');
       return;
     }

@@ -383,7 +383,8 @@ class BodyLimitMiddleware:
             if length > self.max_bytes:
                 if length <= self.drain_limit():
                     await self._drain(receive, up)
-                await send_problem(send, 413, _too_large(self.max_bytes, f"{length / 1e6:.1f} MB declared"))
+                declared_mb = _mb_above(length, self.max_bytes)
+                await send_problem(send, 413, _too_large(self.max_bytes, f"{declared_mb} MB declared"))
                 return
         started = False
 
@@ -466,6 +467,15 @@ async def _receive_or_evicted(receive: Any, evicted: asyncio.Event, timeout: flo
         if not got.done():
             got.cancel()
     return got.result() if got.done() and not got.cancelled() else None
+
+
+def _mb_above(size: int, limit: int) -> str:
+    """``size`` in MB (MiB, as ``--max-mb``), with enough decimals to read as more than ``limit``."""
+    for decimals in (1, 3, 6):
+        text = f"{size / 1024 / 1024:.{decimals}f}"
+        if float(text) > limit / 1024 / 1024:
+            return text
+    return f"{size} bytes, about {text}"
 
 
 def _too_large(limit: int, what: str) -> str:
